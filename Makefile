@@ -1,0 +1,44 @@
+# `make demo` and `make test` work on a fresh clone: they create .venv, install the project with
+# what it needs (Debian packages included), then run.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kubeflower-installed
+APT_PACKAGES := iproute2 procps
+
+.PHONY: setup system test test-unit demo crd bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Debian packages the tests use: `ip netns` (pods as local processes), `ps`.
+system:
+	@missing=""; command -v ip >/dev/null || missing="$$missing iproute2"; \
+	 command -v ps >/dev/null || missing="$$missing procps"; \
+	 if [ -n "$$missing" ]; then \
+	   if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
+	   else sudo apt-get update -q && sudo apt-get install -y -q $$missing; fi; fi
+
+setup: $(STAMP) system
+
+test: setup
+	$(PY) -m pytest -q -rs
+
+test-unit: setup
+	$(PY) -m pytest -q -m "not slow and not e2e"
+
+demo: setup
+	$(VENV)/bin/kubeflower run examples/digits-fedavg.yaml --output runs/digits-fedavg
+
+# Regenerate the committed CRD from the API model (a test fails when they differ).
+crd: setup
+	$(VENV)/bin/kubeflower crd > crds/federatedtrainingjobs.kubeflower.io.yaml
+
+bench: setup
+	$(PY) bench/operator_scale.py
+	$(PY) bench/round_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

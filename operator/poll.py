@@ -1,0 +1,29 @@
+"""Reading a job server's status document over HTTP."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+from pydantic import ValidationError
+
+from kubeflower import contract
+from kubeflower.operator.observed import Poll
+from kubeflower.operator.settings import Settings
+from kubeflower.server_status import ServerStatus
+
+
+def status_url(settings: Settings, name: str, namespace: str) -> str:
+    return settings.status_url.format(name=name, namespace=namespace, port=contract.STATUS_PORT)
+
+
+def poll(url: str, previous: Poll, timeout: float) -> Poll:
+    """The next Poll: the document, or the error and since when reads have been failing."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only, our own URL)
+            document = ServerStatus.model_validate_json(response.read())
+        return Poll(document=document)
+    except (OSError, urllib.error.URLError, ValidationError, ValueError) as exc:
+        since = previous.failing_since if previous.failing_since is not None else time.time()
+        return Poll(document=None, error=f"{type(exc).__name__}: {exc}", failing_since=since)
