@@ -1,0 +1,194 @@
+"""The API model, the generated CRD and validation: every invalid job is caught by every layer."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+
+from kubeflower import cli
+from kubeflower.api import FederatedTrainingJob
+from kubeflower.crd import crd
+from kubeflower.validation import JobInvalid, parse_job
+from tests.jobs import INVALID, invalid_job, job
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD_FILE = ROOT / "crds" / "federatedtrainingjobs.kubeflower.io.yaml"
+
+
+def schema() -> dict[str, Any]:
+    return crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_committed_crd_is_generated_from_the_model() -> None:
+    committed = yaml.safe_load(CRD_FILE.read_text())
+    assert committed == crd(), "crds/ is stale: run `make crd` and commit the result"
+
+
+def _walk(node: dict[str, Any], path: str = "") -> Any:
+    yield path, node
+    for name, prop in node.get("properties", {}).items():
+        yield from _walk(prop, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_crd_schema_is_structural() -> None:
+    """Every node has a type (or is int-or-string / preserve-unknown-fields); no refs, no nulls."""
+    for path, node in _walk(schema()):
+        assert "$ref" not in node and "anyOf" not in node or node.get("x-kubernetes-int-or-string"), path
+        assert node.get("type") or node.get("x-kubernetes-int-or-string") or node.get(
+            "x-kubernetes-preserve-unknown-fields"
+        ), f"{path} has no type"
+        assert node.get("type") != "null", path
+
+
+def test_crd_names_subresources_and_columns() -> None:
+    spec = crd()["spec"]
+    assert spec["names"]["shortNames"] == ["ftj"] and spec["scope"] == "Namespaced"
+    version = spec["versions"][0]
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.clients.replicas"
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Round"] == ".status.round" and columns["Clients"] == ".status.clients"
+    assert columns["Accuracy"] == ".status.metrics.accuracy" and columns["Age"] == ".metadata.creationTimestamp"
+
+
+def test_defaults_live_in_the_schema() -> None:
+    spec_props = schema()["properties"]["spec"]["properties"]
+    assert spec_props["rounds"]["default"] == 3
+    assert spec_props["clients"]["properties"]["replicas"]["default"] == 2
+    assert spec_props["strategy"]["properties"]["name"]["default"] == "FedAvg"
+    assert spec_props["runPolicy"]["properties"]["cleanPolicy"]["default"] == "Clients"
+    assert spec_props["service"]["properties"]["type"]["default"] == "ClusterIP"
+
+
+# --- the API server, as far as these tests need it: defaulting, strict fields, schema, CEL ---
+
+
+def _default(node: dict[str, Any], value: Any) -> Any:
+    if isinstance(value, dict) and "properties" in node:
+        for name, prop in node["properties"].items():
+            if name not in value and "default" in prop:
+                value[name] = copy.deepcopy(prop["default"])
+            if name in value:
+                value[name] = _default(prop, value[name])
+    return value
+
+
+def _strict(node: Any) -> Any:
+    """fieldValidation=Strict (kubectl's default): unknown fields are errors, not pruned."""
+    if isinstance(node, list):
+        return [_strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _strict(v) for k, v in node.items()}
+    if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields") and "metadata" not in node["properties"]:
+        out["additionalProperties"] = False
+    return out
+
+
+def _cel_errors(node: dict[str, Any], value: Any, path: str) -> list[str]:
+    errors = []
+    env = celpy.Environment()
+    for rule in node.get("x-kubernetes-validations", []):
+        program = env.program(env.compile(rule["rule"]))
+        if not program.evaluate({"self": celpy.json_to_cel(value)}):
+            errors.append(f"{path}{rule.get('fieldPath', '.metadata.name' if not path else '')}: {rule['message']}")
+    if isinstance(value, dict):
+        for name, prop in node.get("properties", {}).items():
+            if name in value:
+                errors += _cel_errors(prop, value[name], f"{path}.{name}")
+    return errors
+
+
+def api_server_errors(document: dict[str, Any]) -> list[str]:
+    """What a real API server would answer to `kubectl apply` of the document, as field paths."""
+    s = schema()
+    value = _default(s, copy.deepcopy(document))
+    validator = jsonschema.Draft7Validator(_strict(s))
+    errors = [
+        ".".join(str(p) for p in e.absolute_path) + f" {e.message}" for e in validator.iter_errors(value)
+    ]
+    return errors if errors else [e.lstrip(".") for e in _cel_errors(s, value, "")]
+
+
+def test_the_valid_job_passes_every_layer() -> None:
+    assert api_server_errors(job()) == []
+    assert parse_job(job()).spec.clients.replicas == 2
+
+
+@pytest.mark.parametrize("case", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_job_is_rejected_by_the_model(case: tuple[str, list[Any], str]) -> None:
+    _, mutations, field = case
+    with pytest.raises(JobInvalid) as caught:
+        parse_job(invalid_job(mutations))
+    assert field in [e.path for e in caught.value.errors], caught.value.errors
+
+
+@pytest.mark.parametrize("case", INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_job_is_rejected_by_the_crd_schema(case: tuple[str, list[Any], str]) -> None:
+    _, mutations, field = case
+    errors = api_server_errors(invalid_job(mutations))
+    assert errors, "the CRD schema accepted an invalid job"
+    # jsonschema reports the path without the leading root; CEL errors carry the full path.
+    assert any(e.startswith(field) for e in errors), errors
+
+
+def test_cel_rules_mean_what_their_python_mirror_means() -> None:
+    """Each CelRule's CEL text and Python check agree on valid and invalid jobs alike."""
+    documents = [job()] + [invalid_job(m) for _, m, _ in INVALID]
+    for document in documents:
+        try:
+            parse_job(document)
+            model_ok = True
+        except JobInvalid as exc:
+            model_ok = False
+            rule_paths = {e.path for e in exc.errors}
+        cel = api_server_errors(document)
+        if model_ok:
+            assert cel == [], (document, cel)
+        elif not any(" " in e.split(":")[0] for e in cel):  # only CEL errors: paths must match
+            assert {e.split(":")[0] for e in cel} <= rule_paths | {"metadata.name"}, (cel, rule_paths)
+
+
+def test_validate_cli_names_every_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    documents = [job()] + [invalid_job(m, name=f"bad-{i}") for i, (_, m, _) in enumerate(INVALID)]
+    path = tmp_path / "jobs.yaml"
+    path.write_text(yaml.safe_dump_all(documents))
+    assert cli.main(["validate", str(path)]) == 1
+    out = capsys.readouterr()
+    assert "job digits-fedavg is valid" in out.out
+    assert "Traceback" not in out.err
+    sections = dict(re.findall(r"\(document (\d+), job [^)]*\): invalid\n((?:  .*\n)+)", out.err))
+    for i, (_, _, field) in enumerate(INVALID):
+        assert f"  {field}:" in sections[str(i + 2)], sections.get(str(i + 2))
+
+
+def test_validate_cli_accepts_a_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job()))
+    assert cli.main(["validate", str(path)]) == 0
+
+
+def test_bad_yaml_and_missing_file_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("spec: [unclosed")
+    assert cli.main(["validate", str(path)]) == 1
+    assert "not valid YAML" in capsys.readouterr().err
+    assert cli.main(["render", str(tmp_path / "nope.yaml")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_model_round_trips_with_defaults() -> None:
+    parsed = FederatedTrainingJob.model_validate(job())
+    wire = parsed.model_dump(by_alias=True, exclude_none=True)
+    assert wire["spec"]["strategy"]["name"] == "FedAvg" and wire["spec"]["runPolicy"]["backoffLimit"] == 3
+    assert FederatedTrainingJob.model_validate(wire) == parsed

@@ -1,0 +1,126 @@
+"""The children a job gets, built by pure functions: names, labels, contract, security."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kubeflower import contract
+from kubeflower.operator import builders
+from kubeflower.operator.reconcile import desired_children
+from kubeflower.operator.settings import Settings
+from kubeflower.validation import parse_job
+from tests.jobs import job
+from tests.pss import restricted_violations
+
+SETTINGS = Settings()
+
+
+def env_of(manifest: dict) -> dict:
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_children_have_deterministic_names_and_labels() -> None:
+    parsed = parse_job(job(namespace="team-a"))
+    kinds = {m["kind"]: m for m in builders.all_children(parsed, SETTINGS)}
+    assert set(kinds) == {"Deployment", "Service", "NetworkPolicy", "StatefulSet"}
+    assert kinds["Deployment"]["metadata"]["name"] == "digits-fedavg-server"
+    assert kinds["Service"]["metadata"]["name"] == "digits-fedavg-server"
+    assert kinds["StatefulSet"]["metadata"]["name"] == "digits-fedavg-clients"
+    for manifest in kinds.values():
+        assert manifest["metadata"]["namespace"] == "team-a"
+        assert manifest["metadata"]["labels"]["app.kubernetes.io/instance"] == "digits-fedavg"
+        assert manifest["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubeflower-operator"
+    selector = kinds["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert kinds["Service"]["spec"]["selector"] == selector
+    assert selector.items() <= kinds["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_server_runs_one_recreated_pod_with_the_run_config() -> None:
+    server = builders.server_deployment(parse_job(job(rounds=7)), SETTINGS)
+    assert server["spec"]["replicas"] == 1 and server["spec"]["strategy"]["type"] == "Recreate"
+    env = env_of(server)
+    run_config = json.loads(env[contract.ENV_RUN_CONFIG])
+    assert run_config["num-server-rounds"] == 7 and run_config["dataset"] == "digits"
+    assert env[contract.ENV_MIN_CLIENTS] == "2"
+    assert env["FLWR_TELEMETRY_ENABLED"] == "0"
+    container = server["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["kubeflower-server"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {p["containerPort"] for p in container["ports"]} == {contract.SUPERLINK_PORT, contract.STATUS_PORT}
+
+
+def test_clients_get_partition_from_ordinal_and_the_server_address() -> None:
+    clients = builders.client_statefulset(parse_job(job(namespace="ml", clients={"replicas": 4})), SETTINGS)
+    assert clients["spec"]["replicas"] == 4 and clients["spec"]["podManagementPolicy"] == "Parallel"
+    env = env_of(clients)
+    assert env[contract.ENV_POD_NAME] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env[contract.ENV_NUM_PARTITIONS] == "4"
+    assert env[contract.ENV_SUPERLINK] == f"digits-fedavg-server.ml.svc:{contract.SUPERLINK_PORT}"
+    assert contract.ordinal_from_pod_name("digits-fedavg-clients-3") == 3
+
+
+def test_user_env_resources_and_scheduling_reach_the_pods() -> None:
+    spec = {
+        "replicas": 2,
+        "env": [{"name": "EXTRA", "value": "1"}, {"name": contract.ENV_NUM_PARTITIONS, "value": "99"}],
+        "resources": {"limits": {"cpu": "2", "memory": "1Gi"}},
+        "nodeSelector": {"pool": "gpu"},
+        "tolerations": [{"key": "gpu", "operator": "Exists"}],
+    }
+    clients = builders.client_statefulset(parse_job(job(clients=spec)), SETTINGS)
+    pod = clients["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"} and pod["tolerations"][0]["key"] == "gpu"
+    assert pod["containers"][0]["resources"] == {"limits": {"cpu": "2", "memory": "1Gi"}}
+    env = env_of(clients)
+    assert env["EXTRA"] == "1"
+    assert env[contract.ENV_NUM_PARTITIONS] == "2", "the contract's value must win over a user's"
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
+def test_pods_meet_the_restricted_pod_security_standard(kind: str) -> None:
+    manifest = {m["kind"]: m for m in builders.all_children(parse_job(job()), SETTINGS)}[kind]
+    pod = manifest["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_pss_checker_catches_a_violation() -> None:
+    pod = builders.server_deployment(parse_job(job()), SETTINGS)["spec"]["template"]["spec"]
+    pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    assert len(restricted_violations(pod)) == 2
+
+
+def test_network_policy_admits_only_the_jobs_clients_to_flower() -> None:
+    policy = builders.server_network_policy(parse_job(job()))
+    assert policy is not None
+    flower_rule = policy["spec"]["ingress"][0]
+    assert flower_rule["from"][0]["podSelector"]["matchLabels"] == builders.selector_labels("digits-fedavg", "clients")
+    assert builders.server_network_policy(parse_job(job(service={"type": "NodePort"}))) is None
+
+
+def test_suspend_scales_to_zero_and_image_defaults_from_settings() -> None:
+    parsed = parse_job(job(runPolicy={"suspend": True}))
+    assert builders.server_deployment(parsed, SETTINGS)["spec"]["replicas"] == 0
+    assert builders.client_statefulset(parsed, SETTINGS)["spec"]["replicas"] == 0
+    container = builders.server_deployment(parsed, Settings(image="registry/wl:9"))["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry/wl:9"
+
+
+def test_user_app_passes_its_path_and_run_config() -> None:
+    parsed = parse_job(job(task=None, app={"path": "/app", "runConfig": {"lr": 0.1}}, image="me/app:1"))
+    env = env_of(builders.server_deployment(parsed, SETTINGS))
+    assert env[contract.ENV_APP_PATH] == "/app" and json.loads(env[contract.ENV_RUN_CONFIG]) == {"lr": 0.1}
+
+
+def test_config_hash_changes_with_the_spec_only() -> None:
+    def client_hash(**spec: object) -> str:
+        kinds = {m["kind"]: m for m in desired_children(parse_job(job(**spec)), SETTINGS)}
+        return kinds["StatefulSet"]["metadata"]["annotations"]["kubeflower.io/config-hash"]
+
+    assert client_hash() == client_hash()
+    assert client_hash() != client_hash(clients={"replicas": 3})
