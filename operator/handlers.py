@@ -23,7 +23,7 @@ from kubeflower.operator.poll import poll, status_url
 from kubeflower.operator.settings import Settings
 from kubeflower.validation import JobInvalid, parse_job
 
-SETTINGS = Settings.from_env()
+TIMER_INTERVAL = Settings.from_env().reconcile_interval
 log = logging.getLogger("kubeflower.operator")
 MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
 JOB = (api.GROUP, api.VERSION, api.PLURAL)
@@ -45,8 +45,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+    memo.settings = Settings.from_env()
     memo.children = Children(client.ApiClient())
-    logger.info("kubeflower operator started: %s", SETTINGS)
+    logger.info("kubeflower operator started: %s", memo.settings)
 
 
 def _job_key(body: kopf.Body) -> tuple[str, str] | None:
@@ -82,7 +83,7 @@ def _observe(key: tuple[str, str], indexes: dict[str, kopf.Index], poll_result: 
 @kopf.on.resume(*JOB)
 @kopf.on.create(*JOB)
 @kopf.on.update(*JOB)
-@kopf.timer(*JOB, interval=SETTINGS.reconcile_interval, id="reconcile-timer")
+@kopf.timer(*JOB, interval=TIMER_INTERVAL, id="reconcile-timer")
 def reconcile_job(
     body: kopf.Body,
     status: kopf.Status,
@@ -100,6 +101,7 @@ def reconcile_job(
     if meta.get("deletionTimestamp"):
         return  # Going away: the garbage collector removes the children through their owner references.
     now = datetime.now(UTC)
+    settings: Settings = memo.settings
     name, namespace = meta["name"], meta["namespace"]
     current = dict(status)
     generation = int(meta.get("generation", 1))
@@ -120,11 +122,11 @@ def reconcile_job(
         observed = _observe(key, indexes, Poll())
         server = observed.children.get("Deployment")
         if server and server.ready_replicas >= 1 and not current.get("completionTime"):
-            memo.poll = poll(status_url(SETTINGS, name, namespace), previous_poll, SETTINGS.poll_timeout)
+            memo.poll = poll(status_url(settings, name, namespace), previous_poll, settings.poll_timeout)
         else:
             memo.poll = Poll()
         observed = _observe(key, indexes, memo.poll)
-        plan = reconcile.plan(job, generation, current, observed, now, SETTINGS)
+        plan = reconcile.plan(job, generation, current, observed, now, settings)
     _apply(plan, body, memo.children)
     for key_, value in plan.status.items():
         if current.get(key_) != value:

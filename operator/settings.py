@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 def _env(name: str, default: str) -> str:
@@ -12,35 +12,29 @@ def _env(name: str, default: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    image: str = "ghcr.io/kubeflower/workload:0.1.0"
+    image: str = "kubeflower/workload:0.1.0"
     """Workload image for jobs that do not set spec.image."""
     image_pull_policy: str = "IfNotPresent"
     reconcile_interval: float = 5.0
-    """Seconds between level-triggered reconciles of a job (the timer)."""
-    poll_interval: float = 5.0
-    """Seconds between reads of a running server's status document."""
+    """Seconds between level-triggered reconciles of a job (the timer), each one reading the
+    running server's status document. Read once, when the handlers module is imported."""
     poll_timeout: float = 3.0
     poll_failure_tolerance: float = 120.0
     """Seconds of failed status reads tolerated before a running job is marked Failed."""
     status_url: str = "http://{name}-server.{namespace}.svc:{port}/status"
     """Where the operator reads a job's status document; placeholders: name, namespace, port."""
-    namespaces: tuple[str, ...] = field(default_factory=tuple)
-    """Namespaces to watch; empty means the whole cluster."""
     run_as_user: int = 10001
     """Non-root UID of the workload's pods (the workload image's user)."""
 
     @classmethod
     def from_env(cls) -> Settings:
         d = cls()
-        namespaces = tuple(n for n in _env("NAMESPACES", "").split(",") if n)
         return cls(
             image=_env("IMAGE", d.image),
             image_pull_policy=_env("IMAGE_PULL_POLICY", d.image_pull_policy),
             reconcile_interval=float(_env("RECONCILE_INTERVAL", str(d.reconcile_interval))),
-            poll_interval=float(_env("POLL_INTERVAL", str(d.poll_interval))),
             poll_timeout=float(_env("POLL_TIMEOUT", str(d.poll_timeout))),
             poll_failure_tolerance=float(_env("POLL_FAILURE_TOLERANCE", str(d.poll_failure_tolerance))),
             status_url=_env("STATUS_URL", d.status_url),
-            namespaces=namespaces,
             run_as_user=int(_env("RUN_AS_USER", str(d.run_as_user))),
         )
