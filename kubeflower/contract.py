@@ -33,6 +33,9 @@ ENV_APP_PATH = "KUBEFLOWER_APP_PATH"
 ENV_ROUNDS = "KUBEFLOWER_ROUNDS"
 ENV_MIN_CLIENTS = "KUBEFLOWER_MIN_CLIENTS"
 ENV_SUPERLINK_PORT = "KUBEFLOWER_SUPERLINK_PORT"
+ENV_BIND_HOST = "KUBEFLOWER_BIND_HOST"
+"""Interface the SuperLink and the status endpoint listen on; unset means all (a pod). `kubeflower
+run` sets 127.0.0.1: Flower's Control API shares the SuperLink port and has no authentication."""
 ENV_STATUS_PORT = "KUBEFLOWER_STATUS_PORT"
 ENV_OUTPUT_DIR = "KUBEFLOWER_OUTPUT_DIR"
 

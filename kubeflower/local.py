@@ -1,0 +1,289 @@
+"""`kubeflower run`: a job as local processes, with live progress and a results folder.
+
+The processes are the pods' own: the server entry point and one client entry point per replica,
+with the commands and environment the operator's builders put into the pod specs
+(`kubeflower.operator.builders`, the one description of that contract). Only what must differ on
+one host is overridden: loopback addresses and free ports, and the output, data and FLWR_HOME
+folders. Progress is read from the server's own GET /status, as the operator reads it.
+
+Every process started here, and everything they start, is stopped when the job ends, on Ctrl-C,
+and on errors: this process becomes a child subreaper, so even orphans stay in its tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from kubeflower import contract
+from kubeflower.api import FederatedTrainingJob
+from kubeflower.operator import builders
+from kubeflower.operator.settings import Settings
+from kubeflower.server_status import RunPhase, ServerStatus
+from kubeflower.validation import load_job
+from kubeflower.workload import datasets, processes
+
+STATUS_POLL = 0.5
+STOP_GRACE = 10.0
+SERVER_START_TIMEOUT = 60.0
+PLOT_FILE = "metrics.png"
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "final_model.pt"
+
+
+class LocalRunError(Exception):
+    """The job could not run to its end locally; the message says why and where to look."""
+
+
+@dataclass
+class Member:
+    """One local stand-in for a pod."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def run_job(path: Path, output: Path | None) -> int:
+    """Run the job in `path` to its end; 0 when it succeeded. Ctrl-C stops it (exit 130)."""
+    job = load_job(path)
+    output = (output or Path("runs") / job.metadata.name).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    console = Console()
+    processes.become_subreaper()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with _federation(job, path.resolve().parent, output) as (members, status_url):
+            status = _follow(job, members, status_url, console)
+    except KeyboardInterrupt:
+        console.print("[yellow]stopped: every process of the job has been ended[/yellow]")
+        return 130
+    except LocalRunError as exc:
+        console.print(f"[red]job {job.metadata.name} failed:[/red] {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _report(status, output, console)
+    return 0 if status.phase == RunPhase.SUCCEEDED else 1
+
+
+def pod_environment(container: dict[str, Any], pod_name: str, namespace: str) -> dict[str, str]:
+    """A container's environment with the downward-API fields of one pod filled in.
+
+    Variables from Secrets or ConfigMaps cannot be had without a cluster: they are left out
+    (set them in your shell; the processes inherit it).
+    """
+    fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
+    env: dict[str, str] = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+            continue
+        field = var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        if field in fields:
+            env[var["name"]] = fields[field]
+    return env
+
+
+def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home: Path) -> list[tuple[str, list[str], dict[str, str]]]:
+    """(name, command, environment) of the server and of each client, as they run on this host."""
+    namespace = job.metadata.namespace or "default"
+    server = _container(builders.server_deployment(job, Settings()))
+    clients_manifest = builders.client_statefulset(job, Settings())
+    client = _container(clients_manifest)
+    superlink_port, status_port = _free_port(), _free_port()
+    data_dir = str(datasets.data_dir())
+    server_env = pod_environment(server, f"{builders.server_name(job.metadata.name)}-local", namespace) | {
+        contract.ENV_SUPERLINK_PORT: str(superlink_port),
+        contract.ENV_STATUS_PORT: str(status_port),
+        contract.ENV_BIND_HOST: "127.0.0.1",
+        contract.ENV_OUTPUT_DIR: str(output),
+        contract.ENV_DATA_DIR: data_dir,
+        "FLWR_HOME": str(home / "server"),
+    }
+    if job.spec.app is not None:
+        # The app's path is a path in the image; locally, relative paths start at the job file.
+        server_env[contract.ENV_APP_PATH] = str((job_dir / job.spec.app.path).resolve())
+    members = [("server", server["command"], server_env)]
+    for ordinal in range(job.spec.clients.replicas):
+        pod = f"{clients_manifest['metadata']['name']}-{ordinal}"
+        members.append(
+            (
+                f"client-{ordinal}",
+                client["command"],
+                pod_environment(client, pod, namespace)
+                | {
+                    contract.ENV_SUPERLINK: f"127.0.0.1:{superlink_port}",
+                    contract.ENV_SUPERNODE_PORT: str(_free_port()),
+                    contract.ENV_DATA_DIR: data_dir,
+                    "FLWR_HOME": str(home / f"client-{ordinal}"),
+                },
+            )
+        )
+    return members
+
+
+@contextlib.contextmanager
+def _federation(job: FederatedTrainingJob, job_dir: Path, output: Path) -> Iterator[tuple[list[Member], str]]:
+    """The server and the clients, running; all stopped (and their trees killed) on the way out."""
+    home = Path(tempfile.mkdtemp(prefix=f"kubeflower-{job.metadata.name}-"))
+    members: list[Member] = []
+    try:
+        commands = local_commands(job, job_dir, output, home)
+        for name, command, env in commands:
+            log = output / "logs" / f"{name}.log"
+            log.unlink(missing_ok=True)
+            members.append(Member(name, processes.start(command, processes.child_env(env), log), log))
+        status_port = commands[0][2][contract.ENV_STATUS_PORT]
+        yield members, f"http://127.0.0.1:{status_port}/status"
+    finally:
+        for member in members:
+            with contextlib.suppress(ProcessLookupError):
+                member.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for member in members:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                member.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        processes.kill_descendants()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _follow(job: FederatedTrainingJob, members: list[Member], status_url: str, console: Console) -> ServerStatus:
+    """Show progress until the run is finished; LocalRunError when a process dies or time runs out."""
+    started = time.monotonic()
+    deadline = job.spec.run_policy.active_deadline_seconds
+    status = ServerStatus(total_rounds=job.spec.rounds)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds  {task.fields[metrics]}  [dim]{task.fields[note]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(job.metadata.name, total=job.spec.rounds, metrics="", note="starting")
+        while not status.phase.finished:
+            for member in members:
+                if member.process.poll() is not None:
+                    raise LocalRunError(
+                        f"the {member.name} process exited with code {member.process.returncode}; "
+                        f"its log: {member.log}\n{_tail(member.log)}"
+                    )
+            if deadline is not None and time.monotonic() - started > deadline:
+                raise LocalRunError(f"the job ran longer than runPolicy.activeDeadlineSeconds ({deadline} s)")
+            fetched = _fetch(status_url)
+            if fetched is None and time.monotonic() - started > SERVER_START_TIMEOUT and status.run_id is None:
+                raise LocalRunError(f"the server did not answer {status_url}; its log: {members[0].log}")
+            status = fetched or status
+            bar.update(
+                task,
+                completed=status.current_round,
+                total=status.total_rounds,
+                metrics=_metrics_text(status.metrics),
+                note=status.message or status.phase.value,
+            )
+            time.sleep(STATUS_POLL)
+    return status
+
+
+def _report(status: ServerStatus, output: Path, console: Console) -> None:
+    """Summary table, and the plot of the curves next to metrics.json and the model."""
+    table = Table(title=f"{status.phase.value}: {status.current_round}/{status.total_rounds} rounds")
+    for column in ("round", "train loss", "loss", "accuracy", "replies", "failures", "seconds"):
+        table.add_column(column, justify="right")
+    for record in status.history:
+        table.add_row(
+            str(record.round),
+            _number(record.train_metrics.get("loss")),
+            _number(record.metrics.get("loss")),
+            _number(record.metrics.get("accuracy")),
+            str(record.replies),
+            str(record.failures),
+            f"{record.seconds:.1f}",
+        )
+    console.print(table)
+    if status.history:
+        _plot(status, output / PLOT_FILE)
+    if status.phase != RunPhase.SUCCEEDED:
+        console.print(f"[red]job failed:[/red] {status.message}")
+    produced = [name for name in (METRICS_FILE, MODEL_FILE, PLOT_FILE) if (output / name).exists()]
+    console.print(f"results in {output}: {', '.join(produced) or 'nothing'}; logs in {output / 'logs'}")
+
+
+def _plot(status: ServerStatus, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = [r.round for r in status.history]
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        axes.plot(rounds, [r.metrics.get(key, float("nan")) for r in status.history], marker="o", label="evaluate")
+        if key == "loss":
+            axes.plot(rounds, [r.train_metrics.get(key, float("nan")) for r in status.history], marker="o", label="train")
+            axes.legend()
+        axes.set_xlabel("round")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_title(key)
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _fetch(url: str) -> ServerStatus | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
+            return ServerStatus.model_validate_json(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _container(manifest: dict[str, Any]) -> dict[str, Any]:
+    return manifest["spec"]["template"]["spec"]["containers"][0]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy") if k in metrics)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None))

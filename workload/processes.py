@@ -1,0 +1,122 @@
+"""Starting and stopping process trees, so that no process outlives the one that started it.
+
+Flower's processes do not stay in one process group: SuperExec starts its own session, and it
+starts a process per ServerApp run and per ClientApp message. Stopping by process group would miss
+them, so a tree is walked through the process table (`/proc`, or `ps` where there is none). A
+process that starts others calls `become_subreaper()` first (Linux): orphans of its tree are then
+re-parented to it rather than to init, and `kill_descendants()` still finds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+PR_SET_CHILD_SUBREAPER = 36
+SUPEREXEC_POLL_INTERVAL = "0.1"
+"""FLWR_SUPEREXEC_TASK_POLL_INTERVAL for the SuperExecs we start (Flower's default: 1 s per task)."""
+
+
+def child_env(extra: Mapping[str, str] = {}) -> dict[str, str]:  # noqa: B006 - read only
+    """Our environment plus `extra`, with this interpreter's scripts first on PATH.
+
+    Flower starts `flower-superexec`, `flwr-serverapp` and `flwr-clientapp` by name, so they must
+    be the ones of the installation that runs us, also when its bin folder is not on PATH.
+    """
+    env = {**os.environ, **extra}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_INTERVAL)
+    return env
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants become our children (Linux only; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def start(command: Sequence[str], env: Mapping[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """A child in its own session: a terminal's Ctrl-C reaches only us, and we stop it in order."""
+    if log is None:
+        return subprocess.Popen(list(command), env=dict(env), start_new_session=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(command), env=dict(env), start_new_session=True, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root`, parents before children."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _process_table():
+        children.setdefault(ppid, []).append(pid)
+    found, queue = [], list(children.get(root, []))
+    while queue:
+        pid = queue.pop(0)
+        found.append(pid)
+        queue.extend(children.get(pid, []))
+    return found
+
+
+def stop(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds: for the process and everything below it."""
+    tree = [process.pid, *descendants(process.pid)]
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in [*tree, *descendants(process.pid)]:
+        _kill(pid)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+def kill_descendants(rounds: int = 20) -> None:
+    """SIGKILL every process below us (orphans included, see `become_subreaper`) and reap them."""
+    me = os.getpid()
+    for _ in range(rounds):
+        pids = descendants(me)
+        if not pids:
+            return
+        for pid in pids:
+            _kill(pid)
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _process_table() -> list[tuple[int, int]]:
+    """(pid, parent pid) of every process."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True).stdout
+        return [(int(a), int(b)) for a, b in (line.split() for line in out.splitlines() if line.strip())]
+    table = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name (2nd field) may hold spaces and parentheses: split after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table.append((int(entry.name), int(fields[1])))
+    return table
