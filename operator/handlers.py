@@ -9,6 +9,7 @@ indexes (no API reads), polls the server's status document, plans with the pure
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,12 @@ MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
 JOB = (api.GROUP, api.VERSION, api.PLURAL)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere, the kubeconfig that KUBECONFIG names now."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
@@ -44,7 +51,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # The client reads KUBECONFIG when it is imported; read it now, as kopf does.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     memo.settings = Settings.from_env()
     memo.children = Children(client.ApiClient())
     logger.info("kubeflower operator started: %s", memo.settings)
