@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +49,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # Events are posted on purpose (one per round, one per verdict), not for every log line.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 20
+    # kopf logs every timer run at INFO ("Timer ... succeeded"): thousands of lines an hour that an
+    # on-call engineer never needs. Our own log lines (kubeflower.operator) say what was done.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         config.load_incluster_config()
     except config.ConfigException:
@@ -80,77 +84,78 @@ def server_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], int]:
     return {key: restart_count(body)} if key else {}
 
 
-def _observe(key: tuple[str, str], indexes: dict[str, kopf.Index], poll_result: Poll) -> Observed:
+def _observe(key: tuple[str, str], indexes: dict[str, kopf.Index], expected: dict[str, Child], poll_result: Poll) -> Observed:
     found: dict[str, Child] = {}
-    for index_name in ("deployments", "statefulsets", "services", "networkpolicies"):
+    for index_name in CHILD_INDEXES:
         for child in indexes[index_name].get(key, []):
             found[child.kind] = child
-    return Observed(children=found, server_restarts=sum(indexes["server_pods"].get(key, [])), poll=poll_result)
+    for kind in set(expected) & set(found):
+        del expected[kind]  # the watch has caught up with what we created
+    return Observed(
+        children={**expected, **found},
+        server_restarts=sum(indexes["server_pods"].get(key, [])),
+        poll=poll_result,
+    )
+
+
+CHILD_INDEXES = ("deployments", "statefulsets", "services", "networkpolicies")
 
 
 @kopf.on.resume(*JOB)
 @kopf.on.create(*JOB)
 @kopf.on.update(*JOB)
-@kopf.timer(*JOB, interval=TIMER_INTERVAL, id="reconcile-timer")
-def reconcile_job(
-    body: kopf.Body,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    memo: kopf.Memo,
-    logger: logging.Logger,
-    deployments: kopf.Index,
-    statefulsets: kopf.Index,
-    services: kopf.Index,
-    networkpolicies: kopf.Index,
-    server_pods: kopf.Index,
-    **_: Any,
-) -> None:
+@kopf.timer(*JOB, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL, id="reconcile-timer")
+def reconcile_job(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **indexes: Any) -> None:
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return  # Going away: the garbage collector removes the children through their owner references.
-    now = datetime.now(UTC)
-    settings: Settings = memo.settings
-    name, namespace = meta["name"], meta["namespace"]
-    current = dict(status)
-    generation = int(meta.get("generation", 1))
-    try:
-        job = parse_job(dict(body))
-    except JobInvalid as exc:
-        plan = reconcile.invalid_plan(current, generation, str(exc), now)
-    else:
-        indexes = {
-            "deployments": deployments,
-            "statefulsets": statefulsets,
-            "services": services,
-            "networkpolicies": networkpolicies,
-            "server_pods": server_pods,
-        }
-        key = (namespace, name)
-        previous_poll: Poll = memo.get("poll", Poll())
-        observed = _observe(key, indexes, Poll())
-        server = observed.children.get("Deployment")
-        if server and server.ready_replicas >= 1 and not current.get("completionTime"):
-            memo.poll = poll(status_url(settings, name, namespace), previous_poll, settings.poll_timeout)
-        else:
-            memo.poll = Poll()
-        observed = _observe(key, indexes, memo.poll)
-        plan = reconcile.plan(job, generation, current, observed, now, settings)
-    _apply(plan, body, memo.children)
-    for key_, value in plan.status.items():
-        if current.get(key_) != value:
-            patch.status[key_] = value
+    # Handlers and the timer of one job run in different threads: one reconcile at a time.
+    with memo.setdefault("lock", threading.Lock()):
+        # Our last status patch is applied after we return; a body still at the version we planned
+        # from has not seen it yet, so plan from what we wrote, not from the stale body.
+        seen_version, written = memo.get("written", (None, None))
+        current = written if seen_version == meta["resourceVersion"] else dict(status)
+        plan = _plan(body, current, memo, indexes)
+        _apply(plan, body, memo)
+        memo.written = (meta["resourceVersion"], plan.status)
+    for key, value in plan.status.items():
+        if current.get(key) != value:
+            patch.status[key] = value
     for gone in set(current) - set(plan.status):
         patch.status[gone] = None
 
 
-def _apply(plan: reconcile.Plan, body: kopf.Body, children: Children) -> None:
+def _plan(body: kopf.Body, current: dict[str, Any], memo: kopf.Memo, indexes: dict[str, Any]) -> reconcile.Plan:
+    meta = body["metadata"]
+    now = datetime.now(UTC)
+    generation = int(meta.get("generation", 1))
+    try:
+        job = parse_job(dict(body))
+    except JobInvalid as exc:
+        return reconcile.invalid_plan(current, generation, str(exc), now)
+    settings: Settings = memo.settings
+    key = (meta["namespace"], meta["name"])
+    expected: dict[str, Child] = memo.setdefault("expected", {})
+    server = _observe(key, indexes, expected, Poll()).children.get("Deployment")
+    if server and server.ready_replicas >= 1 and not current.get("completionTime"):
+        url = status_url(settings, meta["name"], meta["namespace"])
+        memo.poll = poll(url, memo.get("poll", Poll()), settings.poll_timeout)
+    else:
+        memo.poll = Poll()
+    observed = _observe(key, indexes, expected, memo.poll)
+    return reconcile.plan(job, generation, current, observed, now, settings)
+
+
+def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> None:
     # Logged through a plain logger: kopf's per-object logger would turn warnings into Events too,
     # and the plan's events are posted explicitly, once each.
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     job = f"{namespace}/{name}"
+    children: Children = memo.children
     for manifest in plan.create:
         kopf.adopt(manifest, owner=body)
         children.create(namespace, manifest)
+        memo.expected[manifest["kind"]] = summarize(manifest)
         log.info("%s: created %s %s", job, manifest["kind"], manifest["metadata"]["name"])
     for manifest in plan.update:
         children.patch(namespace, manifest)
