@@ -50,7 +50,7 @@ def _wait(what: str, probe, timeout: float) -> float:  # type: ignore[no-untyped
     while not probe():
         if time.monotonic() - start > timeout:
             raise SystemExit(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.5)  # listing a thousand objects is not free for the test server
     return time.monotonic() - start
 
 

@@ -12,9 +12,10 @@ docstring for why). This touches kmock internals: it is written for kmock==0.8 e
 """
 import base64
 import copy
+import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -40,6 +41,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     events: watch.EventLog = attrs.field(factory=watch.EventLog, init=False)
     store: Store = attrs.field(init=False)
     failures: list[Exception] = attrs.field(factory=list, init=False)  # server bugs (500s)
+    _request_ids: Iterator[int] = attrs.field(factory=itertools.count, init=False)
 
     def __attrs_post_init__(self) -> None:
         # kmock routes discovery, LIST/WATCH/FETCH/CREATE/UPDATE(PATCH)/DELETE to the _serve_* methods
@@ -52,7 +54,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
         """The aiohttp entry point: parse the request (kmock's parsing fails on namespaces) and serve it."""
         body = await raw_request.read()
         self.request_log.record(raw_request.method, raw_request.path, raw_request.query_string)
-        request = _parse_request(raw_request, body, id=len(self._requests))
+        request = _parse_request(raw_request, body, id=next(self._request_ids))
+        # kmock matches a request to its reactions by scanning every request it holds: keep only
+        # those in flight, or each request costs more than the last (quadratic over a benchmark).
         self._requests.append(request)
         error: Exception
         try:
@@ -65,6 +69,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return streamed
         except Exception as e:
             error = e
+        finally:
+            self._requests.remove(request)
         if not isinstance(error, kmock.KubernetesError):
             self._record_failure(error)
         return await self._render_error(error)
