@@ -34,6 +34,8 @@ from kubeflower.workload.messages import EVALUATE_RECEIVED, EVALUATION, METRICS
 
 POLL_INTERVAL = 0.1
 """Seconds between pulls for replies (a pull is one small HTTP call to the local SuperLink)."""
+NODES_POLL_INTERVAL = 0.5
+"""Seconds between looks at the connected nodes while a round waits for `min_available_nodes`."""
 REPLY_TIMEOUT = 3600.0
 """Seconds a round waits for its replies; a SuperNode that dies is reported by Flower sooner."""
 MODEL_FILE = "final_model.pt"
@@ -84,6 +86,7 @@ def federate(
     for server_round in range(1, num_rounds + 1):
         started = time.monotonic()
         config = ConfigRecord({EVALUATE_RECEIVED: True} if fused else {})
+        wait_for_nodes(grid, strategy)
         replies = exchange(grid, strategy.configure_train(server_round, arrays, config, grid))
         valid = _valid(replies, server_round)
         aggregated, train_metrics = strategy.aggregate_train(server_round, replies)
@@ -106,6 +109,19 @@ def federate(
     if awaiting is not None:
         _report(awaiting, strategy.aggregate_evaluate(num_rounds, _evaluate(grid, strategy, num_rounds, arrays)), on_round)
     return arrays
+
+
+def wait_for_nodes(grid: Grid, strategy: FedAvg) -> None:
+    """Wait until the strategy's `min_available_nodes` are connected.
+
+    Flower's strategies size a round's sample from the nodes connected when the round is
+    configured, and only then wait for `min_available_nodes`: a first round configured while the
+    clients are still connecting (the usual case in a cluster: they start once the server is ready)
+    would train on fewer of them than `fraction_train` says -- one of two, say.
+    """
+    needed = getattr(strategy, "min_available_nodes", 0)
+    while len(list(grid.get_node_ids())) < needed:
+        time.sleep(NODES_POLL_INTERVAL)
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float = REPLY_TIMEOUT) -> list[Message]:
@@ -133,6 +149,7 @@ def received_evaluation(strategy: FedAvg, replies: list[Message]) -> MetricRecor
 
 
 def _evaluate(grid: Grid, strategy: FedAvg, server_round: int, arrays: ArrayRecord) -> list[Message]:
+    wait_for_nodes(grid, strategy)
     return exchange(grid, strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
 
 
