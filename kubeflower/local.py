@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from kubeflower.operator import builders
 from kubeflower.operator.settings import Settings
 from kubeflower.server_status import RunPhase, ServerStatus
 from kubeflower.validation import load_job
-from kubeflower.workload import datasets, processes
+from kubeflower.workload import datasets, processes, status_server
 
 STATUS_POLL = 0.5
 STOP_GRACE = 10.0
@@ -65,7 +64,9 @@ def run_job(path: Path, output: Path | None) -> int:
     job = load_job(path)
     output = (output or Path("runs") / job.metadata.name).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    console = Console()
+    for stale in (METRICS_FILE, MODEL_FILE, PLOT_FILE):  # a previous run's results
+        (output / stale).unlink(missing_ok=True)
+    console = Console(soft_wrap=True)  # messages and paths whole, in a terminal and in a log file
     processes.become_subreaper()
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -165,7 +166,10 @@ def _federation(job: FederatedTrainingJob, job_dir: Path, output: Path) -> Itera
 
 
 def _follow(job: FederatedTrainingJob, members: list[Member], status_url: str, console: Console) -> ServerStatus:
-    """Show progress until the run is finished; LocalRunError when a process dies or time runs out."""
+    """Show progress until the run is finished; LocalRunError when a process dies or time runs out.
+
+    On a terminal, a live bar; otherwise (a log file, CI) one line per change.
+    """
     started = time.monotonic()
     deadline = job.spec.run_policy.active_deadline_seconds
     status = ServerStatus(total_rounds=job.spec.rounds)
@@ -176,7 +180,8 @@ def _follow(job: FederatedTrainingJob, members: list[Member], status_url: str, c
         TextColumn("rounds  {task.fields[metrics]}  [dim]{task.fields[note]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
+    shown = ""
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task(job.metadata.name, total=job.spec.rounds, metrics="", note="starting")
         while not status.phase.finished:
             for member in members:
@@ -188,16 +193,15 @@ def _follow(job: FederatedTrainingJob, members: list[Member], status_url: str, c
             if deadline is not None and time.monotonic() - started > deadline:
                 raise LocalRunError(f"the job ran longer than runPolicy.activeDeadlineSeconds ({deadline} s)")
             fetched = _fetch(status_url)
-            if fetched is None and time.monotonic() - started > SERVER_START_TIMEOUT and status.run_id is None:
+            if fetched is None and status.run_id is None and time.monotonic() - started > SERVER_START_TIMEOUT:
                 raise LocalRunError(f"the server did not answer {status_url}; its log: {members[0].log}")
             status = fetched or status
-            bar.update(
-                task,
-                completed=status.current_round,
-                total=status.total_rounds,
-                metrics=_metrics_text(status.metrics),
-                note=status.message or status.phase.value,
-            )
+            metrics, note = _metrics_text(status.metrics), status.message or status.phase.value
+            bar.update(task, completed=status.current_round, total=status.total_rounds, metrics=metrics, note=note)
+            line = f"{job.metadata.name}: round {status.current_round}/{status.total_rounds}  {metrics}  {note}"
+            if not console.is_terminal and line != shown:
+                console.print(line, highlight=False)
+                shown = line
             time.sleep(STATUS_POLL)
     return status
 
@@ -251,8 +255,7 @@ def _plot(status: ServerStatus, path: Path) -> None:
 
 def _fetch(url: str) -> ServerStatus | None:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
-            return ServerStatus.model_validate_json(response.read())
+        return ServerStatus.model_validate_json(status_server.get(url, timeout=2))
     except (OSError, ValueError):
         return None
 

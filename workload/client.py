@@ -61,8 +61,8 @@ def main() -> int:
         return 2
     LOG.info("starting: %s", " ".join(command))
     sys.stdout.flush()
-    env = processes.child_env()
-    os.execvpe(command[0], command, env)
+    superlink_host = os.environ[contract.ENV_SUPERLINK].rpartition(":")[0].strip("[]")
+    os.execvpe(command[0], command, processes.child_env(direct=[superlink_host]))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import importlib.util
+import json
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kubeflower.workload import processes
 
 PROTOBUF = "application/protobuf"
 PROTOBUF_STREAM = "application/flower-protobuf-stream"
@@ -152,9 +155,18 @@ class Control:
         except OSError as exc:
             raise ControlError(f"cannot reach the SuperLink at {self._host}:{self._port}: {exc}") from None
         if response.status != 200:
-            body = response.read(4096).decode("utf-8", "replace")
-            raise ControlError(f"{method} failed with HTTP {response.status}: {body}")
+            raise ControlError(f"{method}: {_error_detail(response.read(4096))} (HTTP {response.status})")
         return response
+
+
+def _error_detail(body: bytes) -> str:
+    """The public message of a Flower API error (`{"code": .., "detail": ".."}`), else the body."""
+    text = body.decode("utf-8", "replace")
+    try:
+        detail = json.loads(text).get("detail")
+    except (ValueError, AttributeError):
+        return text
+    return str(detail) if detail else text
 
 
 def _scalar(value: bool | int | float | str) -> Any:
@@ -170,13 +182,14 @@ def _scalar(value: bool | int | float | str) -> Any:
     raise ControlError(f"run config values must be bool, int, float or str (got {type(value).__name__}: {value!r})")
 
 
-def build_fab(app_dir: Path, flwr: str = "flwr") -> bytes:
+def build_fab(app_dir: Path) -> bytes:
     """The Flower App Bundle of an app project, built by `flwr build` (its errors as ControlError)."""
     with tempfile.TemporaryDirectory(prefix="kubeflower-fab-") as out:
         try:
             result = subprocess.run(
-                [flwr, "build", "--app", str(app_dir)],
+                ["flwr", "build", "--app", str(app_dir)],
                 cwd=out,
+                env=processes.child_env(),
                 capture_output=True,
                 text=True,
                 timeout=FAB_BUILD_TIMEOUT,

@@ -145,7 +145,7 @@ def _from_torchvision(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray
         except Exception as exc:  # noqa: BLE001 - any download failure means the same to the user
             raise DatasetUnavailable(
                 f"dataset {name} is not in the data folder {data_dir} and could not be downloaded "
-                f"({type(exc).__name__}: {exc}); put it there from a machine that reaches the internet "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())}); put it there from a machine that reaches the internet "
                 f"(torchvision.datasets.{TORCHVISION_CLASSES[name]}"
                 f"(root='{data_dir}', train=True, download=True)), or let the pods reach the internet"
             ) from None

@@ -163,9 +163,7 @@ def _valid(replies: list[Message], server_round: int) -> list[Message]:
 
 def _report(record: RoundRecord, evaluated: MetricRecord | None, on_round: OnRound) -> None:
     record.metrics = _numbers(evaluated)
-    summary = ", ".join(f"{k} {v:.4f}" for k, v in sorted(record.metrics.items()))
-    log(INFO, "round %d: %s (%d replies, %d failures, %.1f s)", record.round, summary or "not evaluated",
-        record.replies, record.failures, record.seconds)
+    log(INFO, "round %d: %s", record.round, progress.summary(record))
     on_round(record)
 
 

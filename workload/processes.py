@@ -18,40 +18,62 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SUPEREXEC_POLL_INTERVAL = "0.1"
 """FLWR_SUPEREXEC_TASK_POLL_INTERVAL for the SuperExecs we start (Flower's default: 1 s per task)."""
 
 
-def child_env(extra: Mapping[str, str] = {}) -> dict[str, str]:  # noqa: B006 - read only
-    """Our environment plus `extra`, with this interpreter's scripts first on PATH.
+def child_env(extra: Mapping[str, str] = {}, direct: Sequence[str] = ()) -> dict[str, str]:  # noqa: B006 - read only
+    """Our environment plus `extra`, ready for Flower's processes.
 
-    Flower starts `flower-superexec`, `flwr-serverapp` and `flwr-clientapp` by name, so they must
-    be the ones of the installation that runs us, also when its bin folder is not on PATH.
+    - This interpreter's scripts come first on PATH: Flower starts `flower-superexec`,
+      `flwr-serverapp` and `flwr-clientapp` by name, and they must be of our installation.
+    - Loopback and the `direct` hosts (the SuperLink) join NO_PROXY: Flower's HTTP clients honour
+      HTTP(S)_PROXY, which a user may set for downloads, and a proxy cannot reach our SuperLink.
     """
     env = {**os.environ, **extra}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
     env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_INTERVAL)
+    for key in ("no_proxy", "NO_PROXY"):
+        hosts = [h for h in env.get(key, "").split(",") if h]
+        env[key] = ",".join(dict.fromkeys([*hosts, *LOOPBACK, *direct]))
     return env
 
 
 def become_subreaper() -> None:
     """Orphaned descendants become our children (Linux only; elsewhere a no-op)."""
     if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def start(command: Sequence[str], env: Mapping[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
-    """A child in its own session: a terminal's Ctrl-C reaches only us, and we stop it in order."""
-    if log is None:
-        return subprocess.Popen(list(command), env=dict(env), start_new_session=True)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            list(command), env=dict(env), start_new_session=True, stdout=out, stderr=subprocess.STDOUT
-        )
+def start(command: Sequence[str], env: Mapping[str, str], output: Path | int | None = None) -> subprocess.Popen[bytes]:
+    """A child in its own session, which gets SIGTERM if we die (Linux), even by SIGKILL.
+
+    Its own session: a terminal's Ctrl-C reaches only us, and we stop the children in order.
+    `output`: where its stdout and stderr go: a log file (appended), subprocess.PIPE, or ours.
+    Start children before starting threads (the death signal is set between fork and exec).
+    """
+    options: dict[str, Any] = {"env": dict(env), "start_new_session": True}
+    if sys.platform.startswith("linux"):
+        options["preexec_fn"] = _terminate_with_parent
+    if not isinstance(output, Path):
+        stderr = None if output is None else subprocess.STDOUT
+        return subprocess.Popen(list(command), stdout=output, stderr=stderr, **options)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("ab") as out:
+        return subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, **options)
+
+
+def _terminate_with_parent() -> None:
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def descendants(root: int) -> list[int]:

@@ -18,15 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
+import subprocess
 import sys
 import threading
 import time
-import urllib.request
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from kubeflower import contract
 from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
@@ -43,6 +46,10 @@ STOP_GRACE = 10.0
 LOG_DRAIN_TIMEOUT = 30.0
 """Seconds to wait, once the run finished, for the rest of its log (its last rounds)."""
 METRICS_FILE = "metrics.json"
+ERRORS_KEPT = 5
+RELAY_DELAY = 0.5
+"""Seconds for the SuperLink's log lines about a refused request to reach `SuperLinkOutput`."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class SettingsError(Exception):
@@ -147,7 +154,28 @@ class LogFollower(threading.Thread):
     def _post(self, records: list[RoundRecord]) -> None:
         for record in records:
             self.board.apply(lambda st, r=record: self._with_round(st, r))
-            LOG.info("round %d finished: %s", record.round, record.metrics or record.train_metrics)
+            LOG.info("round %d finished: %s", record.round, progress.summary(record))
+
+
+class SuperLinkOutput(threading.Thread):
+    """Relays the SuperLink's output to ours (the pod's log) and keeps its latest errors.
+
+    Flower's API answers a refused run with a public message only ("Invalid run configuration.");
+    the reason (`Key 'x' is not present in the main dictionary`) is in the SuperLink's log.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(name="superlink-output", daemon=True)
+        self.stream = stream
+        self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
+
+    def run(self) -> None:
+        for line in self.stream:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            text = _ANSI.sub("", line.decode("utf-8", "replace")).strip()
+            if text.startswith("ERROR"):
+                self.errors.append(text.removeprefix("ERROR").lstrip(" :"))
 
 
 class Supervisor:
@@ -156,7 +184,8 @@ class Supervisor:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.control = Control(f"127.0.0.1:{settings.superlink_port}")
-        self.superlink = None
+        self.superlink: subprocess.Popen[bytes] | None = None
+        self.superlink_output: SuperLinkOutput | None = None
         self.superlink_healthy = False
 
     def request_stop(self) -> None:
@@ -167,7 +196,8 @@ class Supervisor:
         """Ready and alive: the SuperLink answers, or the run is over and its result is served."""
         return self.superlink_healthy or self.board.get().phase.finished
 
-    def run(self) -> int:
+    def start_superlink(self) -> None:
+        """Start `flower-superlink` (before any thread of ours: see `processes.start`)."""
         s = self.settings
         LOG.info("job %s: starting the SuperLink on %s:%d", s.job, s.bind_host, s.superlink_port)
         self.superlink = processes.start(
@@ -179,19 +209,30 @@ class Supervisor:
                 "--disable-runtime-dependency-installation",
             ],
             processes.child_env(),
+            subprocess.PIPE,
         )
+        assert self.superlink.stdout is not None
+        self.superlink_output = SuperLinkOutput(self.superlink.stdout)
+        self.superlink_output.start()
+
+    def run(self) -> int:
+        """Submit the run and follow it; the exit code of the entry point."""
         if not self._wait_for_superlink():
             return 0 if self.stop.is_set() else 1
+        s = self.settings
         try:
             LOG.info("bundling the Flower App in %s", s.app_dir)
-            fab = build_fab(s.app_dir)
-            run_id = self.control.start_run(fab, s.run_config)
+            run_id = self._submit(build_fab(s.app_dir))
         except ControlError as exc:
             LOG.error("the run could not be submitted: %s", exc)
             self._finished(RunState("finished", "failed", str(exc)), None)
             return self._serve_final()
         LOG.info("run %d submitted (%d rounds, %d clients needed)", run_id, s.rounds, s.min_clients)
         self.board.apply(lambda st: st.model_copy(update={"run_id": run_id, "message": "run submitted"}))
+        return self._follow(run_id)
+
+    def _follow(self, run_id: int) -> int:
+        assert self.superlink is not None
         follower = LogFollower(self.control, run_id, self.board, on_end=self.wake.set)
         follower.start()
         while not self.stop.is_set():
@@ -222,6 +263,17 @@ class Supervisor:
             LOG.warning("stopping run %d: %s", run_id, exc)
         return 0
 
+    def _submit(self, fab: bytes) -> int:
+        """Start the run; a refusal carries the reason the SuperLink logged with it."""
+        assert self.superlink_output is not None
+        self.superlink_output.errors.clear()
+        try:
+            return self.control.start_run(fab, self.settings.run_config)
+        except ControlError as exc:
+            time.sleep(RELAY_DELAY)
+            logged = self.superlink_output.errors
+            raise ControlError(f"{exc}: {logged[0]}" if logged else str(exc)) from None
+
     def close(self) -> None:
         if self.superlink is not None:
             processes.stop(self.superlink, STOP_GRACE)
@@ -235,8 +287,8 @@ class Supervisor:
                 LOG.error("the SuperLink exited with code %s while starting", self.superlink.returncode)
                 return False
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own loopback URL
-                    self.superlink_healthy = response.status == 200
+                status_server.get(url, timeout=2)
+                self.superlink_healthy = True
             except OSError:
                 pass
             if self.superlink_healthy:
@@ -247,14 +299,15 @@ class Supervisor:
         return False
 
     def _finished(self, state: RunState, connected: int | None) -> None:
-        status = self.board.apply(
-            lambda st: progress.with_run(st, state, st.clients.connected if connected is None else connected, _now())
-        )
+        """Write metrics.json, then publish the final phase: whoever sees it finds the file."""
+        current = self.board.get()
+        status = progress.with_run(current, state, current.clients.connected if connected is None else connected, _now())
         output = self.settings.output_dir / METRICS_FILE
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_suffix(".tmp")
         tmp.write_text(status.to_json())
         tmp.replace(output)
+        self.board.apply(lambda _: status)
         outcome = f"failed: {status.message}" if status.phase == RunPhase.FAILED else "succeeded"
         LOG.info("run %s after %d/%d rounds (metrics %s); %s", outcome, status.current_round, status.total_rounds,
                  status.metrics or "none", f"results in {self.settings.output_dir}")
@@ -291,6 +344,7 @@ def main() -> int:
     supervisor = Supervisor(settings, board)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
+    supervisor.start_superlink()
     http = status_server.serve(settings.status_port, board.get, supervisor.healthy, settings.job, settings.bind_host)
     LOG.info("serving /status, /metrics and /healthz on %s:%d", settings.bind_host, settings.status_port)
     try:

@@ -8,6 +8,7 @@ entry point stays small next to the SuperLink.
 from __future__ import annotations
 
 import threading
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -73,6 +74,15 @@ def serve(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="status-http", daemon=True).start()
     return server
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def get(url: str, timeout: float) -> bytes:
+    """GET a loopback URL (raises OSError), never through HTTP(S)_PROXY, which would swallow it."""
+    with _DIRECT.open(url, timeout=timeout) as response:
+        return bytes(response.read())
 
 
 def _escape(value: str) -> str:

@@ -47,7 +47,7 @@ def train(
                         grad = grad + proximal_mu * (p - anchors[i])
                     velocity[i].mul_(MOMENTUM).add_(grad)
                     p.sub_(learning_rate * velocity[i])
-            total += float(loss)
+            total += loss.item()
             batches += 1
     return total / max(batches, 1)
 

@@ -1,0 +1,96 @@
+"""The entry points' reading of the environment contract, and local mode's use of the builders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kubeflower import contract
+from kubeflower.api import FederatedTrainingJob
+from kubeflower.local import local_commands, pod_environment
+from kubeflower.runconfig import run_config
+from kubeflower.workload import client, server
+from tests.jobs import job
+
+BASE = {contract.ENV_SUPERLINK: "j-server.ns.svc:9092", contract.ENV_NUM_PARTITIONS: "3"}
+
+
+def test_client_partition_from_the_pod_ordinal() -> None:
+    command = client.supernode_command({**BASE, contract.ENV_POD_NAME: "j-clients-2"})
+    assert command[:4] == ["flower-supernode", "--insecure", "--superlink", "j-server.ns.svc:9092"]
+    assert command[command.index("--node-config") + 1] == "partition-id=2 num-partitions=3"
+    assert command[command.index("--port") + 1] == str(contract.SUPERNODE_PORT)
+
+
+def test_an_explicit_partition_id_wins() -> None:
+    env = {**BASE, contract.ENV_POD_NAME: "j-clients-2", contract.ENV_PARTITION_ID: "0", contract.ENV_SUPERNODE_PORT: "9999"}
+    command = client.supernode_command(env)
+    assert "partition-id=0 num-partitions=3" in command and "9999" in command
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({contract.ENV_NUM_PARTITIONS: "2", contract.ENV_POD_NAME: "x-0"}, "KUBEFLOWER_SUPERLINK is not set"),
+        ({**BASE, contract.ENV_POD_NAME: "no-ordinal"}, "does not end in a StatefulSet ordinal"),
+        ({**BASE, contract.ENV_POD_NAME: "j-clients-3"}, "outside 0..2"),
+        ({contract.ENV_SUPERLINK: "x:1", contract.ENV_POD_NAME: "j-0"}, "KUBEFLOWER_NUM_PARTITIONS"),
+    ],
+)
+def test_client_settings_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(client.SettingsError, match=message):
+        client.supernode_command(env)
+
+
+def test_server_settings_from_the_builders_environment() -> None:
+    from kubeflower.operator.builders import server_env
+
+    model = FederatedTrainingJob.model_validate(job("digits", namespace="ns"))
+    settings = server.Settings.from_env(server_env(model))
+    assert settings.run_config == run_config(model.spec)
+    assert (settings.rounds, settings.min_clients, settings.superlink_port) == (3, 2, contract.SUPERLINK_PORT)
+    assert settings.app_dir == server.BUILTIN_APP and settings.bind_host == "0.0.0.0"
+    with pytest.raises(server.SettingsError, match="KUBEFLOWER_ROUNDS must be a whole number"):
+        server.Settings.from_env({**server_env(model), contract.ENV_ROUNDS: "three"})
+
+
+def test_pod_environment_fills_the_downward_api() -> None:
+    container = {
+        "env": [
+            {"name": "A", "value": "1"},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+        ]
+    }
+    assert pod_environment(container, "p-0", "ns") == {"A": "1", "POD": "p-0", "NS": "ns"}
+
+
+def test_local_mode_runs_the_pods_commands_with_host_overrides(tmp_path: Path) -> None:
+    model = FederatedTrainingJob.model_validate(job("digits", clients={"replicas": 3}))
+    members = local_commands(model, tmp_path, tmp_path / "out", tmp_path / "home")
+    assert [name for name, _, _ in members] == ["server", "client-0", "client-1", "client-2"]
+    (_, server_command, server_env), *clients = members
+    assert server_command == ["kubeflower-server"]
+    assert json.loads(server_env[contract.ENV_RUN_CONFIG]) == run_config(model.spec)
+    assert server_env[contract.ENV_BIND_HOST] == "127.0.0.1"
+    assert server_env[contract.ENV_OUTPUT_DIR] == str(tmp_path / "out")
+    superlink = f"127.0.0.1:{server_env[contract.ENV_SUPERLINK_PORT]}"
+    ports = {server_env[contract.ENV_SUPERLINK_PORT], server_env[contract.ENV_STATUS_PORT]}
+    for ordinal, (_, command, env) in enumerate(clients):
+        assert command == ["kubeflower-client"]
+        assert env[contract.ENV_POD_NAME] == f"digits-clients-{ordinal}"
+        assert env[contract.ENV_SUPERLINK] == superlink and env[contract.ENV_NUM_PARTITIONS] == "3"
+        ports.add(env[contract.ENV_SUPERNODE_PORT])
+        assert env["FLWR_HOME"] == str(tmp_path / "home" / f"client-{ordinal}")
+    assert len(ports) == 5
+
+
+def test_local_mode_finds_a_users_app_next_to_the_job(tmp_path: Path) -> None:
+    model = FederatedTrainingJob.model_validate(
+        job("mine", task=None, app={"path": "apps/mine"}, image="me/app:1")
+    )
+    (_, _, env), *_ = local_commands(model, tmp_path, tmp_path / "out", tmp_path / "home")
+    assert env[contract.ENV_APP_PATH] == str(tmp_path / "apps" / "mine")

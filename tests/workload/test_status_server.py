@@ -1,0 +1,51 @@
+"""The server entry point's HTTP endpoints, over a real socket."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
+from kubeflower.workload import status_server
+
+STATUS = ServerStatus(
+    phase=RunPhase.RUNNING, total_rounds=3, clients=ClientCounts(connected=2, expected=2)
+).with_round(RoundRecord(round=1, metrics={"loss": 0.5, "accuracy": 0.75}))
+
+
+def test_prometheus_text() -> None:
+    text = status_server.prometheus_text(STATUS, 'my"job')
+    assert 'kubeflower_round{job="my\\"job"} 1' in text
+    assert 'kubeflower_rounds{job="my\\"job"} 3' in text
+    assert 'kubeflower_clients_connected{job="my\\"job"} 2' in text
+    assert 'kubeflower_accuracy{job="my\\"job"} 0.75' in text
+    assert 'kubeflower_run_phase{job="my\\"job",phase="Running"} 1' in text
+    assert 'kubeflower_run_phase{job="my\\"job",phase="Failed"} 0' in text
+    assert "# TYPE kubeflower_loss gauge" in text
+    assert "kubeflower_loss" not in status_server.prometheus_text(ServerStatus(), "j")
+
+
+def test_endpoints() -> None:
+    healthy = {"value": False}
+    server = status_server.serve(0, lambda: STATUS, lambda: healthy["value"], "job", host="127.0.0.1")
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with urllib.request.urlopen(f"{base}/status") as response:
+            assert ServerStatus.model_validate_json(response.read()) == STATUS
+        with urllib.request.urlopen(f"{base}/metrics") as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert 'kubeflower_round{job="job"} 1' in response.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(f"{base}/healthz")
+        assert not_ready.value.code == 503
+        healthy["value"] = True
+        with urllib.request.urlopen(f"{base}/healthz") as response:
+            assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"{base}/nope")
+        assert missing.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
