@@ -52,6 +52,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # kopf logs every timer run at INFO ("Timer ... succeeded"): thousands of lines an hour that an
     # on-call engineer never needs. Our own log lines (kubeflower.operator) say what was done.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # `--liveness` serves /healthz with aiohttp, which logs every request: the kubelet's liveness
+    # and readiness probes (deploy/deployment.yaml) would add a line every few seconds.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         config.load_incluster_config()
     except config.ConfigException:
