@@ -5,7 +5,7 @@ Usage::
 
     from tests.kubeserver import KubeServer
 
-    with KubeServer() as kube:                      # a free port, a background thread
+    with KubeServer() as kube:                      # a free port (host='127.0.0.1'), a background thread
         kube.url                                    # "http://127.0.0.1:PORT"
         kube.kubeconfig                             # a kubeconfig file pointing at it
         kube.kubectl('apply', '-f', path, '--validate=false')   # real kubectl; CompletedProcess
@@ -13,6 +13,7 @@ Usage::
         kube.get('apps/v1', 'deployments', 'default', 'x')      # -> dict | None
         kube.list('v1', 'pods', 'default', label_selector='app=x')
         kube.patch_status('apps/v1', 'deployments', 'default', 'x', {'readyReplicas': 1})
+        kube.patch('v1', 'pods', 'default', 'x-0', {'metadata': {'finalizers': None}})  # not .status
         kube.delete('apps/v1', 'deployments', 'default', 'x')
         kube.requests.count('PATCH', '/federatedtrainingjobs/')  # HTTP requests received
 

@@ -44,12 +44,13 @@ class KubeServer:
     """
     An in-process Kubernetes API server for tests: ``with KubeServer() as kube: ...``.
 
-    It binds a free port on 127.0.0.1, writes a kubeconfig for it into a temporary
-    directory, and removes everything on exit. If the server itself failed on some
-    request (an answer 500, a bug here), exiting raises so that it is not missed.
+    It binds a free port on ``host`` (127.0.0.1 unless told; e.g. the address of a bridge
+    when processes in other network namespaces must reach it), writes a kubeconfig for it
+    into a temporary directory, and removes everything on exit. If the server itself failed
+    on some request (an answer 500, a bug here), exiting raises so that it is not missed.
     """
 
-    def __init__(self, *, kubectl_binary: str = 'kubectl') -> None:
+    def __init__(self, *, kubectl_binary: str = 'kubectl', host: str = '127.0.0.1') -> None:
         self.requests = RequestLog()  # every HTTP request received, thread-safe
         self._kubectl_binary = kubectl_binary
         self._workdir: pathlib.Path | None = None  # the kubeconfig and kubectl's cache
@@ -58,11 +59,12 @@ class KubeServer:
         self._emulator: KubeEmulator | None = None  # set while serving
         self._runner: aiohttp.web.ServerRunner | None = None
         self._port = 0
+        self._host = host
 
     @property
     def url(self) -> str:
         """The base URL, e.g. ``http://127.0.0.1:41234``."""
-        return f'http://127.0.0.1:{self._port}'
+        return f'http://{self._host}:{self._port}'
 
     @property
     def kubeconfig(self) -> str:
@@ -104,9 +106,9 @@ class KubeServer:
 
     async def _start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(('127.0.0.1', 0))
+        sock.bind((self._host, 0))
         self._port = sock.getsockname()[1]
-        emulator = KubeEmulator(server_address=f'127.0.0.1:{self._port}', request_log=self.requests)
+        emulator = KubeEmulator(server_address=f'{self._host}:{self._port}', request_log=self.requests)
         await emulator.__aenter__()
         # handler_cancellation: a watch whose client disconnected ends at once instead of at its timeout.
         self._runner = aiohttp.web.ServerRunner(aiohttp.web.Server(emulator, handler_cancellation=True),
@@ -186,6 +188,13 @@ class KubeServer:
             return store.update(spec, namespace, name, 'status' if spec.status else None,
                                 lambda obj: patching.merge_patch(obj, {'status': status_patch}))
         return self._in_loop(patch, group_version, plural)
+
+    def patch(self, group_version: str, plural: str, namespace: str | None, name: str,
+              patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the object itself (not its status), as a controller changing metadata or spec would."""
+        def change(store: Store, spec: ResourceSpec) -> dict[str, Any]:
+            return store.update(spec, namespace, name, None, lambda obj: patching.merge_patch(obj, patch))
+        return self._in_loop(change, group_version, plural)
 
     def delete(self, group_version: str, plural: str, namespace: str | None, name: str) -> None:
         """Delete as ``kubectl delete`` does: finalizers are honoured, dependents are garbage-collected."""
