@@ -1,0 +1,301 @@
+"""The pod runner itself: the kubelet's reading of a pod spec (unit tests, no root needed), then what
+a node does with real pods (marked e2e: network namespaces, root).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.kubeserver import KubeServer
+from tests.podrunner import PodRunner, images, netns, podspec, processes, services
+from tests.podrunner.labels import matches
+from tests.podrunner.pods import ALPHABET, template_hash
+
+WORKLOAD = "kubeflower/workload:0.1.0"
+
+
+def pod(containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "web-0", "namespace": "ns", "uid": "u-1", "labels": {"app": "web"}},
+        "spec": {"containers": containers, **spec},
+        "status": {"podIP": "10.1.2.3", "hostIP": "10.1.2.1"},
+    }
+
+
+# The kubelet's reading of a spec.
+
+
+def test_environment_downward_api_references_and_config_maps() -> None:
+    container = {
+        "env": [
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "URL", "value": "http://$(IP):80/$(POD)/$(UNDEFINED)/$$(POD)"},
+            {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+            {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+            {"name": "KEY", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}},
+            {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+        ],
+        "resources": {"limits": {"cpu": "1500m", "memory": "256Mi"}},
+    }
+    objects = {("configmaps", "cm"): {"data": {"k": "v"}}, ("secrets", "s"): {"data": {"k": base64.b64encode(b"pw").decode()}}}
+    env = podspec.environment(pod([container]), container, images.WORKLOAD, lambda plural, ns, name: objects.get((plural, name)))
+    assert env["PATH"].startswith(str(Path(sys.prefix) / "bin")) and env["HOME"] == "/tmp" and env["HOSTNAME"] == "web-0"
+    assert (env["POD"], env["APP"], env["IP"]) == ("web-0", "web", "10.1.2.3")
+    assert env["URL"] == "http://10.1.2.3:80/web-0/$(UNDEFINED)/$(POD)"
+    assert (env["CPUS"], env["MEM"], env["KEY"], env["SECRET"]) == ("2", "256", "v", "pw")
+    with pytest.raises(podspec.ConfigError, match="not found"):
+        podspec.environment(pod([container]), container, images.WORKLOAD, lambda *_: None)
+
+
+def test_command_user_and_security_context() -> None:
+    container = {"name": "c", "command": ["kubeflower-server"], "args": ["--x=$(A)"], "env": [{"name": "A", "value": "1"}],
+                 "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                                     "capabilities": {"drop": ["ALL"]}},
+                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}
+    spec = {"securityContext": {"runAsUser": 2000, "runAsGroup": 3000, "fsGroup": 4000}, "volumes": [{"name": "tmp", "emptyDir": {}}]}
+    launch = podspec.launch(pod([container], **spec), container, images.WORKLOAD, lambda *_: None)
+    assert launch.argv == ["kubeflower-server", "--x=1"]
+    assert (launch.uid, launch.gid, launch.groups) == (2000, 3000, [3000, 4000])
+    assert launch.read_only_root and launch.no_new_privileges and launch.drop_capabilities
+    assert launch.mounts == [{"name": "tmp", "mountPath": "/tmp", "readOnly": False}]
+    # Without command: the image's ENTRYPOINT, and args (or else its CMD).
+    operator = podspec.launch(pod([{"name": "o", "args": ["-n", "x"]}]), {"name": "o", "args": ["-n", "x"]}, images.OPERATOR, lambda *_: None)
+    assert operator.argv == [*images.OPERATOR.entrypoint, "-n", "x"] and (operator.uid, operator.gid) == (10001, 10001)
+    root = {"name": "r", "securityContext": {"runAsUser": 0, "runAsNonRoot": True}}
+    with pytest.raises(podspec.ConfigError, match="runAsNonRoot"):
+        podspec.launch(pod([root]), root, images.WORKLOAD, lambda *_: None)
+    sub = {"name": "s", "volumeMounts": [{"name": "tmp", "mountPath": "/x", "subPath": "a"}]}
+    with pytest.raises(podspec.Unsupported, match="subPath"):
+        podspec.launch(pod([sub], volumes=[{"name": "tmp", "emptyDir": {}}]), sub, images.WORKLOAD, lambda *_: None)
+
+
+def test_the_kubeflower_pods_are_read_as_their_images_say() -> None:
+    """The operator's own rendering of a job's pods: every field the runner reads is modelled."""
+    from kubeflower.api import FederatedTrainingJob
+    from kubeflower.operator import builders
+    from kubeflower.operator.settings import Settings
+    from tests.jobs import job
+
+    model = FederatedTrainingJob.model_validate(job("digits", namespace="ns"))
+    for manifest in (builders.server_deployment(model, Settings()), builders.client_statefulset(model, Settings())):
+        template = manifest["spec"]["template"]
+        body = {"metadata": {"name": "digits-clients-1", "namespace": "ns", **template["metadata"]}, "spec": template["spec"]}
+        (container,) = template["spec"]["containers"]
+        launch = podspec.launch(body, container, images.find(container["image"]), lambda *_: None)
+        assert launch.argv == container["command"] and launch.uid == 10001 and launch.read_only_root
+        assert {m["mountPath"] for m in launch.mounts} == {"/var/lib/kubeflower/output", "/var/lib/kubeflower/data",
+                                                          "/var/lib/kubeflower/flwr", "/tmp"}
+        for var in container["env"]:
+            expected = var.get("value", "digits-clients-1")
+            assert launch.env[var["name"]] == expected, var
+
+
+def test_labels_services_and_names() -> None:
+    assert matches({"app": "a"}, {"app": "a", "x": "y"}) and not matches({"app": "a"}, {"app": "b"})
+    assert matches({"matchLabels": {"a": "1"}, "matchExpressions": [{"key": "b", "operator": "In", "values": ["2"]}]}, {"a": "1", "b": "2"})
+    assert not matches({}, {"a": "1"}), "an empty selector selects nothing"
+    server = pod([{"name": "s", "ports": [{"name": "flower", "containerPort": 9092}]}])
+    server["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    not_ready = json.loads(json.dumps(server))
+    not_ready["metadata"]["name"], not_ready["status"] = "web-1", {"podIP": "10.1.2.4", "conditions": []}
+    service = {"metadata": {"name": "web", "namespace": "ns"},
+               "spec": {"selector": {"app": "web"}, "clusterIP": "10.1.2.254",
+                        "ports": [{"port": 80, "targetPort": "flower"}, {"port": 81}]}}
+    assert services.endpoints(service, [server, not_ready]) == {80: [("10.1.2.3", 9092)], 81: [("10.1.2.3", 81)]}
+    hosts = services.hosts_file("10.1.2.9", "client-0", "ns", [service], [server])
+    assert "10.1.2.9\tclient-0\n" in hosts and "10.1.2.254\tweb.ns.svc.cluster.local web.ns.svc web.ns web\n" in hosts
+    assert "web.ns web\n" not in services.hosts_file("10.1.2.9", "c", "other", [service], [server])
+    name = template_hash({"spec": {"containers": []}})
+    assert len(name) == 10 and set(name) <= set(ALPHABET) and name == template_hash({"spec": {"containers": []}})
+
+
+def test_crash_loop_backoff_delays() -> None:
+    backoff = processes.CrashLoopBackOff(initial=10, cap=40)
+    assert [backoff.delay(t) for t in (0, 1, 2, 3, 4)] == [0, 10, 20, 40, 40]
+    assert backoff.delay(1000) == 0, "a container that ran for long starts over"
+
+
+# A node.
+
+SERVER = textwrap.dedent("""
+    import http.server, json, os, socket
+    info = {"uid": os.getuid(), "gid": os.getgid(), "groups": sorted(os.getgroups()), "pid": os.getpid(),
+            "hostname": socket.gethostname(), "env": dict(os.environ), "hosts": open("/etc/hosts").read()}
+    try:
+        open("/root-owned-file", "w")
+    except OSError as exc:
+        info["root_write"] = exc.errno
+    open("/data/mine", "w").write(info["hostname"])
+    info["data"] = os.listdir("/data")
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps(info).encode()
+            self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("0.0.0.0", 8000), Handler).serve_forever()
+""")
+CLIENT = textwrap.dedent("""
+    import json, sys, time, urllib.request
+    for _ in range(100):
+        try:
+            print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode(), flush=True)
+            break
+        except OSError as exc:
+            print("retrying:", exc, flush=True)
+            time.sleep(0.2)
+    exit_code = int(sys.argv[2])
+    time.sleep(0.5)
+    sys.exit(exit_code)
+""")
+
+
+def workloads(client_exit: int = 0) -> list[dict[str, Any]]:
+    security = {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 20000, "runAsNonRoot": True}
+    container_security = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                     "securityContext": security, "terminationGracePeriodSeconds": 2,
+                     "volumes": [{"name": "data", "emptyDir": {}}],
+                     "containers": [{
+                         "name": "web", "image": WORKLOAD, "command": ["python", "-c", SERVER],
+                         "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                                 {"name": "GREETING", "value": "hello $(POD)"}],
+                         "ports": [{"name": "http", "containerPort": 8000}],
+                         "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                         "securityContext": container_security,
+                         "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}}}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}
+    statefulset = {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "client"},
+        "spec": {"replicas": 2, "podManagementPolicy": "Parallel", "selector": {"matchLabels": {"app": "client"}},
+                 "template": {"metadata": {"labels": {"app": "client"}}, "spec": {
+                     "securityContext": security, "terminationGracePeriodSeconds": 2,
+                     "containers": [{"name": "client", "image": WORKLOAD,
+                                     "command": ["python", "-c", CLIENT, "http://web.default.svc/", str(client_exit)],
+                                     "securityContext": container_security}]}}}}
+    return [deployment, service, statefulset]
+
+
+def first_json(text: str) -> dict[str, Any]:
+    return next(json.loads(line) for line in text.splitlines() if line.startswith("{"))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("node", [1.0], indirect=True)  # a 1 s CrashLoopBackOff: quick restarts
+def test_a_node_runs_pods_as_their_specs_say(node: tuple[KubeServer, PodRunner]) -> None:
+    kube, runner = node
+    for obj in workloads(client_exit=3):
+        kube.create(obj)
+    deployment = wait_for(lambda: (d := kube.get("apps/v1", "deployments", "default", "web")) and (d.get("status") or {}).get("readyReplicas") == 1 and d,
+                          60, "the Deployment ready")
+    assert deployment["status"]["availableReplicas"] == 1 and deployment["status"]["observedGeneration"] == 1
+    (web,) = kube.list("v1", "pods", "default", label_selector="app=web")
+    replicaset = kube.list("apps/v1", "replicasets", "default")[0]
+    assert web["metadata"]["name"].startswith(f"{replicaset['metadata']['name']}-") and replicaset["metadata"]["name"].startswith("web-")
+    assert web["metadata"]["ownerReferences"][0]["uid"] == replicaset["metadata"]["uid"]
+    assert web["metadata"]["labels"]["pod-template-hash"] in replicaset["metadata"]["name"]
+    service = kube.get("v1", "services", "default", "web")
+    assert service["spec"]["clusterIP"] and web["status"]["podIP"] != service["spec"]["clusterIP"]
+
+    # The clients reach the server by its Service's name (through the cluster IP, port 80 -> "http").
+    def client_saw() -> dict[str, Any] | None:
+        text = runner.logs("default", "client-1", "client")
+        return first_json(text) if "{" in text else None
+
+    info = wait_for(client_saw, 60, "client-1 to reach web.default.svc")
+    assert (info["uid"], info["gid"], info["groups"], info["pid"]) == (10001, 10001, [10001, 20000], 1)
+    assert info["hostname"] == web["metadata"]["name"] and info["env"]["GREETING"] == f"hello {web['metadata']['name']}"
+    assert info["env"]["PATH"] == images.WORKLOAD.env["PATH"] and "PYTEST_CURRENT_TEST" not in info["env"]
+    assert info["root_write"] == 30, "the root file system is read-only (EROFS)"
+    assert info["data"] == ["mine"], "an emptyDir of its own"
+    assert f"{service['spec']['clusterIP']}\tweb.default.svc.cluster.local web.default.svc web.default web" in info["hosts"]
+
+    # The clients exit 3, and restartPolicy Always restarts them, with the exit code in lastState.
+    def restarted() -> dict[str, Any] | None:
+        p = kube.get("v1", "pods", "default", "client-0")
+        statuses = ((p or {}).get("status") or {}).get("containerStatuses") or [{}]
+        return statuses[0] if statuses[0].get("restartCount", 0) >= 2 else None
+
+    status = wait_for(restarted, 60, "client-0 restarted twice")
+    assert status["lastState"]["terminated"]["exitCode"] == 3 and status["lastState"]["terminated"]["reason"] == "Error"
+    sts = kube.get("apps/v1", "statefulsets", "default", "client")
+    assert sts["status"]["updateRevision"].startswith("client-") and sts["status"]["observedGeneration"] == 1
+
+    # Killing the container's PID 1 ends its PID namespace; scaling down and deleting stop the rest.
+    pid = runner.container_pid("default", web["metadata"]["name"])
+    assert pid is not None and runner.processes("default", {"app": "web"})
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (p := kube.get("v1", "pods", "default", web["metadata"]["name"])) and
+             p["status"]["containerStatuses"][0]["restartCount"] == 1 and p["status"]["containerStatuses"][0].get("lastState", {})
+             .get("terminated", {}).get("exitCode") == 137, 30, "the web container restarted after SIGKILL")
+    kube.patch("apps/v1", "statefulsets", "default", "client", {"spec": {"replicas": 1}})
+    wait_for(lambda: [p["metadata"]["name"] for p in kube.list("v1", "pods", "default", label_selector="app=client")] == ["client-0"],
+             30, "client-1 removed")
+    wait_for(lambda: set(runner.processes("default", {"app": "client"}).values()) <= {"default/client-0"}, 30, "client-1's processes ended")
+    kube.delete("apps/v1", "deployments", "default", "web")
+    wait_for(lambda: not kube.list("v1", "pods", "default", label_selector="app=web"), 30, "the web pod removed")
+    assert not runner.processes("default", {"app": "web"}) and not kube.list("apps/v1", "replicasets", "default")
+
+
+RUNNER_SCRIPT = textwrap.dedent("""
+    import operator, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from tests.kubeserver import KubeServer
+    from tests.podrunner import Network, PodRunner
+    from tests.e2e.test_podrunner import workloads
+    with Network() as net, KubeServer(host=net.gateway) as kube, PodRunner(kube, net) as runner:
+        kube.create(workloads()[0])
+        while not runner.processes():
+            time.sleep(0.1)
+        print(net.run_id, flush=True)
+        time.sleep(600)
+""")
+
+
+@pytest.mark.e2e
+def test_a_killed_test_run_leaves_processes_to_nobody(tmp_path: Path) -> None:
+    """pytest killed mid-test: the pods' processes die with it, and the next run removes the rest."""
+    if netns.missing_requirements():
+        pytest.skip(netns.missing_requirements() or "")
+    run = subprocess.Popen([sys.executable, "-c", RUNNER_SCRIPT, str(Path(__file__).resolve().parents[2])],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        run_id = (run.stdout.readline() if run.stdout else "").strip()
+        assert run_id, "the runner did not start a pod"
+        in_run = [n for n in netns.ip("netns", "list").split() if n.startswith(f"kfpr-{run_id}-")]
+        assert in_run
+        pids = {int(p) for n in in_run for p in netns.ip("netns", "pids", n).split()}
+        assert pids
+    finally:
+        run.kill()
+        run.wait(10)
+    wait_for(lambda: not [p for p in pids if _alive(p)], 10, "the pods' processes killed with their runner")
+    assert run_id in netns.remove_stale_runs()
+    assert not [n for n in netns.ip("netns", "list").split() if n.startswith(f"kfpr-{run_id}")]
+    assert not Path(f"/run/kfpr/{run_id}.json").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

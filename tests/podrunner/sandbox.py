@@ -1,0 +1,155 @@
+"""The container shim: run as `python -I -S sandbox.py CONFIG.json` inside the pod's network namespace.
+
+It does what a container runtime does between "create" and "start", then stays as the
+container's parent (as containerd's shim does) to learn its exit status:
+
+* new PID, mount, UTS and IPC namespaces: the container's command is PID 1 of its own PID
+  namespace, so that killing it kills every process it started, and `/proc` shows only them;
+* the hostname (the pod's name), a private `/dev/shm`, the pod's volumes bind-mounted at their
+  `mountPath`s (emptyDir, configMap, ... prepared by the kubelet as host directories), then the
+  root file system remounted read-only when `readOnlyRootFilesystem` says so;
+* the capability bounding set dropped, the user, group and supplementary groups of the
+  security context, `no_new_privs` (allowPrivilegeEscalation: false), the working directory;
+* exec of the command with exactly the container's environment (nothing of ours leaks in).
+
+The parent writes the container's PID (as seen from the root PID namespace) to `pid_file`, waits
+for it and exits with its status as a runtime reports it: the exit code, or 128 + the signal.
+util-linux `unshare --fork` cannot be used for that: it loses the signal of a killed child here.
+
+Only the standard library is used (the interpreter runs isolated, without site-packages): this
+file must stay importable on its own.
+"""
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+EXIT_START_ERROR = 128
+"""Exit code of a container whose command could not be started (as runc's "StartError")."""
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(
+        libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {source} on {target}",
+    )
+
+
+def _prctl(option: int, value: int) -> None:
+    _check(libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), f"prctl({option}, {value})")
+
+
+def _container(config: dict) -> None:
+    """In the child: PID 1 of the new PID namespace. Never returns."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the shim gone (killed): the whole pod goes
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    socket.sethostname(config["hostname"])
+    _mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=67108864")
+    # The image's files that sit under a directory others may not enter (a Python installed in
+    # /root): an empty tmpfs over that directory, with only those files bound back into it.
+    kept = [(os.open(e["keep"], os.O_PATH), e) for e in config.get("expose", [])]
+    for hidden in dict.fromkeys(e["hide"] for e in config.get("expose", [])):
+        _mount("tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    for fd, exposure in kept:
+        os.makedirs(exposure["keep"], exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", exposure["keep"], None, MS_BIND | MS_REC)
+        os.close(fd)
+    # Open every source first: a mount over /tmp must not hide a source that lives under /tmp.
+    sources = [os.open(m["source"], os.O_PATH) for m in config["mounts"]]
+    for fd, mount in zip(sources, config["mounts"]):
+        _mount(f"/proc/self/fd/{fd}", mount["target"], None, MS_BIND | MS_REC)
+        if mount.get("readOnly"):
+            _mount(None, mount["target"], None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        os.close(fd)
+    if config.get("readOnlyRootFilesystem"):
+        _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    if config.get("dropCapabilities"):
+        last = int(open("/proc/sys/kernel/cap_last_cap").read())
+        for cap in range(last + 1):
+            _prctl(PR_CAPBSET_DROP, cap)
+    os.setgroups(config["groups"])
+    os.setresgid(config["gid"], config["gid"], config["gid"])
+    os.setresuid(config["uid"], config["uid"], config["uid"])
+    if config.get("noNewPrivileges"):
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # cleared by the change of user: set it again
+    os.chdir(config["workingDir"])
+    argv, env = config["argv"], config["env"]
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        print(f"podrunner: cannot start {argv[0]!r}: {exc}", file=sys.stderr, flush=True)
+    os._exit(EXIT_START_ERROR)
+
+
+def main() -> int:
+    with open(sys.argv[1]) as f:
+        config = json.load(f)
+    # The runner gone (pytest killed): the shim goes, and with it the container (see _container).
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != config["parentPid"]:
+        return EXIT_START_ERROR
+    _check(libc.unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC), "unshare")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _container(config)
+        except BaseException as exc:  # noqa: BLE001 - the child must never return into main()
+            print(f"podrunner: cannot create the container: {exc}", file=sys.stderr, flush=True)
+        os._exit(EXIT_START_ERROR)
+    tmp = config["pidFile"] + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.replace(tmp, config["pidFile"])
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # the kubelet signals the container, never its shim
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            return EXIT_START_ERROR
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
