@@ -3,14 +3,18 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kubeflower-installed
+# Scripts, not `python -m`: `-m` puts the working directory first on sys.path, where this repo's
+# operator/ would shadow the standard library's `operator` module.
+PIP := $(VENV)/bin/pip
+PYTEST := $(VENV)/bin/pytest
 APT_PACKAGES := iproute2 procps
 
 .PHONY: setup system test test-unit demo crd bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
 	touch $(STAMP)
 
 # Debian packages the tests use: `ip netns` (pods as local processes), `ps`.
@@ -24,10 +28,10 @@ system:
 setup: $(STAMP) system
 
 test: setup
-	$(PY) -m pytest -q -rs
+	$(PYTEST) -q -rs
 
 test-unit: setup
-	$(PY) -m pytest -q -m "not slow and not e2e"
+	$(PYTEST) -q -m "not slow and not e2e"
 
 demo: setup
 	$(VENV)/bin/kubeflower run examples/digits-fedavg.yaml --output runs/digits-fedavg

@@ -66,7 +66,7 @@ def run(jobs: int, interval: float) -> None:
         }
         log = tempfile.TemporaryFile()
         operator = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "--quiet",
+            [str(Path(sys.executable).with_name("kopf")), "run", "--standalone", "--all-namespaces", "--quiet",
              "-m", "kubeflower.operator.handlers"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
