@@ -21,6 +21,12 @@ DATA_DIR = "/var/lib/kubeflower/data"
 FLWR_HOME = "/var/lib/kubeflower/flwr"
 TMP_DIR = "/tmp"
 
+# What the server leaves in its output folder (ENV_OUTPUT_DIR) when the run has finished.
+METRICS_FILE = "metrics.json"
+"""The final status document (`kubeflower.server_status`), written by the server entry point."""
+MODEL_FILE = "final_model.pt"
+"""The built-in app's final model: a torch state_dict, written by its ServerApp."""
+
 # Variables read by both entry points.
 ENV_JOB_NAME = "KUBEFLOWER_JOB_NAME"
 ENV_DATA_DIR = "KUBEFLOWER_DATA_DIR"

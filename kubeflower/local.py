@@ -13,10 +13,8 @@ and on errors: this process becomes a child subreaper, so even orphans stay in i
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,8 +40,6 @@ STATUS_POLL = 0.5
 STOP_GRACE = 10.0
 SERVER_START_TIMEOUT = 60.0
 PLOT_FILE = "metrics.png"
-METRICS_FILE = "metrics.json"
-MODEL_FILE = "final_model.pt"
 
 
 class LocalRunError(Exception):
@@ -64,7 +60,7 @@ def run_job(path: Path, output: Path | None) -> int:
     job = load_job(path)
     output = (output or Path("runs") / job.metadata.name).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    for stale in (METRICS_FILE, MODEL_FILE, PLOT_FILE):  # a previous run's results
+    for stale in (contract.METRICS_FILE, contract.MODEL_FILE, PLOT_FILE):  # a previous run's results
         (output / stale).unlink(missing_ok=True)
     console = Console(soft_wrap=True)  # messages and paths whole, in a terminal and in a log file
     processes.become_subreaper()
@@ -108,7 +104,7 @@ def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home:
     server = _container(builders.server_deployment(job, Settings()))
     clients_manifest = builders.client_statefulset(job, Settings())
     client = _container(clients_manifest)
-    superlink_port, status_port = _free_port(), _free_port()
+    superlink_port, status_port, *supernode_ports = processes.free_ports(2 + job.spec.clients.replicas)
     data_dir = str(datasets.data_dir())
     server_env = pod_environment(server, f"{builders.server_name(job.metadata.name)}-local", namespace) | {
         contract.ENV_SUPERLINK_PORT: str(superlink_port),
@@ -131,7 +127,7 @@ def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home:
                 pod_environment(client, pod, namespace)
                 | {
                     contract.ENV_SUPERLINK: f"127.0.0.1:{superlink_port}",
-                    contract.ENV_SUPERNODE_PORT: str(_free_port()),
+                    contract.ENV_SUPERNODE_PORT: str(supernode_ports[ordinal]),
                     contract.ENV_DATA_DIR: data_dir,
                     "FLWR_HOME": str(home / f"client-{ordinal}"),
                 },
@@ -226,7 +222,7 @@ def _report(status: ServerStatus, output: Path, console: Console) -> None:
         _plot(status, output / PLOT_FILE)
     if status.phase != RunPhase.SUCCEEDED:
         console.print(f"[red]job failed:[/red] {status.message}")
-    produced = [name for name in (METRICS_FILE, MODEL_FILE, PLOT_FILE) if (output / name).exists()]
+    produced = [name for name in (contract.METRICS_FILE, contract.MODEL_FILE, PLOT_FILE) if (output / name).exists()]
     console.print(f"results in {output}: {', '.join(produced) or 'nothing'}; logs in {output / 'logs'}")
 
 
@@ -262,12 +258,6 @@ def _fetch(url: str) -> ServerStatus | None:
 
 def _container(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest["spec"]["template"]["spec"]["containers"][0]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _interrupt(signum: int, frame: object) -> None:

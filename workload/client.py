@@ -1,22 +1,30 @@
-"""`kubeflower-client`: a client pod's entry point, which becomes `flower-supernode`.
+"""`kubeflower-client`: a client pod's entry point, which runs `flower-supernode`.
 
 The partition id is the pod's StatefulSet ordinal (KUBEFLOWER_POD_NAME), unless
-KUBEFLOWER_PARTITION_ID sets it; the number of partitions is the replica count. The process
-replaces itself with the SuperNode (exec), so the pod's signals reach Flower directly; the
-SuperNode retries the SuperLink until it answers, so clients may start before the server.
+KUBEFLOWER_PARTITION_ID sets it; the number of partitions is the replica count. The SuperNode
+retries the SuperLink until it answers, so clients may start before the server.
+
+The entry point stays the SuperNode's parent rather than exec'ing it: the SuperNode's SuperExec
+runs in a session of its own and leaves only when it sees its parent gone, which it cannot see
+while the dead SuperNode is an unreaped zombie (the lot of an orphan where PID 1 does not reap,
+as in a container whose PID 1 is Flower). So this process, a subreaper, stops the SuperNode on
+SIGTERM and then ends whatever is left below it; it exits with the SuperNode's exit code.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Mapping
 
 from kubeflower import contract
 from kubeflower.workload import processes
 
 LOG = logging.getLogger("kubeflower-client")
+STOP_GRACE = 10.0
 
 
 class SettingsError(Exception):
@@ -60,9 +68,22 @@ def main() -> int:
         LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.contract)", exc)
         return 2
     LOG.info("starting: %s", " ".join(command))
-    sys.stdout.flush()
+    processes.become_subreaper()
     superlink_host = os.environ[contract.ENV_SUPERLINK].rpartition(":")[0].strip("[]")
-    os.execvpe(command[0], command, processes.child_env(direct=[superlink_host]))
+    supernode = processes.start(command, processes.child_env(direct=[superlink_host]))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while supernode.poll() is None and not stop.wait(1.0):
+            pass
+        if stop.is_set():
+            LOG.info("stopping the SuperNode")
+            processes.stop(supernode, STOP_GRACE)
+    finally:
+        processes.kill_descendants()
+    LOG.info("the SuperNode exited with code %s", supernode.returncode)
+    return 0 if stop.is_set() else int(supernode.returncode or 0)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ NODES_POLL_INTERVAL = 0.5
 """Seconds between looks at the connected nodes while a round waits for `min_available_nodes`."""
 REPLY_TIMEOUT = 3600.0
 """Seconds a round waits for its replies; a SuperNode that dies is reported by Flower sooner."""
-MODEL_FILE = "final_model.pt"
 
 OnRound = Callable[[RoundRecord], None]
 
@@ -67,7 +66,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     output = os.environ.get(contract.ENV_OUTPUT_DIR)
     if output:
-        path = Path(output) / MODEL_FILE
+        path = Path(output) / contract.MODEL_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(arrays.to_torch_state_dict(), path)
         log(INFO, "final model (%s, state_dict) written to %s", task.model, path)

@@ -29,6 +29,11 @@ _FINISHED = re.compile(r"Strategy execution finished")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def strip_ansi(text: str) -> str:
+    """Flower colours its log levels; matching needs the plain text."""
+    return _ANSI.sub("", text)
+
+
 def with_run(status: ServerStatus, run: RunState, connected: int, now: str) -> ServerStatus:
     """The status after a look at the run's Flower status and the SuperNodes connected."""
     expected = status.clients.expected
@@ -90,7 +95,7 @@ class LogProgress:
         self._partial = lines.pop()
         finished: list[RoundRecord] = []
         for line in lines:
-            finished.extend(self._line(_ANSI.sub("", line), now))
+            finished.extend(self._line(strip_ansi(line), now))
         return finished
 
     def finish(self, now: float) -> list[RoundRecord]:

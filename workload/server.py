@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -45,11 +44,9 @@ each). The end of a run is seen at once: the log stream ends with it and wakes t
 STOP_GRACE = 10.0
 LOG_DRAIN_TIMEOUT = 30.0
 """Seconds to wait, once the run finished, for the rest of its log (its last rounds)."""
-METRICS_FILE = "metrics.json"
 ERRORS_KEPT = 5
 RELAY_DELAY = 0.5
 """Seconds for the SuperLink's log lines about a refused request to reach `SuperLinkOutput`."""
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class SettingsError(Exception):
@@ -173,12 +170,14 @@ class SuperLinkOutput(threading.Thread):
         for line in self.stream:
             sys.stdout.buffer.write(line)
             sys.stdout.buffer.flush()
-            text = _ANSI.sub("", line.decode("utf-8", "replace")).strip()
+            text = progress.strip_ansi(line.decode("utf-8", "replace")).strip()
             if text.startswith("ERROR"):
                 self.errors.append(text.removeprefix("ERROR").lstrip(" :"))
 
 
 class Supervisor:
+    """The SuperLink's keeper and the run's follower; `run()` returns the exit code."""
+
     def __init__(self, settings: Settings, board: Board) -> None:
         self.settings, self.board = settings, board
         self.stop = threading.Event()
@@ -302,7 +301,7 @@ class Supervisor:
         """Write metrics.json, then publish the final phase: whoever sees it finds the file."""
         current = self.board.get()
         status = progress.with_run(current, state, current.clients.connected if connected is None else connected, _now())
-        output = self.settings.output_dir / METRICS_FILE
+        output = self.settings.output_dir / contract.METRICS_FILE
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_suffix(".tmp")
         tmp.write_text(status.to_json())

@@ -75,7 +75,6 @@ def test_server_status_and_metrics_during_and_after_a_run(
     run_config = json.loads(members[0][2][contract.ENV_RUN_CONFIG]) | {"fused-train-evaluate": False}
     members[0][2][contract.ENV_RUN_CONFIG] = json.dumps(run_config)
     base = f"http://127.0.0.1:{members[0][2][contract.ENV_STATUS_PORT]}"
-    processes.become_subreaper()  # as `kubeflower run` does: orphans of the federation stay ours
     started = [processes.start(command, processes.child_env(env | {MARKER: marker}), tmp_path / f"{name}.log")
                for name, command, env in members]
     try:
@@ -114,8 +113,7 @@ def test_server_status_and_metrics_during_and_after_a_run(
     finally:
         for process in started:
             processes.stop(process, grace=15)
-        processes.kill_descendants()  # orphans, e.g. a SuperExec whose SuperNode exited first
-    assert started[0].returncode == 0  # the server entry point exits cleanly on SIGTERM
+    assert [process.returncode for process in started] == [0, 0, 0]  # entry points exit cleanly on SIGTERM
 
 
 USER_APP_SERVER = '''
@@ -214,7 +212,8 @@ def test_a_data_set_that_cannot_be_had_fails_the_job_naming_it(
     assert f"dataset mnist is not in the data folder {run_env['KUBEFLOWER_DATA_DIR']}" in result.stdout, result.stdout
 
 
-def test_ctrl_c_stops_every_process(tmp_path: Path, run_env: dict[str, str], marker: str) -> None:
+def _start_training(tmp_path: Path, run_env: dict[str, str], marker: str) -> subprocess.Popen[str]:
+    """`kubeflower run` of a long job, returned once its clients are training."""
     job_file = write_job(tmp_path, "long-job", rounds=50)
     run = subprocess.Popen(
         [KUBEFLOWER, "run", str(job_file), "--output", str(tmp_path / "out")],
@@ -224,9 +223,25 @@ def test_ctrl_c_stops_every_process(tmp_path: Path, run_env: dict[str, str], mar
     while not any("flwr-clientapp" in command for command in processes_with(marker)):
         assert time.monotonic() < deadline and run.poll() is None, "the federation never got to training"
         time.sleep(0.2)
+    return run
+
+
+def test_ctrl_c_stops_every_process(tmp_path: Path, run_env: dict[str, str], marker: str) -> None:
+    run = _start_training(tmp_path, run_env, marker)
     run.send_signal(signal.SIGINT)
     output, _ = run.communicate(timeout=60)
     assert run.returncode == 130, output
     assert "stopped" in output
     assert "stopping run" in (tmp_path / "out" / "logs" / "server.log").read_text()  # the server stopped the run
+    assert processes_with(marker) == []
+
+
+def test_killing_kubeflower_run_leaves_nothing_behind(tmp_path: Path, run_env: dict[str, str], marker: str) -> None:
+    """SIGKILL cannot be handled: the children get SIGTERM from the kernel and clean up their trees."""
+    run = _start_training(tmp_path, run_env, marker)
+    run.kill()
+    run.communicate(timeout=10)
+    deadline = time.monotonic() + 30
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert processes_with(marker) == []
