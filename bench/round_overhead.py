@@ -33,7 +33,6 @@ from statistics import median
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kubeflower import contract  # noqa: E402
 from kubeflower.runconfig import run_config  # noqa: E402
 from kubeflower.server_status import RoundRecord, ServerStatus  # noqa: E402
 from kubeflower.validation import load_job  # noqa: E402
@@ -42,8 +41,6 @@ from kubeflower.workload.server import BUILTIN_APP  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TARGET_ACCURACY = 0.90
-FLOWER_ENV = {k: v for k, v in contract.FLOWER_ENV.items() if k != "FLWR_HOME"}
-"""Flower's settings of the pods; `processes.child_env` adds the SuperExec task poll."""
 
 
 @dataclass
@@ -213,8 +210,9 @@ def main() -> int:
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="kubeflower-bench-") as tmp:
             work = Path(tmp)
-            # As a user with the virtual environment activated: its scripts first on PATH.
-            env = processes.child_env({**FLOWER_ENV, "KUBEFLOWER_DATA_DIR": str(work / "data")})
+            # As a user with the virtual environment activated (its scripts first on PATH), and
+            # Flower's settings of the pods (telemetry off, the SuperExec task poll).
+            env = processes.child_env({"KUBEFLOWER_DATA_DIR": str(work / "data")})
             result, watch = with_kubeflower(args.job, work, env)
             ours.append(result)
             memory.append(watch)

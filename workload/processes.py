@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kubeflower import contract
+
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -33,12 +35,16 @@ def child_env(extra: Mapping[str, str] = {}, direct: Sequence[str] = ()) -> dict
 
     - This interpreter's scripts come first on PATH: Flower starts `flower-superexec`,
       `flwr-serverapp` and `flwr-clientapp` by name, and they must be of our installation.
+    - Flower's telemetry and update checks are off unless the environment says otherwise.
     - Loopback and the `direct` hosts (the SuperLink) join NO_PROXY: Flower's HTTP clients honour
       HTTP(S)_PROXY, which a user may set for downloads, and a proxy cannot reach our SuperLink.
     """
     env = {**os.environ, **extra}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
     env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_INTERVAL)
+    for key, value in contract.FLOWER_ENV.items():
+        if key != "FLWR_HOME":  # a pod's path; where unset, Flower's own default (~/.flwr) applies
+            env.setdefault(key, value)
     for key in ("no_proxy", "NO_PROXY"):
         hosts = [h for h in env.get(key, "").split(",") if h]
         env[key] = ",".join(dict.fromkeys([*hosts, *LOOPBACK, *direct]))
