@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,24 @@ def test_local_mode_finds_a_users_app_next_to_the_job(tmp_path: Path) -> None:
     )
     (_, _, env), *_ = local_commands(model, tmp_path, tmp_path / "out", tmp_path / "home")
     assert env[contract.ENV_APP_PATH] == str(tmp_path / "apps" / "mine")
+
+
+def _modules_after_import(modules: str) -> set[str]:
+    """Every module a fresh interpreter holds after importing `modules` (comma separated)."""
+    code = f"import sys, {modules}; print(' '.join(sys.modules))"
+    return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+
+
+def test_the_workload_never_imports_the_operators_dependencies() -> None:
+    loaded = _modules_after_import(
+        "kubeflower.workload.server, kubeflower.workload.client, kubeflower.workload.federation, kubeflower.workload.task"
+    )
+    assert not {name.split(".")[0] for name in loaded} & {"kopf", "kubernetes"}
+
+
+def test_the_server_entry_point_stays_small() -> None:
+    """It lives next to the SuperLink for the whole job: Flower's protobuf messages, not Flower."""
+    loaded = _modules_after_import("kubeflower.workload.server")
+    assert "flwr.proto.control_pb2" in loaded
+    assert "flwr" not in loaded  # flwr/__init__ (numpy, grpc, httpx, ...) never ran
+    assert not {name.split(".")[0] for name in loaded} & {"torch", "numpy", "httpx", "grpc"}
