@@ -64,7 +64,9 @@ def run_job(path: Path, output: Path | None) -> int:
         (output / stale).unlink(missing_ok=True)
     console = Console(soft_wrap=True)  # messages and paths whole, in a terminal and in a log file
     processes.become_subreaper()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a process started in the background by a script inherits SIGINT ignored, and
+    # Python then never raises KeyboardInterrupt; Ctrl-C and SIGTERM must always stop the job.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with _federation(job, path.resolve().parent, output) as (members, status_url):
             status = _follow(job, members, status_url, console)
@@ -75,7 +77,8 @@ def run_job(path: Path, output: Path | None) -> int:
         console.print(f"[red]job {job.metadata.name} failed:[/red] {exc}")
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     _report(status, output, console)
     return 0 if status.phase == RunPhase.SUCCEEDED else 1
 
