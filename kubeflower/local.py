@@ -16,7 +16,6 @@ import contextlib
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -279,7 +278,3 @@ def _tail(path: Path, lines: int = 20) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     return ""
-
-
-if __name__ == "__main__":
-    sys.exit(run_job(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None))
