@@ -49,6 +49,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # Events are posted on purpose (one per round, one per verdict), not for every log line.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 20
+    # A job is deleted from inside its own timer (ttlSecondsAfterFinished), or while one runs: kopf
+    # then waits for the timer to exit before it removes its finalizer, and checks again only after
+    # cancellation_polling (60 s by default) unless the timer exits within a few event-loop cycles.
+    settings.background.cancellation_polling = 1.0
     # kopf logs every timer run at INFO ("Timer ... succeeded"): thousands of lines an hour that an
     # on-call engineer never needs. Our own log lines (kubeflower.operator) say what was done.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
