@@ -110,8 +110,10 @@ class Cluster:
         return (self.job(name) or {}).get("status") or {}
 
     def wait_status(self, name: str, check: Callable[[dict[str, Any]], bool], timeout: float, what: str = "") -> dict[str, Any]:
-        return wait_for(lambda: (s := self.status(name)) and check(s) and s, timeout,
-                        f"{what or 'status'} of {name} (last: {self.status(name)})")
+        try:
+            return wait_for(lambda: (s := self.status(name)) and check(s) and s, timeout, f"{what or 'status'} of {name}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its status: {self.status(name)}") from None
 
     def children(self, name: str) -> dict[str, list[dict[str, Any]]]:
         """The job's objects by kind (pods and replica sets carry the job's labels too)."""
@@ -200,6 +202,10 @@ def node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[KubeS
                     print(f"=== the pods' logs ({tmp_path / 'logs'}) ===\n{runner.log_tails()}")
                     listing = kube.kubectl("get", "all,netpol,ftj", "-A", check=False)
                     print(f"=== kubectl get all ===\n{listing.stdout}{listing.stderr}")
+                    jobs = kube.kubectl("get", "ftj", "-A", "-o", "yaml", check=False)
+                    print(f"=== kubectl get ftj -A -o yaml ===\n{jobs.stdout}{jobs.stderr}")
+                    writes = [f"{r.method} {r.path}" for r in kube.requests if r.method not in ("GET",)]
+                    print("=== the API writes ===\n" + "\n".join(writes[-60:]))
         leftovers = runner.leftovers()
     print(f"node up and torn down around the test in {time.monotonic() - started:.0f}s")
     assert runner.errors == [], runner.errors

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.kubeserver import KubeServer
-from tests.podrunner import PodRunner, images, netns, podspec, processes, services
+from tests.podrunner import PodRunner, images, netns, podspec, policies, processes, services
 from tests.podrunner.labels import matches
 from tests.podrunner.pods import ALPHABET, template_hash
 
@@ -122,6 +122,34 @@ def test_labels_services_and_names() -> None:
     assert len(name) == 10 and set(name) <= set(ALPHABET) and name == template_hash({"spec": {"containers": []}})
 
 
+def test_network_policies_admit_by_pod_namespace_port_and_block() -> None:
+    def a_pod(name: str, ns: str, labels: dict[str, str], ip: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": ns, "labels": labels},
+                "spec": {"containers": [{"ports": [{"name": "flower", "containerPort": 9092}]}]}, "status": {"podIP": ip}}
+
+    server = a_pod("s", "a", {"role": "server"}, "10.0.0.2")
+    client = a_pod("c", "a", {"role": "client"}, "10.0.0.3")
+    stranger = a_pod("x", "a", {"role": "other"}, "10.0.0.4")
+    monitor = a_pod("m", "mon", {"role": "other"}, "10.0.0.5")
+    pods = [server, client, stranger, monitor]
+    namespaces = policies.namespace_labels([{"metadata": {"name": "a"}}, {"metadata": {"name": "mon"}}])
+    policy = {"metadata": {"namespace": "a"}, "spec": {
+        "podSelector": {"matchLabels": {"role": "server"}}, "policyTypes": ["Ingress"],
+        "ingress": [
+            {"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": "flower"}]},
+            {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}},
+                      {"ipBlock": {"cidr": "10.9.0.0/16", "except": ["10.9.9.0/24"]}}], "ports": [{"port": 8080}]},
+        ]}}
+    flower = policies.admission([policy], namespaces, pods, server, 9092)
+    assert [policies.admits(flower, p["status"]["podIP"]) for p in pods] == [False, True, False, False]
+    status = policies.admission([policy], namespaces, pods, server, 8080)
+    assert [policies.admits(status, a) for a in ("10.0.0.3", "10.0.0.5", "10.9.1.1", "10.9.9.1")] == [False, True, True, False]
+    assert policies.admission([policy], namespaces, pods, client, 9092) is None, "a pod no policy selects admits all"
+    open_rule = {"metadata": {"namespace": "a"}, "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 8080}]}]}}
+    assert policies.admission([open_rule], namespaces, pods, client, 8080) is None
+    assert policies.admission([open_rule], namespaces, pods, client, 9092) == (frozenset(), ())
+
+
 def test_crash_loop_backoff_delays() -> None:
     backoff = processes.CrashLoopBackOff(initial=10, cap=40)
     assert [backoff.delay(t) for t in (0, 1, 2, 3, 4)] == [0, 10, 20, 40, 40]
@@ -138,8 +166,8 @@ SERVER = textwrap.dedent("""
         open("/root-owned-file", "w")
     except OSError as exc:
         info["root_write"] = exc.errno
-    open("/data/mine", "w").write(info["hostname"])
-    info["data"] = os.listdir("/data")
+    open("/srv/data/mine", "w").write(info["hostname"])
+    info["data"] = os.listdir("/srv/data")
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             body = json.dumps(info).encode()
@@ -180,7 +208,7 @@ def workloads(client_exit: int = 0) -> list[dict[str, Any]]:
                          "ports": [{"name": "http", "containerPort": 8000}],
                          "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
                          "securityContext": container_security,
-                         "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}}}}
+                         "volumeMounts": [{"name": "data", "mountPath": "/srv/data"}]}]}}}}
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}
     statefulset = {
@@ -191,7 +219,12 @@ def workloads(client_exit: int = 0) -> list[dict[str, Any]]:
                      "containers": [{"name": "client", "image": WORKLOAD,
                                      "command": ["python", "-c", CLIENT, "http://web.default.svc/", str(client_exit)],
                                      "securityContext": container_security}]}}}}
-    return [deployment, service, statefulset]
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web"},
+              "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": "http"}]}]}}
+    intruder = json.loads(json.dumps(statefulset).replace('"client"', '"intruder"'))
+    intruder["spec"]["replicas"] = 1
+    return [deployment, service, statefulset, policy, intruder]
 
 
 def first_json(text: str) -> dict[str, Any]:
@@ -221,6 +254,11 @@ def test_a_node_runs_pods_as_their_specs_say(node: tuple[KubeServer, PodRunner])
         return first_json(text) if "{" in text else None
 
     info = wait_for(client_saw, 60, "client-1 to reach web.default.svc")
+    # The NetworkPolicy admits the clients only: the intruder's connections are refused.
+    intruder = wait_for(lambda: next((p["status"].get("podIP") for p in kube.list("v1", "pods", "default", label_selector="app=intruder")
+                                      if p.get("status")), None), 30, "the intruder's address")
+    wait_for(lambda: any(client == intruder for client, _ in runner.refused()), 30, "the intruder refused")
+    assert "{" not in runner.logs("default", "intruder-0", "intruder") and "retrying" in runner.logs("default", "intruder-0", "intruder")
     assert (info["uid"], info["gid"], info["groups"], info["pid"]) == (10001, 10001, [10001, 20000], 1)
     assert info["hostname"] == web["metadata"]["name"] and info["env"]["GREETING"] == f"hello {web['metadata']['name']}"
     assert info["env"]["PATH"] == images.WORKLOAD.env["PATH"] and "PYTEST_CURRENT_TEST" not in info["env"]

@@ -33,8 +33,8 @@ What a node and its control plane would do, done here by one thread polling the 
   restartCount, state and lastState (terminated: exitCode, reason, signal). A deleted pod is
   stopped gracefully: SIGTERM, SIGKILL after terminationGracePeriodSeconds.
 * ``services``: each Service gets a cluster IP, a user-space proxy listening there while it has
-  ready endpoints (named targetPorts resolved in each pod), and its DNS names in every pod's
-  /etc/hosts.
+  ready endpoints (named targetPorts resolved in each pod) and relaying only what the endpoint's
+  NetworkPolicies admit (``policies``), and its DNS names in every pod's /etc/hosts.
 
 The operator under test runs as a pod too (tests/e2e installs it from deploy/), so it reaches a
 job's server by the Service DNS name in its unchanged ``KUBEFLOWER_STATUS_URL``; the API test
@@ -63,8 +63,10 @@ Where it differs from a cluster, knowingly:
   ``<svc>.<ns>``, and ``<svc>`` in the same namespace) are in each pod's /etc/hosts; other names
   fail at once. Cluster IPs are written to ``spec.clusterIP`` just after creation (not by the
   API server on create, so a Service's generation is 2). kube-proxy is a user-space proxy: UDP,
-  NodePorts, LoadBalancers, session affinity are not modelled. NetworkPolicies are not enforced.
-  Pods have no route out of the pods' /24 (this machine has no network anyway).
+  NodePorts, LoadBalancers, session affinity are not modelled; the backend pod sees the proxy's
+  address as the client's. NetworkPolicies (ingress) are enforced by that proxy, so only for
+  traffic through a Service, and a refused connection is reset rather than dropped (a timeout
+  in a cluster). Pods have no route out of the pods' /24 (this machine has no network anyway).
 * Deletion: the test server deletes objects at once, so the Pods made here carry a finalizer
   (``podrunner.test/kubelet``) that the kubelet removes once the containers have exited -- a
   deleted pod stays Terminating until then, and a StatefulSet reuses a name only after that.
@@ -80,7 +82,7 @@ Where it differs from a cluster, knowingly:
 Modules, one concern each: ``netns`` (bridge, namespaces, addresses, /etc/netns files, stale
 runs), ``images``, ``podspec`` (command, environment, user, mounts: pure), ``sandbox`` (the shim
 inside the namespaces), ``processes`` (a container's process, CrashLoopBackOff), ``probes``,
-``labels``, ``services`` (cluster IPs, endpoints, hosts files, the proxy), ``kubelet``, ``pods``
+``labels``, ``policies``, ``services`` (cluster IPs, endpoints, hosts files, the proxy), ``kubelet``, ``pods``
 (the controllers) and ``runner`` (:class:`PodRunner`).
 """
 

@@ -16,7 +16,7 @@ until then, as in a cluster.
 
 Volumes: emptyDir (a fresh directory, mode 0777, group fsGroup), configMap and secret (their
 keys as files, defaultMode), hostPath (bind-mounted). Mount points missing on the machine are
-created for the run and removed after it (empty directories only). Other volume types,
+made inside the container's mount namespace only (`MountPoints`). Other volume types,
 subPath, init and ephemeral containers, exec probes and lifecycle hooks raise `Unsupported`
 (recorded in the runner's errors): never skipped in silence.
 """
@@ -48,6 +48,47 @@ log = logging.getLogger(__name__)
 FINALIZER = "podrunner.test/kubelet"
 NODE_LABELS = {"kubernetes.io/hostname": podspec.NODE_NAME, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
 DEFAULT_GRACE = 30
+
+
+class MountPoints:
+    """Where a container's volumes are mounted, made without touching the machine's file system.
+
+    A mount point under an earlier mount of the container is made in that volume's directory.
+    One that does not exist on the machine is made inside the container: its deepest existing
+    parent (never `/`) is overlaid with a tmpfs into which the sandbox binds back every entry of
+    the original, then the missing directories are made there. A file system shared with other
+    test runs is thus never changed.
+    """
+
+    def __init__(self) -> None:
+        self.overlays: list[str] = []
+        self.mkdirs: list[str] = []
+        self.touch: list[str] = []
+
+    def add(self, target: str, is_dir: bool, earlier: list[Obj]) -> None:
+        for mount in sorted(earlier, key=lambda m: len(m["target"]), reverse=True):
+            prefix = mount["target"].rstrip("/") + "/"
+            if target.startswith(prefix):
+                inside = Path(mount["source"]) / target[len(prefix):]
+                if is_dir:
+                    inside.mkdir(parents=True, exist_ok=True)
+                else:
+                    inside.parent.mkdir(parents=True, exist_ok=True)
+                    inside.touch()
+                return
+        path = Path(target)
+        if path.exists():
+            return
+        parent = next(p for p in path.parents if p.exists())
+        if parent == Path("/"):
+            raise podspec.Unsupported(f"mountPath {target}: a new top-level directory")
+        if str(parent) not in self.overlays:
+            self.overlays.append(str(parent))
+        if is_dir:
+            self.mkdirs.append(target)
+        else:
+            self.mkdirs.append(str(path.parent))
+            self.touch.append(target)
 
 
 def timestamp(moment: float) -> str:
@@ -124,7 +165,6 @@ class Kubelet:
         self.netns_inodes: dict[int, tuple[str, str, dict[str, str]]] = {}
         """Inode of every network namespace made for a pod -> (namespace, name, labels): finds
         a pod's processes in /proc, also after the runner has forgotten the pod."""
-        self.created_dirs: list[Path] = []
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self._probe_results: list[tuple[probes.Prober, Future[tuple[bool, str]]]] = []
         self._hosts_inputs: tuple[list[Obj], list[Obj]] = ([], [])
@@ -167,9 +207,6 @@ class Kubelet:
                     c.process.kill_and_wait()
             self._teardown(sandbox)
         self._probes.shutdown(wait=False, cancel_futures=True)
-        for folder in sorted(self.created_dirs, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                folder.rmdir()
 
     # One pod.
 
@@ -250,10 +287,12 @@ class Kubelet:
         for hook in ("lifecycle",):
             if c.spec.get(hook):
                 raise podspec.Unsupported(f"containers[].{hook}")
-        mounts = []
-        for mount in launch.mounts:
+        mounts: list[Obj] = []
+        points = MountPoints()
+        # Parents before children, as container runtimes mount them.
+        for mount in sorted(launch.mounts, key=lambda m: len(Path(m["mountPath"]).parts)):
             source = sandbox.volumes[mount["name"]]
-            self._mount_point(mount["mountPath"], source.is_dir(), mounts)
+            points.add(mount["mountPath"], source.is_dir(), mounts)
             mounts.append({"source": str(source), "target": mount["mountPath"], "readOnly": mount["readOnly"]})
         if c.process is not None:  # a restart
             c.last_terminated = c.terminated
@@ -269,6 +308,7 @@ class Kubelet:
             rundir=self.workdir / "pods" / sandbox.uid / "containers" / name / str(c.starts),
             log=self.log_dir / f"{sandbox.namespace}_{sandbox.name}_{name}.log",
             files=images.account_files(image),
+            mount_points=points,
         )
         c.process.start()
         started = c.process.started_at
@@ -381,32 +421,6 @@ class Kubelet:
                         os.chown(target, -1, int(fs_group))
                 return path
         raise podspec.Unsupported(f"volume {volume['name']}: {sorted(k for k in volume if k != 'name')}")
-
-    def _mount_point(self, target: str, is_dir: bool, earlier: list[Obj]) -> None:
-        """Make the mount point: inside an earlier mount of the container if it lies under one,
-        else on the machine (recorded, removed after the run)."""
-        for mount in sorted(earlier, key=lambda m: len(m["target"]), reverse=True):
-            prefix = mount["target"].rstrip("/") + "/"
-            if target.startswith(prefix):
-                inside = Path(mount["source"]) / target[len(prefix):]
-                if is_dir:
-                    inside.mkdir(parents=True, exist_ok=True)
-                else:
-                    inside.parent.mkdir(parents=True, exist_ok=True)
-                    inside.touch()
-                return
-        path = Path(target)
-        if path.exists():
-            return
-        missing = [p for p in [path, *path.parents] if not p.exists()]
-        for folder in reversed(missing if is_dir else missing[1:]):
-            folder.mkdir()
-            self.created_dirs.append(folder)
-            self.network.record_created_dir(folder)
-        if not is_dir:
-            path.touch()
-            self.created_dirs.append(path)  # rmdir fails on a file: removed below
-            self.network.record_created_dir(path)
 
     def _teardown(self, sandbox: Sandbox) -> None:
         if sandbox.netns is not None:

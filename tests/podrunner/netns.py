@@ -127,7 +127,7 @@ def _kill_namespace_processes(netns: str) -> None:
 
 
 def remove_run(run_id: str) -> None:
-    """Remove every namespace, link, folder and directory that the run `run_id` created."""
+    """Remove every namespace, link and folder that the run `run_id` created."""
     record: dict = {}
     with contextlib.suppress(OSError, ValueError):
         record = json.loads(_record_path(run_id).read_text())
@@ -142,9 +142,6 @@ def remove_run(run_id: str) -> None:
     for name in _dir_names(ETC_NETNS):
         if name.startswith(f"{PREFIX}-{run_id}-"):
             shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
-    for folder in reversed(record.get("created_dirs", [])):
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)  # only if empty: a mount point we made
     if record.get("workdir"):
         shutil.rmtree(record["workdir"], ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
@@ -255,7 +252,7 @@ class Network:
         remove_stale_runs()
         RECORDS.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
-        self._record = {"pid": pid, "start": _start_time(pid), "created_dirs": []}
+        self._record = {"pid": pid, "start": _start_time(pid)}
         self._save_record()
         try:
             self.subnet = choose_subnet()
@@ -276,12 +273,6 @@ class Network:
         for netns in list(self.namespaces.values()):
             self.remove(netns)
         remove_run(self.run_id)  # the bridge, the record, and anything a crash in between left
-
-    def record_created_dir(self, path: Path) -> None:
-        """A directory made on the machine for this run (a mount point): removed with the run."""
-        with self._lock:
-            self._record["created_dirs"].append(str(path))
-            self._save_record()
 
     def set_workdir(self, path: Path) -> None:
         with self._lock:

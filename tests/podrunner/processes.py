@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.podrunner.images import SYSTEM_PATH, exposures
 from tests.podrunner.podspec import Launch
@@ -30,8 +31,9 @@ class ContainerProcess:
     """One run of one container (a restart is a new ContainerProcess)."""
 
     def __init__(self, netns: str, launch: Launch, mounts: list[dict], hostname: str, rundir: Path, log: Path,
-                 files: dict[str, str] | None = None) -> None:
+                 files: dict[str, str] | None = None, mount_points: Any = None) -> None:
         self.netns, self.launch, self.mounts, self.hostname = netns, launch, mounts, hostname
+        self.mount_points = mount_points
         self.files = files or {}
         """Files of the image (/etc/passwd ...): path in the container -> content."""
         self.rundir, self.log = rundir, log
@@ -67,6 +69,9 @@ class ContainerProcess:
             "hostname": self.hostname,
             "mounts": image_files + self.mounts,
             "expose": exposures(),
+            "overlays": getattr(self.mount_points, "overlays", []),
+            "mkdirs": getattr(self.mount_points, "mkdirs", []),
+            "touch": getattr(self.mount_points, "touch", []),
             "pidFile": str(pid_file),
             "parentPid": os.getpid(),
         }

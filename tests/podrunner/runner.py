@@ -28,6 +28,8 @@ WATCHED = (
     ("statefulsets", "apps/v1"),
     ("pods", "v1"),
     ("services", "v1"),
+    ("networkpolicies", "networking.k8s.io/v1"),
+    ("namespaces", "v1"),
 )
 
 
@@ -118,13 +120,14 @@ class PodRunner:
     def _tick(self) -> None:
         listed = {plural: self.kube.list(gv, plural) for plural, gv in WATCHED}
         assert self.services is not None and self.kubelet is not None
-        self.services.sync(listed["services"], listed["pods"])
+        self.services.sync(listed["services"], listed["pods"], listed["networkpolicies"], listed["namespaces"])
         self.controllers.sync(listed["deployments"], listed["replicasets"], listed["statefulsets"], listed["pods"])
         self.kubelet.sync(listed["pods"], listed["services"])
 
     def _error(self, message: str) -> None:
-        log.error("podrunner: %s", message)
-        self.errors.append(message)
+        if message not in self.errors:  # a pod's trouble recurs at every sync: once is enough
+            log.error("podrunner: %s", message)
+            self.errors.append(message)
 
     # What a test may ask.
 
@@ -149,6 +152,10 @@ class PodRunner:
             for pid, (ns, name, labels) in self.kubelet.pod_processes().items()
             if (namespace is None or ns == namespace) and (selector is None or matches(selector, labels))
         }
+
+    def refused(self) -> list[tuple[str, tuple[str, int]]]:
+        """(client address, (cluster IP, port)) of every connection a NetworkPolicy refused."""
+        return list(self.services.proxy.refused) if self.services else []
 
     def logs(self, namespace: str, pod: str, container: str) -> str:
         path = self.log_dir / f"{namespace}_{pod}_{container}.log"

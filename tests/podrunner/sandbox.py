@@ -6,8 +6,10 @@ container's parent (as containerd's shim does) to learn its exit status:
 * new PID, mount, UTS and IPC namespaces: the container's command is PID 1 of its own PID
   namespace, so that killing it kills every process it started, and `/proc` shows only them;
 * the hostname (the pod's name), a private `/dev/shm`, the pod's volumes bind-mounted at their
-  `mountPath`s (emptyDir, configMap, ... prepared by the kubelet as host directories), then the
-  root file system remounted read-only when `readOnlyRootFilesystem` says so;
+  `mountPath`s (emptyDir, configMap, ... prepared by the kubelet as host directories; missing
+  mount points made in a tmpfs over their parent, with its entries bound back: nothing on the
+  machine changes), then the root file system remounted read-only when
+  `readOnlyRootFilesystem` says so;
 * the capability bounding set dropped, the user, group and supplementary groups of the
   security context, `no_new_privs` (allowPrivilegeEscalation: false), the working directory;
 * exec of the command with exactly the container's environment (nothing of ours leaks in).
@@ -25,6 +27,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 
 CLONE_NEWNS = 0x00020000
@@ -71,6 +74,30 @@ def _prctl(option: int, value: int) -> None:
     _check(libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0), f"prctl({option}, {value})")
 
 
+def _overlay(folder: str) -> None:
+    """A tmpfs over `folder` that holds the same entries (bound back): new ones go to the tmpfs."""
+    entries = []
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            entries.append((path, "link", os.readlink(path)))
+        else:
+            entries.append((path, "dir" if stat.S_ISDIR(info.st_mode) else "file", os.open(path, os.O_PATH | os.O_NOFOLLOW)))
+    mode = stat.S_IMODE(os.stat(folder).st_mode)
+    _mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode:o}")
+    for path, kind, ref in entries:
+        if kind == "link":
+            os.symlink(ref, path)
+            continue
+        if kind == "dir":
+            os.mkdir(path)
+        else:
+            open(path, "w").close()
+        _mount(f"/proc/self/fd/{ref}", path, None, MS_BIND | MS_REC)
+        os.close(ref)
+
+
 def _container(config: dict) -> None:
     """In the child: PID 1 of the new PID namespace. Never returns."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the shim gone (killed): the whole pod goes
@@ -78,6 +105,9 @@ def _container(config: dict) -> None:
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     socket.sethostname(config["hostname"])
     _mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=67108864")
+    # Open every source first: a tmpfs over /root or /var/lib, a mount over /tmp, must not hide
+    # a source that lives there.
+    sources = [os.open(m["source"], os.O_PATH) for m in config["mounts"]]
     # The image's files that sit under a directory others may not enter (a Python installed in
     # /root): an empty tmpfs over that directory, with only those files bound back into it.
     kept = [(os.open(e["keep"], os.O_PATH), e) for e in config.get("expose", [])]
@@ -87,8 +117,13 @@ def _container(config: dict) -> None:
         os.makedirs(exposure["keep"], exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", exposure["keep"], None, MS_BIND | MS_REC)
         os.close(fd)
-    # Open every source first: a mount over /tmp must not hide a source that lives under /tmp.
-    sources = [os.open(m["source"], os.O_PATH) for m in config["mounts"]]
+    # Mount points that the machine lacks: made in a tmpfs over their parent, in this namespace.
+    for folder in config.get("overlays", []):
+        _overlay(folder)
+    for folder in config.get("mkdirs", []):
+        os.makedirs(folder, exist_ok=True)
+    for path in config.get("touch", []):
+        open(path, "a").close()
     for fd, mount in zip(sources, config["mounts"]):
         _mount(f"/proc/self/fd/{fd}", mount["target"], None, MS_BIND | MS_REC)
         if mount.get("readOnly"):

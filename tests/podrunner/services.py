@@ -14,8 +14,12 @@ What kube-proxy and cluster DNS do, as far as the pods can tell:
   Service's names -- `<svc>.<ns>.svc.cluster.local`, `<svc>.<ns>.svc`, `<svc>.<ns>`, and `<svc>` for
   the pod's own namespace -- and is rewritten in place when Services come and go.
 
+* NetworkPolicies (`policies`) are enforced at the proxy, on the ingress of the endpoint pod: a
+  connection is relayed only to an endpoint whose policies admit the client pod's address, and
+  reset when none does (a CNI would drop the packets: the client would time out instead).
+
 NodePort and LoadBalancer Services are served as ClusterIP ones (no node ports); UDP ports,
-session affinity and NetworkPolicies are not modelled.
+session affinity, and policies for traffic to a pod's own address are not modelled.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 from tests.podrunner.netns import Netns
 from tests.podrunner.podspec import ConfigError, container_port
+from tests.podrunner import policies
 from tests.podrunner.labels import matches
 
 Obj = dict[str, Any]
@@ -46,6 +51,8 @@ fe00::2\tip6-allrouters
 Endpoint = tuple[str, int]
 Key = tuple[str, int]
 """(cluster IP, port)."""
+Route = tuple[str, int, policies.Admission]
+"""An endpoint (address, target port), and who its NetworkPolicies admit."""
 
 
 def pod_ready(pod: Obj) -> bool:
@@ -101,11 +108,13 @@ class Proxy:
 
     def __init__(self, netns: Netns) -> None:
         self.netns = netns
-        self.table: dict[Key, list[Endpoint]] = {}
+        self.table: dict[Key, list[Route]] = {}
         self.listeners: dict[Key, asyncio.AbstractServer] = {}
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.errors: list[str] = []
+        self.refused: list[tuple[str, Key]] = []
+        """(client address, (cluster IP, port)) of the connections that NetworkPolicies refused."""
         self.thread = threading.Thread(target=self._run, name=f"proxy-{netns.name}", daemon=True)
 
     def start(self) -> None:
@@ -119,7 +128,10 @@ class Proxy:
             self.loop.run_forever()
             for listener in self.listeners.values():
                 listener.close()
-            self.loop.run_until_complete(asyncio.sleep(0))
+            relays = asyncio.all_tasks(self.loop)
+            for task in relays:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*relays, return_exceptions=True))
             self.loop.close()
 
     def stop(self) -> None:
@@ -127,12 +139,12 @@ class Proxy:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
 
-    def update(self, table: dict[Key, list[Endpoint]]) -> None:
+    def update(self, table: dict[Key, list[Route]]) -> None:
         """Listen on exactly the (cluster IP, port)s that have endpoints; relay to those."""
         future = asyncio.run_coroutine_threadsafe(self._update(dict(table)), self.loop)
         future.result(10)
 
-    async def _update(self, table: dict[Key, list[Endpoint]]) -> None:
+    async def _update(self, table: dict[Key, list[Route]]) -> None:
         self.table = table
         for key in list(self.listeners):
             if not table.get(key):
@@ -149,11 +161,15 @@ class Proxy:
                 self.listeners[key] = server
 
     async def _relay(self, key: Key, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        eps = self.table.get(key) or []
-        if not eps:
-            writer.close()
+        client = writer.get_extra_info("peername")[0]
+        routes = [r for r in self.table.get(key) or [] if policies.admits(r[2], client)]
+        if not routes:
+            if self.table.get(key):
+                self.refused.append((client, key))
+                log.info("a NetworkPolicy refuses %s a connection to %s:%d", client, *key)
+            writer.transport.abort()
             return
-        address, port = random.choice(eps)
+        address, port, _ = random.choice(routes)
         try:
             upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_connection(address, port), CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError):
@@ -187,9 +203,9 @@ class ServiceNetwork:
         self.proxy.start()
         self.addresses: dict[str, str] = {}
         """Service uid -> its cluster IP."""
-        self._table: dict[Key, list[Endpoint]] | None = None
+        self._table: dict[Key, list[Route]] | None = None
 
-    def sync(self, services: list[Obj], pods: list[Obj]) -> None:
+    def sync(self, services: list[Obj], pods: list[Obj], network_policies: list[Obj], namespaces: list[Obj]) -> None:
         live = set()
         for service in services:
             meta, spec = service["metadata"], service.get("spec") or {}
@@ -214,12 +230,16 @@ class ServiceNetwork:
             address = self.addresses.pop(uid)
             self.network.remove_address(self.netns, address)
             self.network.release(address, "service")
-        table: dict[Key, list[Endpoint]] = {}
+        table: dict[Key, list[Route]] = {}
+        by_address = {(p.get("status") or {}).get("podIP"): p for p in pods if not p["metadata"].get("deletionTimestamp")}
+        labels = policies.namespace_labels(namespaces)
         for service in services:
             address = self.addresses.get(service["metadata"]["uid"])
             if address and (service.get("spec") or {}).get("clusterIP") == address and not service["metadata"].get("deletionTimestamp"):
                 for port, eps in endpoints(service, pods).items():
-                    table[(address, port)] = eps
+                    table[(address, port)] = [
+                        (ip, target, policies.admission(network_policies, labels, pods, by_address[ip], target)) for ip, target in eps
+                    ]
         if table != self._table:
             self.proxy.update(table)
             self._table = table
