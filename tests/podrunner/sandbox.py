@@ -160,17 +160,26 @@ def main() -> int:
     _check(libc.unshare(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC), "unshare")
     sys.stdout.flush()
     sys.stderr.flush()
+    ready_read, ready_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
+            os.close(ready_write)
+            # Wait for the pid file to be written: a file open for writing in this mount namespace
+            # makes the read-only remount of / fail (EBUSY).
+            os.read(ready_read, 1)
+            os.close(ready_read)
             _container(config)
         except BaseException as exc:  # noqa: BLE001 - the child must never return into main()
             print(f"podrunner: cannot create the container: {exc}", file=sys.stderr, flush=True)
         os._exit(EXIT_START_ERROR)
+    os.close(ready_read)
     tmp = config["pidFile"] + ".tmp"
     with open(tmp, "w") as f:
         f.write(str(pid))
     os.replace(tmp, config["pidFile"])
+    os.write(ready_write, b"!")
+    os.close(ready_write)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the kubelet signals the container, never its shim
     while True:
