@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -101,6 +102,32 @@ def test_the_kubeflower_pods_are_read_as_their_images_say() -> None:
         for var in container["env"]:
             expected = var.get("value", "digits-clients-1")
             assert launch.env[var["name"]] == expected, var
+
+
+def _dockerfile_image(path: Path) -> dict[str, Any]:
+    """ENV, ENTRYPOINT, CMD and USER of a Dockerfile's final stage (enough of the syntax for ours)."""
+    text = path.read_text().replace("\\\n", " ")
+    stage = text[text.rindex("\nFROM "):]
+    found: dict[str, Any] = {"env": {}, "entrypoint": [], "cmd": [], "user": "0"}
+    for line in stage.splitlines():
+        word, _, rest = line.strip().partition(" ")
+        if word == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                found["env"][key] = value.replace("$PATH", images.SYSTEM_PATH)
+        elif word in ("ENTRYPOINT", "CMD"):
+            found[word.lower()] = json.loads(rest)
+        elif word == "USER":
+            found["user"] = rest.split(":")[0]
+    return found
+
+
+@pytest.mark.parametrize(("dockerfile", "image"), [("Dockerfile.workload", images.WORKLOAD), ("Dockerfile.operator", images.OPERATOR)])
+def test_the_images_mirror_their_dockerfiles(dockerfile: str, image: images.Image) -> None:
+    built = _dockerfile_image(Path(__file__).resolve().parents[2] / dockerfile)
+    env = {k: v.replace("/opt/kubeflower", sys.prefix) for k, v in built["env"].items()}
+    assert {k: v for k, v in image.env.items() if k != "LANG"} == env
+    assert (image.entrypoint, image.cmd, str(image.user)) == (built["entrypoint"], built["cmd"], built["user"])
 
 
 def test_labels_services_and_names() -> None:

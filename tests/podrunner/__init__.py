@@ -41,7 +41,8 @@ job's server by the Service DNS name in its unchanged ``KUBEFLOWER_STATUS_URL``;
 server listens on the node's address on the bridge (``KubeServer(host=net.gateway)``).
 
 Nothing is left behind: the ``with`` exit stops every process (SIGTERM, SIGKILL 2 s later) and
-removes every namespace, veth, bridge, /etc/netns folder, mount point and directory of the run,
+removes every namespace, veth, bridge, /etc/netns folder and directory of the run (mount points
+missing on the machine are made inside the containers only, so none is ever added to it),
 also when the test failed; each shim dies with the runner's thread (PR_SET_PDEATHSIG), and with
 it its container's whole PID namespace, if pytest itself is killed; and ``Network()`` removes
 what a killed earlier run left (names ``kfpr<id>``/``kfpr-<id>-...`` whose owner in
@@ -58,7 +59,9 @@ Where it differs from a cluster, knowingly:
   Dockerfile.operator) over the machine's own file system; any other image waits with
   ErrImageNeverPull. The root file system is the machine's (read-only when asked); a non-root
   container sees /root as an empty tmpfs except the Python installation bound back into it
-  (pyenv lives there), and /etc/passwd and /etc/group with the image's users added.
+  (pyenv lives there), and /etc/passwd and /etc/group with the image's users added. A mount
+  point the machine lacks (/var/lib/kubeflower/...) is made in a tmpfs laid over its parent
+  in the container, with the parent's entries bound back into it.
 * No cluster DNS: the Services' names (``<svc>.<ns>.svc.cluster.local``, ``<svc>.<ns>.svc``,
   ``<svc>.<ns>``, and ``<svc>`` in the same namespace) are in each pod's /etc/hosts; other names
   fail at once. Cluster IPs are written to ``spec.clusterIP`` just after creation (not by the
