@@ -320,6 +320,37 @@ def test_a_node_runs_pods_as_their_specs_say(node: tuple[KubeServer, PodRunner])
     assert not runner.processes("default", {"app": "web"}) and not kube.list("apps/v1", "replicasets", "default")
 
 
+IMPORTS = textwrap.dedent("""
+    import json, os, kubeflower.operator, kubeflower.workload
+    app = os.path.join(kubeflower.workload.__path__[0], "flowerapp", "pyproject.toml")
+    print(json.dumps({"app": os.path.isfile(app), "covered": sorted(os.listdir(os.environ["COVERED"]))}), flush=True)
+""")
+
+
+@pytest.mark.e2e
+def test_a_volume_over_the_checkout_leaves_the_installation_in_place(node: tuple[KubeServer, PodRunner]) -> None:
+    """An emptyDir over a directory that holds the venv and the sources (the operator's at /tmp,
+    the checkout cloned in /tmp): the non-root container still runs the venv's scripts, which
+    import the project from the checkout (editable install)."""
+    kube, runner = node
+    checkout = Path(__file__).resolve().parents[2]
+    command = f"kubeflower --help >/dev/null && python -c {shlex.quote(IMPORTS)} && sleep 600"
+    kube.create({
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "covered"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "covered"}},
+                 "template": {"metadata": {"labels": {"app": "covered"}}, "spec": {
+                     "securityContext": {"runAsUser": 10001, "runAsNonRoot": True}, "terminationGracePeriodSeconds": 1,
+                     "volumes": [{"name": "scratch", "emptyDir": {}}],
+                     "containers": [{"name": "c", "image": WORKLOAD, "command": ["sh", "-c", command],
+                                     "env": [{"name": "COVERED", "value": str(checkout)}],
+                                     "volumeMounts": [{"name": "scratch", "mountPath": str(checkout)}]}]}}}})
+    logs = wait_for(lambda: '{"app"' in (text := runner.logs("default", "covered-0", "c")) and text, 60,
+                    "the venv's kubeflower and python to run")
+    # The emptyDir holds nothing but the mount points of what is bound back into it.
+    kept = sorted({p.relative_to(checkout).parts[0] for p in images.installations() if p.is_relative_to(checkout)})
+    assert first_json(logs) == {"app": True, "covered": kept}, logs
+
+
 RUNNER_SCRIPT = textwrap.dedent("""
     import operator, sys, time
     sys.path.insert(0, sys.argv[1])

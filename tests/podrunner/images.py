@@ -9,9 +9,13 @@ with ErrImageNeverPull, as on a node that cannot pull.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import kubeflower.operator
+import kubeflower.workload
 
 VENV = Path(sys.prefix)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -79,19 +83,34 @@ def account_files(image: Image) -> dict[str, str]:
     return {"/etc/passwd": passwd, "/etc/group": group}
 
 
-def exposures() -> list[dict[str, str]]:
+def installations() -> list[Path]:
+    """The machine's directories that the images' commands run from, none under another.
+
+    This Python's installations (the virtual environment and the interpreter it was made from) and
+    the directories of the project's packages: an editable install (`make setup`) leaves those in
+    the checkout (kubeflower/, operator/ and workload/, which holds the built-in Flower App).
+    """
+    packages = (kubeflower, kubeflower.operator, kubeflower.workload)
+    # __path__, not __file__: imported from outside the checkout, they are namespace packages
+    # (the editable install's finder), with no __file__ and a placeholder among their paths.
+    sources = [p for m in packages for p in m.__path__ if os.path.isdir(p)]
+    found = list(dict.fromkeys(Path(p).resolve() for p in (sys.base_prefix, sys.prefix, *sources)))
+    return [path for path in found if not any(path != other and path.is_relative_to(other) for other in found)]
+
+
+def exposures() -> list[dict[str, str | None]]:
     """What of the machine's file system a non-root container must be given to run this Python.
 
-    The interpreter may live under a directory that only root may enter (pyenv in /root): for
-    each such installation, the topmost closed directory above it (`hide`, mounted over with an
-    empty tmpfs in the container) and the installation (`keep`, bound back into it).
+    Each of the `installations` (`keep`) and, where it lies under a directory that others may not
+    enter (pyenv in /root, a checkout cloned into a `mktemp -d` directory), the topmost such
+    directory (`hide`, mounted over with an empty tmpfs in the container, into which the kept
+    directories are bound back: the rest of a checkout, .git or tests, stays out of sight), else
+    None. The sandbox binds a kept directory back again where a pod's volume covers it.
     """
-    found = []
-    for install in dict.fromkeys(Path(p).resolve() for p in (sys.base_prefix, sys.prefix)):
-        for ancestor in reversed(install.parents):
-            if not ancestor.stat().st_mode & 0o001:
-                found.append({"hide": str(ancestor), "keep": str(install)})
-                break
+    found: list[dict[str, str | None]] = []
+    for install in installations():
+        closed = (a for a in reversed(install.parents) if not a.stat().st_mode & 0o001)
+        found.append({"hide": next((str(a) for a in closed), None), "keep": str(install)})
     return found
 
 

@@ -8,11 +8,17 @@ container's parent (as containerd's shim does) to learn its exit status:
 * the hostname (the pod's name), a private `/dev/shm`, the pod's volumes bind-mounted at their
   `mountPath`s (emptyDir, configMap, ... prepared by the kubelet as host directories; missing
   mount points made in a tmpfs over their parent, with its entries bound back: nothing on the
-  machine changes), then the root file system remounted read-only when
-  `readOnlyRootFilesystem` says so;
+  machine changes; the image's files that a volume covers bound back inside it, see below), then
+  the root file system remounted read-only when `readOnlyRootFilesystem` says so;
 * the capability bounding set dropped, the user, group and supplementary groups of the
   security context, `no_new_privs` (allowPrivilegeEscalation: false), the working directory;
 * exec of the command with exactly the container's environment (nothing of ours leaks in).
+
+The image's files (`images.exposures`: this Python, the project's sources) are the machine's, where
+they happen to be: a pod's volume may cover them (the operator's emptyDir at /tmp, with the
+checkout cloned in /tmp). A real image keeps them in /opt/kubeflower, out of the volume's way; here
+they are bound back inside the volume, whose directory thus gets the chain of empty directories
+down to each of them (their mount points), which the container sees and may not remove.
 
 The parent writes the container's PID (as seen from the root PID namespace) to `pid_file`, waits
 for it and exits with its status as a runtime reports it: the exit code, or 128 + the signal.
@@ -98,6 +104,16 @@ def _overlay(folder: str) -> None:
         os.close(ref)
 
 
+def _bind_back(fd: int, path: str) -> None:
+    """The directory open as `fd` (O_PATH, opened before any mount hid it) bound at `path`."""
+    umask = os.umask(0o022)  # the directories made on the way must let the container's user in
+    try:
+        os.makedirs(path, exist_ok=True)
+    finally:
+        os.umask(umask)
+    _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+
+
 def _container(config: dict) -> None:
     """In the child: PID 1 of the new PID namespace. Never returns."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the shim gone (killed): the whole pod goes
@@ -110,13 +126,13 @@ def _container(config: dict) -> None:
     sources = [os.open(m["source"], os.O_PATH) for m in config["mounts"]]
     # The image's files that sit under a directory others may not enter (a Python installed in
     # /root): an empty tmpfs over that directory, with only those files bound back into it.
-    kept = [(os.open(e["keep"], os.O_PATH), e) for e in config.get("expose", [])]
-    for hidden in dict.fromkeys(e["hide"] for e in config.get("expose", [])):
+    exposures = config.get("expose", [])
+    kept = [(os.open(e["keep"], os.O_PATH), e["keep"]) for e in exposures]
+    for hidden in dict.fromkeys(e["hide"] for e in exposures if e["hide"]):
         _mount("tmpfs", hidden, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
-    for fd, exposure in kept:
-        os.makedirs(exposure["keep"], exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", exposure["keep"], None, MS_BIND | MS_REC)
-        os.close(fd)
+    for (fd, keep), exposure in zip(kept, exposures):
+        if exposure["hide"]:
+            _bind_back(fd, keep)
     # Mount points that the machine lacks: made in a tmpfs over their parent, in this namespace.
     for folder in config.get("overlays", []):
         _overlay(folder)
@@ -126,9 +142,17 @@ def _container(config: dict) -> None:
         open(path, "a").close()
     for fd, mount in zip(sources, config["mounts"]):
         _mount(f"/proc/self/fd/{fd}", mount["target"], None, MS_BIND | MS_REC)
+        # The image's files that this volume covers (an emptyDir at /tmp, the checkout under it):
+        # bound back in it, before a read-only remount would forbid their mount points.
+        inside = mount["target"].rstrip("/") + "/"
+        for kept_fd, keep in kept:
+            if keep.startswith(inside):
+                _bind_back(kept_fd, keep)
         if mount.get("readOnly"):
             _mount(None, mount["target"], None, MS_REMOUNT | MS_BIND | MS_RDONLY)
         os.close(fd)
+    for kept_fd, _ in kept:
+        os.close(kept_fd)
     if config.get("readOnlyRootFilesystem"):
         _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     if config.get("dropCapabilities"):
