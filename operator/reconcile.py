@@ -20,6 +20,9 @@ from kubeflower.operator.settings import Settings
 from kubeflower.server_status import RunPhase, ServerStatus
 
 Manifest = dict[str, Any]
+METRIC_DIGITS = 4
+"""Significant digits of the metrics in the status: `kubectl get ftj` prints them as they are (an
+ACCURACY of 0.9778, not 0.9777777777777777); the server's metrics.json keeps every digit."""
 
 
 @dataclass(frozen=True)
@@ -134,18 +137,25 @@ def plan(
     new["selector"] = builders.label_selector(name, builders.CLIENTS)
     new.setdefault("startTime", timestamp(now))
     new.setdefault("currentRound", 0)
-    new["serverRestarts"] = max(observed.server_restarts, int(status.get("serverRestarts") or 0))
+    restarts_before = int(status.get("serverRestarts") or 0)
+    new["serverRestarts"] = max(observed.server_restarts, restarts_before)
 
     desired = {m["kind"]: m for m in desired_children(job, settings)}
     finished_at = status.get("completionTime")
     document = observed.poll.document
+
+    if new["serverRestarts"] > restarts_before and not finished_at:
+        out.events.append(Event("Warning", "ServerRestarted", (
+            f"the server restarted ({new['serverRestarts']} of runPolicy.backoffLimit={spec.run_policy.backoff_limit} "
+            "tolerated); Flower keeps a run in the SuperLink's memory, so the run starts over from round 1"
+        )))
 
     # 1. Progress from the server's status document.
     if document is not None and not finished_at:
         out.events += _round_events(int(status.get("currentRound") or 0), document)
         new["currentRound"] = document.current_round
         if document.metrics:
-            new["metrics"] = dict(document.metrics)
+            new["metrics"] = {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in document.metrics.items()}
 
     # 2. Has the job finished (or must it fail)?
     verdict = None if finished_at else _verdict(job, new, observed, now, settings)

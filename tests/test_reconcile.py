@@ -75,6 +75,13 @@ def test_rounds_metrics_and_one_event_per_round() -> None:
     assert again.events == []
 
 
+def test_status_metrics_keep_four_significant_digits() -> None:
+    parsed = parse_job(job(namespace="default"))
+    doc = ServerStatus(total_rounds=3).with_round(RoundRecord(round=1, metrics={"accuracy": 0.9777777777777777, "loss": 0.000123456}))
+    result = plan(parsed, 1, {}, Observed(children=children(parsed), poll=Poll(document=doc)), NOW, SETTINGS)
+    assert result.status["metrics"] == {"accuracy": 0.9778, "loss": 0.0001235}
+
+
 def test_success_removes_the_clients_keeps_the_server_then_ttl() -> None:
     parsed = parse_job(job(namespace="default", runPolicy={"ttlSecondsAfterFinished": 60}))
     found = children(parsed)
@@ -118,6 +125,9 @@ def test_backoff_limit_and_deadline() -> None:
     found = children(parsed)
     ok = plan(parsed, 1, {}, Observed(children=found, server_restarts=1), NOW, SETTINGS)
     assert ok.status["phase"] == "Running"
+    assert [(e.type, e.reason) for e in ok.events] == [("Warning", "ServerRestarted")]
+    assert "1 of runPolicy.backoffLimit=1" in ok.events[0].message
+    assert plan(parsed, 1, ok.status, Observed(children=found, server_restarts=1), NOW, SETTINGS).events == []
     over = plan(parsed, 1, {}, Observed(children=found, server_restarts=2), NOW, SETTINGS)
     assert over.status["reason"] == "BackoffLimitExceeded"
     late = plan(parsed, 1, {"startTime": "2026-11-28T11:58:00Z"}, Observed(children=found), NOW, SETTINGS)

@@ -83,7 +83,7 @@ def test_apply_the_digits_job_to_success_then_ttl(cluster: Cluster) -> None:
     assert "Running" in phases and phases[-1] == "Succeeded", watched
     rounds = [row[2] for row in rows if row[1] == "Running"]
     assert "1/3" in rounds or "2/3" in rounds, f"the rounds counting up: {watched}"
-    assert re.fullmatch(r"0\.\d+", rows[-1][4]), f"the accuracy column: {watched}"
+    assert re.fullmatch(r"0\.\d{1,4}", rows[-1][4]), f"the accuracy column, 4 significant digits: {watched}"
 
 
 def test_delete_mid_run_removes_every_object_and_process(cluster: Cluster) -> None:
@@ -173,6 +173,8 @@ def test_a_killed_server_is_restarted_and_the_job_ends_with_a_verdict(cluster: C
     _kill(cluster, server["metadata"]["name"])
     _restarted(cluster, server["metadata"]["name"])
     cluster.wait_status("phoenix-server", lambda s: s.get("serverRestarts") == 1, 30, "the restart counted")
+    wait_for(lambda: cluster.events("phoenix-server", "ServerRestarted"), 30, "the ServerRestarted event")
+    assert "ServerRestarted" in cluster.kubectl("describe", "ftj", "phoenix-server")
     # backoffLimit 3 tolerates one restart: the new server starts the run over, and it ends.
     status = cluster.wait_status("phoenix-server", lambda s: s.get("phase") in ("Succeeded", "Failed"), 2 * RUN, "a verdict")
     assert status["phase"] == "Succeeded" or (status["reason"] and status["message"]), status
