@@ -257,6 +257,13 @@ class TaskSpec(ApiModel):
     learning_rate: float = Field(default=0.05, gt=0, le=10)
     test_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of each client's data held out to evaluate.")
     seed: int = Field(default=0, ge=0, description="Seed of model initialisation and training order.")
+    fused_train_evaluate: bool = Field(
+        default=True,
+        description=(
+            "One message per round that evaluates the received model, then trains it (each message starts a "
+            "process on every client); false: separate train and evaluate messages, as Flower's strategies send."
+        ),
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(

@@ -30,6 +30,7 @@ def run_config(spec: FederatedTrainingJobSpec) -> RunConfig:
         "learning-rate": task.learning_rate,
         "test-fraction": task.test_fraction,
         "seed": task.seed,
+        "fused-train-evaluate": task.fused_train_evaluate,
         "strategy": strategy.name.value,
         "fraction-train": strategy.fraction_train,
         "fraction-evaluate": strategy.fraction_evaluate,

@@ -3,7 +3,7 @@
 Flower does not type-check run-config overrides against the app's defaults, so a job submitted by
 hand with `-c local-epochs='two'` reaches the app as a string: every key is checked here, and a
 bad one fails the run with a message naming the key (Flower reports it as the run's failure).
-The keys are those of `kubeflower.runconfig` plus the app's own, all declared with their defaults
+The keys are those of `kubeflower.runconfig`, all declared with their defaults
 in `flowerapp/pyproject.toml`.
 """
 
@@ -17,8 +17,6 @@ from kubeflower.workload import models
 
 UNSET = -1
 """Default of a strategy parameter the job leaves out: the strategy's own default applies."""
-FUSED_TRAIN_EVALUATE = "fused-train-evaluate"
-"""App-only key (not in the API): one message per round trains and evaluates (see `federation`)."""
 
 
 class RunConfigError(ValueError):
@@ -71,7 +69,7 @@ class TaskConfig:
             learning_rate=get(config, "learning-rate", float),
             test_fraction=get(config, "test-fraction", float),
             seed=get(config, "seed", int),
-            fused_train_evaluate=get(config, FUSED_TRAIN_EVALUATE, bool),
+            fused_train_evaluate=get(config, "fused-train-evaluate", bool),
         )
         for key, value in (
             ("num-server-rounds", task.num_rounds),

@@ -70,7 +70,8 @@ def main() -> int:
     LOG.info("starting: %s", " ".join(command))
     processes.become_subreaper()
     superlink_host = os.environ[contract.ENV_SUPERLINK].rpartition(":")[0].strip("[]")
-    supernode = processes.start(command, processes.child_env(direct=[superlink_host]))
+    env = processes.child_env(direct=[superlink_host], superexec_poll=processes.NODE_SUPEREXEC_POLL_INTERVAL)
+    supernode = processes.start(command, env)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -26,22 +26,35 @@ from kubeflower import contract
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-SUPEREXEC_POLL_INTERVAL = "0.1"
-"""FLWR_SUPEREXEC_TASK_POLL_INTERVAL for the SuperExecs we start (Flower's default: 1 s per task)."""
+SUPEREXEC_POLL = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+NODE_SUPEREXEC_POLL_INTERVAL = "0.1"
+"""Seconds between a client's SuperExec asks of its own SuperNode for work (Flower: 1 s).
+
+Every ClientApp message waits up to this long before its process starts, twice a round with
+separate train and evaluate messages; the asks go to the SuperNode on the same pod, never over
+the network. The server keeps Flower's 1 s: its SuperExec asks the SuperLink, where 0.1 s would be
+10 requests a second for as long as the server lives, to start one ServerApp per job sooner.
+"""
 
 
-def child_env(extra: Mapping[str, str] = {}, direct: Sequence[str] = ()) -> dict[str, str]:  # noqa: B006 - read only
+def child_env(
+    extra: Mapping[str, str] = {},  # noqa: B006 - read only
+    direct: Sequence[str] = (),
+    superexec_poll: str | None = None,
+) -> dict[str, str]:
     """Our environment plus `extra`, ready for Flower's processes.
 
     - This interpreter's scripts come first on PATH: Flower starts `flower-superexec`,
       `flwr-serverapp` and `flwr-clientapp` by name, and they must be of our installation.
-    - Flower's telemetry and update checks are off unless the environment says otherwise.
+    - Flower's telemetry and update checks are off unless the environment says otherwise;
+      so is `superexec_poll` (FLWR_SUPEREXEC_TASK_POLL_INTERVAL), where given.
     - Loopback and the `direct` hosts (the SuperLink) join NO_PROXY: Flower's HTTP clients honour
       HTTP(S)_PROXY, which a user may set for downloads, and a proxy cannot reach our SuperLink.
     """
     env = {**os.environ, **extra}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_INTERVAL)
+    if superexec_poll is not None:
+        env.setdefault(SUPEREXEC_POLL, superexec_poll)
     for key, value in contract.FLOWER_ENV.items():
         if key != "FLWR_HOME":  # a pod's path; where unset, Flower's own default (~/.flwr) applies
             env.setdefault(key, value)

@@ -12,7 +12,7 @@ import pytest
 from kubeflower.api import FederatedTrainingJob
 from kubeflower.runconfig import run_config
 from kubeflower.workload import strategies
-from kubeflower.workload.appconfig import FUSED_TRAIN_EVALUATE, RunConfigError, TaskConfig
+from kubeflower.workload.appconfig import RunConfigError, TaskConfig
 from kubeflower.workload.control import build_fab
 from kubeflower.workload.server import BUILTIN_APP
 from tests.jobs import job
@@ -41,11 +41,11 @@ def test_every_key_a_job_sends_is_declared_with_its_type(spec: dict[str, Any]) -
     assert {k: t for k, t in _types(sent).items()} == {k: _types(DEFAULTS)[k] for k in sent}
 
 
-def test_the_defaults_declare_only_what_jobs_send_and_the_apps_own_keys() -> None:
+def test_the_defaults_declare_only_what_jobs_send() -> None:
     sent: set[str] = set()
     for spec in SPECS:
         sent |= set(run_config(FederatedTrainingJob.model_validate(job(**spec)).spec))
-    assert set(DEFAULTS) - sent == {FUSED_TRAIN_EVALUATE}
+    assert set(DEFAULTS) == sent
     assert set(strategies.PARAMETERS) <= set(DEFAULTS)
 
 

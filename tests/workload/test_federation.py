@@ -61,6 +61,21 @@ def test_the_demo_job_trains_and_writes_its_results(demo: tuple[subprocess.Compl
     assert "Succeeded: 3/3 rounds" in result.stdout and "accuracy" in result.stdout
 
 
+def _superexec_polls(root: int) -> set[str | None]:
+    """FLWR_SUPEREXEC_TASK_POLL_INTERVAL of each `flower-superexec` below process `root`."""
+    polls: set[str | None] = set()
+    for pid in processes.descendants(root):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if b"flower-superexec" in command:
+            env = dict(item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
+            polls.add(env[processes.SUPEREXEC_POLL.encode()].decode() if processes.SUPEREXEC_POLL.encode() in env else None)
+    return polls
+
+
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode()
@@ -69,11 +84,13 @@ def _get(url: str) -> str:
 def test_server_status_and_metrics_during_and_after_a_run(
     demo: tuple[subprocess.CompletedProcess[str], Path], tmp_path: Path, marker: str
 ) -> None:
-    """The server entry point, unfused rounds: /status and /metrics follow the run; same numbers."""
+    """The server entry point, with `fusedTrainEvaluate: false`: /status and /metrics follow the run;
+    the numbers are the fused demo's."""
     job = load_job(DEMO)
+    assert job.spec.task is not None and job.spec.task.fused_train_evaluate
+    job.spec.task.fused_train_evaluate = False
     members = local_commands(job, DEMO.parent, tmp_path / "out", tmp_path / "home")
-    run_config = json.loads(members[0][2][contract.ENV_RUN_CONFIG]) | {"fused-train-evaluate": False}
-    members[0][2][contract.ENV_RUN_CONFIG] = json.dumps(run_config)
+    assert json.loads(members[0][2][contract.ENV_RUN_CONFIG])["fused-train-evaluate"] is False
     base = f"http://127.0.0.1:{members[0][2][contract.ENV_STATUS_PORT]}"
     started = [processes.start(command, processes.child_env(env | {MARKER: marker}), tmp_path / f"{name}.log")
                for name, command, env in members]
@@ -88,6 +105,8 @@ def test_server_status_and_metrics_during_and_after_a_run(
                 continue
             seen.append(status)
             if status.phase == RunPhase.RUNNING and status.current_round >= 1:
+                # The SuperExecs' task poll: Flower's 1 s at the server, 0.1 s beside each SuperNode.
+                assert [_superexec_polls(p.pid) for p in started] == [{None}, {"0.1"}, {"0.1"}]
                 metrics = _get(f"{base}/metrics")
                 assert f'kubeflower_round{{job="digits-fedavg"}} {status.current_round}' in metrics or status.current_round < 3
                 assert 'kubeflower_run_phase{job="digits-fedavg",phase="Running"} 1' in metrics
