@@ -47,7 +47,6 @@ WORKLOAD = Image(
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "FLWR_HOME": "/var/lib/kubeflower/flwr",
-        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
         "KUBEFLOWER_DATA_DIR": "/var/lib/kubeflower/data",
         "KUBEFLOWER_OUTPUT_DIR": "/var/lib/kubeflower/output",
         "HOME": "/tmp",
