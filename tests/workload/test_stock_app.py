@@ -62,6 +62,3 @@ def test_same_data_and_same_training_steps(stock_task: ModuleType, tmp_path: Pat
     assert ours_loss == pytest.approx(theirs_loss, rel=1e-4)
     for name, value in ours_model.state_dict().items():
         torch.testing.assert_close(value, theirs_model.state_dict()[name], rtol=1e-4, atol=1e-5)
-    assert training.evaluate(ours_model, data.x_test, data.y_test, 32) == pytest.approx(
-        stock_task.test(theirs_model, data.x_test, data.y_test, 32), abs=1e-4
-    )

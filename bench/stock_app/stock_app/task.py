@@ -3,8 +3,9 @@
 The numbers are meant to match the built-in app's on the same seed, so the data, the partitions
 and the model come from the same functions (`kubeflower.workload.partitioning`, `models`) and the
 optimiser is torch's SGD with the same momentum (the built-in app's hand-written step computes the
-same update). What differs is only what stock apps pay for: scikit-learn to load digits, and
-`torch.optim`, which imports torch._dynamo on first use, in every ClientApp process.
+same update); evaluation is the built-in app's own. What differs is only what stock apps pay for:
+scikit-learn to load digits, and `torch.optim`, which imports torch._dynamo on first use, in
+every ClientApp process.
 """
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from kubeflower.workload import models, partitioning
+from kubeflower.workload.training import evaluate as test  # noqa: F401 - the client app's import
 
 MODEL = "digits-cnn"
 MOMENTUM = 0.9
@@ -51,15 +53,3 @@ def train(net: nn.Module, x, y, epochs: int, batch_size: int, lr: float, seed: i
             total += loss.item()
             batches += 1
     return total / max(batches, 1)
-
-
-@torch.no_grad()
-def test(net: nn.Module, x, y, batch_size: int) -> tuple[float, float]:
-    net.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        logits = net(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == target).sum())
-    return loss_sum / len(x), correct / len(x)
