@@ -6,8 +6,8 @@ Each repeat runs the same job (digits, the clients, the seed) three ways on loop
 1. stock: `flower-superlink`, one `flower-supernode` per client and `flwr run`, with Flower's
    defaults, running `bench/stock_app`: the same task written the way Flower's template writes an
    app (eager imports, torch.optim, separate train and evaluate messages, `FedAvg.start`);
-2. built-in: the same processes by hand, with the built-in app and the Flower settings that
-   KubeFlower's entry points set (`kubeflower.workload.processes`);
+2. built-in: the same processes by hand, with the built-in app and the settings that KubeFlower's
+   client pods get (the SuperExec poll, torch threads: `kubeflower.workload.processes`, `kubeflower.local`);
 3. `kubeflower run`: the built-in app under KubeFlower's own entry points.
 Only Flower's telemetry and update checks are off in all three (this machine cannot phone home).
 
@@ -42,6 +42,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kubeflower import contract  # noqa: E402
+from kubeflower.local import cpus_per_client  # noqa: E402
 from kubeflower.runconfig import run_config  # noqa: E402
 from kubeflower.server_status import RoundRecord, ServerStatus  # noqa: E402
 from kubeflower.validation import load_job  # noqa: E402
@@ -299,7 +301,11 @@ def main() -> int:
             work = Path(tmp) / f"repeat-{repeat}"
             work.mkdir()
             env = processes.child_env({"KUBEFLOWER_DATA_DIR": str(work / "data")})
-            node_env = processes.child_env(env, superexec_poll=processes.NODE_SUPEREXEC_POLL_INTERVAL)
+            # What a client pod gets here (`kubeflower.local`): its share of the CPUs, the SuperExec poll.
+            node_env = processes.child_env(
+                {**env, contract.ENV_THREADS: str(cpus_per_client(replicas))},
+                superexec_poll=processes.NODE_SUPEREXEC_POLL_INTERVAL,
+            )
             results = [
                 by_hand("stock", STOCK_APP, stock_config, replicas, work / "stock", stock_env, stock_env),
                 by_hand("built-in", BUILTIN_APP, config, replicas, work / "built-in", env, node_env),

@@ -13,6 +13,7 @@ and on errors: this process becomes a child subreaper, so even orphans stay in i
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -82,11 +83,12 @@ def run_job(path: Path, output: Path | None) -> int:
     return 0 if status.phase == RunPhase.SUCCEEDED else 1
 
 
-def pod_environment(container: dict[str, Any], pod_name: str, namespace: str) -> dict[str, str]:
+def pod_environment(container: dict[str, Any], pod_name: str, namespace: str, cpus: int) -> dict[str, str]:
     """A container's environment with the downward-API fields of one pod filled in.
 
-    Variables from Secrets or ConfigMaps cannot be had without a cluster: they are left out
-    (set them in your shell; the processes inherit it).
+    A `resourceFieldRef` to the container's CPUs (in whole CPUs) reads `cpus`: this host's share
+    for the container. Variables from Secrets or ConfigMaps cannot be had without a cluster: they
+    are left out (set them in your shell; the processes inherit it).
     """
     fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
     env: dict[str, str] = {}
@@ -94,10 +96,20 @@ def pod_environment(container: dict[str, Any], pod_name: str, namespace: str) ->
         if "value" in var:
             env[var["name"]] = var["value"]
             continue
-        field = var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        source = var.get("valueFrom", {})
+        field = source.get("fieldRef", {}).get("fieldPath")
+        resource = source.get("resourceFieldRef", {})
         if field in fields:
             env[var["name"]] = fields[field]
+        elif resource.get("resource") in ("limits.cpu", "requests.cpu") and str(resource.get("divisor", "1")) == "1":
+            env[var["name"]] = str(cpus)
     return env
+
+
+def cpus_per_client(replicas: int) -> int:
+    """Each client's share of this host's CPUs: the clients train at once, like torchrun's workers
+    (which get one thread each when several share a machine)."""
+    return max(1, (os.cpu_count() or 1) // replicas)
 
 
 def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home: Path) -> list[tuple[str, list[str], dict[str, str]]]:
@@ -108,7 +120,7 @@ def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home:
     client = _container(clients_manifest)
     superlink_port, status_port, *supernode_ports = processes.free_ports(2 + job.spec.clients.replicas)
     data_dir = str(datasets.data_dir())
-    server_env = pod_environment(server, f"{builders.server_name(job.metadata.name)}-local", namespace) | {
+    server_env = pod_environment(server, f"{builders.server_name(job.metadata.name)}-local", namespace, os.cpu_count() or 1) | {
         contract.ENV_SUPERLINK_PORT: str(superlink_port),
         contract.ENV_STATUS_PORT: str(status_port),
         contract.ENV_BIND_HOST: "127.0.0.1",
@@ -126,7 +138,7 @@ def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home:
             (
                 f"client-{ordinal}",
                 client["command"],
-                pod_environment(client, pod, namespace)
+                pod_environment(client, pod, namespace, cpus_per_client(job.spec.clients.replicas))
                 | {
                     contract.ENV_SUPERLINK: f"127.0.0.1:{superlink_port}",
                     contract.ENV_SUPERNODE_PORT: str(supernode_ports[ordinal]),

@@ -19,6 +19,7 @@ Manifest = dict[str, Any]
 
 SERVER = "server"
 CLIENTS = "clients"
+CLIENT_CONTAINER = "client"
 JOB_LABEL = "kubeflower.io/job-name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY = "kubeflower-operator"
@@ -229,7 +230,11 @@ def client_env(job: FederatedTrainingJob) -> list[Manifest]:
         **contract.FLOWER_ENV,
     }
     pod_name = {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
-    return [pod_name, *_env(values)]
+    env = [pod_name, *_env(values)]
+    if contract.ENV_THREADS not in {e.name for e in job.spec.clients.env or []}:  # the user's value wins
+        cpus = {"containerName": CLIENT_CONTAINER, "resource": "limits.cpu", "divisor": "1"}  # whole CPUs, rounded up
+        env.append({"name": contract.ENV_THREADS, "valueFrom": {"resourceFieldRef": cpus}})
+    return env
 
 
 def client_replicas(job: FederatedTrainingJob) -> int:
@@ -239,7 +244,7 @@ def client_replicas(job: FederatedTrainingJob) -> int:
 def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifest:
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
-    container = _container(job, "client", ["kubeflower-client"], client_env(job), job.spec.clients, settings)
+    container = _container(job, CLIENT_CONTAINER, ["kubeflower-client"], client_env(job), job.spec.clients, settings)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

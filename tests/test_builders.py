@@ -79,6 +79,18 @@ def test_user_env_resources_and_scheduling_reach_the_pods() -> None:
     assert env[contract.ENV_NUM_PARTITIONS] == "2", "the contract's value must win over a user's"
 
 
+def test_torch_threads_follow_the_client_containers_cpu_limit_unless_the_user_sets_them() -> None:
+    clients = builders.client_statefulset(parse_job(job()), SETTINGS)
+    (container,) = clients["spec"]["template"]["spec"]["containers"]
+    (threads,) = [e for e in container["env"] if e["name"] == contract.ENV_THREADS]
+    ref = threads["valueFrom"]["resourceFieldRef"]
+    assert ref == {"containerName": container["name"], "resource": "limits.cpu", "divisor": "1"}
+    mine = builders.client_statefulset(parse_job(job(clients={"env": [{"name": contract.ENV_THREADS, "value": "4"}]})), SETTINGS)
+    assert [e for e in mine["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == contract.ENV_THREADS] == [
+        {"name": contract.ENV_THREADS, "value": "4"}
+    ]
+
+
 @pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
 def test_pods_meet_the_restricted_pod_security_standard(kind: str) -> None:
     manifest = {m["kind"]: m for m in builders.all_children(parse_job(job()), SETTINGS)}[kind]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,9 +66,11 @@ def test_pod_environment_fills_the_downward_api() -> None:
             {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}},
+            {"name": "MILLICPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
         ]
     }
-    assert pod_environment(container, "p-0", "ns") == {"A": "1", "POD": "p-0", "NS": "ns"}
+    assert pod_environment(container, "p-0", "ns", 3) == {"A": "1", "POD": "p-0", "NS": "ns", "CPUS": "3"}
 
 
 def test_local_mode_runs_the_pods_commands_with_host_overrides(tmp_path: Path) -> None:
@@ -87,6 +90,9 @@ def test_local_mode_runs_the_pods_commands_with_host_overrides(tmp_path: Path) -
         assert env[contract.ENV_SUPERLINK] == superlink and env[contract.ENV_NUM_PARTITIONS] == "3"
         ports.add(env[contract.ENV_SUPERNODE_PORT])
         assert env["FLWR_HOME"] == str(tmp_path / "home" / f"client-{ordinal}")
+        # The clients share this host's CPUs: torch gets no more threads than a client's share.
+        assert env[contract.ENV_THREADS] == str(max(1, (os.cpu_count() or 1) // 3))
+    assert contract.ENV_THREADS not in server_env
     assert len(ports) == 5
 
 

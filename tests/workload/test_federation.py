@@ -24,7 +24,7 @@ import torch
 from kubeflower import contract
 from kubeflower.server_status import RunPhase, ServerStatus
 from kubeflower.validation import load_job
-from kubeflower.local import local_commands
+from kubeflower.local import cpus_per_client, local_commands
 from kubeflower.workload import models, processes
 from tests.workload.conftest import KUBEFLOWER, MARKER, REPO, processes_with, write_job
 
@@ -61,9 +61,9 @@ def test_the_demo_job_trains_and_writes_its_results(demo: tuple[subprocess.Compl
     assert "Succeeded: 3/3 rounds" in result.stdout and "accuracy" in result.stdout
 
 
-def _superexec_polls(root: int) -> set[str | None]:
-    """FLWR_SUPEREXEC_TASK_POLL_INTERVAL of each `flower-superexec` below process `root`."""
-    polls: set[str | None] = set()
+def _superexec_env(root: int, key: str) -> set[str | None]:
+    """The variable `key` of each `flower-superexec` below process `root` (its apps inherit it)."""
+    values: set[str | None] = set()
     for pid in processes.descendants(root):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -71,9 +71,9 @@ def _superexec_polls(root: int) -> set[str | None]:
         except OSError:
             continue
         if b"flower-superexec" in command:
-            env = dict(item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
-            polls.add(env[processes.SUPEREXEC_POLL.encode()].decode() if processes.SUPEREXEC_POLL.encode() in env else None)
-    return polls
+            env = dict(item.decode().split("=", 1) for item in environ.split(b"\0") if b"=" in item)
+            values.add(env.get(key))
+    return values
 
 
 def _get(url: str) -> str:
@@ -105,8 +105,11 @@ def test_server_status_and_metrics_during_and_after_a_run(
                 continue
             seen.append(status)
             if status.phase == RunPhase.RUNNING and status.current_round >= 1:
-                # The SuperExecs' task poll: Flower's 1 s at the server, 0.1 s beside each SuperNode.
-                assert [_superexec_polls(p.pid) for p in started] == [{None}, {"0.1"}, {"0.1"}]
+                # The SuperExecs' task poll: Flower's 1 s at the server, 0.1 s beside each SuperNode;
+                # the clients' torch threads: their share of this host's CPUs.
+                poll, threads = os.environ.get(processes.SUPEREXEC_POLL), str(cpus_per_client(2))
+                assert [_superexec_env(p.pid, processes.SUPEREXEC_POLL) for p in started] == [{poll}, {poll or "0.1"}, {poll or "0.1"}]
+                assert [_superexec_env(p.pid, contract.ENV_THREADS) for p in started] == [{os.environ.get(contract.ENV_THREADS)}, {threads}, {threads}]
                 metrics = _get(f"{base}/metrics")
                 assert f'kubeflower_round{{job="digits-fedavg"}} {status.current_round}' in metrics or status.current_round < 3
                 assert 'kubeflower_run_phase{job="digits-fedavg",phase="Running"} 1' in metrics
