@@ -16,8 +16,9 @@ is known, over the rounds), seconds from launch to the end, the final accuracy, 
 from launch until an evaluated accuracy of 0.90 was known. Then: built-in / stock seconds per
 round (target <= 0.40), the final accuracies' difference (target: within 1 point), `kubeflower
 run` / built-in by hand (target <= 1.05); the requests a second that reach the SuperLink per
-connected node, while idle (nodes connected, no run; target <= 10) and during the run, read from
-its access log; and the memory of the server entry point beside the SuperLink's.
+connected node, while idle (nodes connected, no run; target <= 10) and during the run (with the
+requests a round), read from its access log; and the memory of the server entry point beside the
+SuperLink's.
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ class Traffic:
     seconds: float
     by_api: Counter[str]
 
-    def line(self, nodes: int) -> str:
+    def line(self, nodes: int, rounds: int | None = None) -> str:
         total = sum(self.by_api.values()) / self.seconds
         apis = ", ".join(f"{api} {count / self.seconds:.2f}" for api, count in sorted(self.by_api.items()))
-        return f"{total / nodes:5.2f} req/s per node ({total:.2f} in all: {apis})"
+        per_round = f"; {sum(self.by_api.values()) / rounds:.0f} requests a round" if rounds else ""
+        return f"{total / nodes:5.2f} req/s per node ({total:.2f} in all: {apis}){per_round}"
 
 
 @dataclass
@@ -331,7 +333,7 @@ def main() -> int:
         last = runs[name][-1]
         assert last.idle is not None and last.running is not None
         print(f"SuperLink traffic, {name}, idle:    {last.idle.line(replicas)} (target <= 10 per node)")
-        print(f"SuperLink traffic, {name}, running: {last.running.line(replicas)}")
+        print(f"SuperLink traffic, {name}, running: {last.running.line(replicas, len(last.rounds))}")
     server, superlink = "kubeflower-server", "flower-superlink"
     print(
         f"memory, peak RSS / peak PSS: server entry point {max(m.peak_rss.get(server, 0) for m in memory):.0f} / "
