@@ -100,7 +100,13 @@ def test_the_kubeflower_pods_are_read_as_their_images_say() -> None:
         assert {m["mountPath"] for m in launch.mounts} == {"/var/lib/kubeflower/output", "/var/lib/kubeflower/data",
                                                           "/var/lib/kubeflower/flwr", "/tmp"}
         for var in container["env"]:
-            expected = var.get("value", "digits-clients-1")
+            source = var.get("valueFrom", {})
+            if "fieldRef" in source:
+                expected = {"metadata.name": "digits-clients-1"}[source["fieldRef"]["fieldPath"]]
+            elif "resourceFieldRef" in source:  # the CPU limit; none set: the node's CPUs
+                expected = {"limits.cpu": str(podspec.NODE_CPUS)}[source["resourceFieldRef"]["resource"]]
+            else:
+                expected = var["value"]
             assert launch.env[var["name"]] == expected, var
 
 
