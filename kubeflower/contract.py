@@ -55,8 +55,8 @@ ENV_PARTITION_ID = "KUBEFLOWER_PARTITION_ID"
 ENV_NUM_PARTITIONS = "KUBEFLOWER_NUM_PARTITIONS"
 ENV_SUPERNODE_PORT = "KUBEFLOWER_SUPERNODE_PORT"
 ENV_THREADS = "OMP_NUM_THREADS"
-"""torch's intra-op threads in a client's ClientApp processes: the container's CPU limit (downward
-API), not the node's core count. With more threads than CPUs every small op of a small model waits
+"""torch's intra-op threads in a client's ClientApp processes: the container's CPU limit or request
+(downward API), not the node's core count. With more threads than CPUs every small op of a small model waits
 at a barrier for a descheduled thread: digits trained 5 to 40 times slower that way here."""
 
 # Flower's own settings, the same in every pod.

@@ -232,9 +232,18 @@ def client_env(job: FederatedTrainingJob) -> list[Manifest]:
     pod_name = {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     env = [pod_name, *_env(values)]
     if contract.ENV_THREADS not in {e.name for e in job.spec.clients.env or []}:  # the user's value wins
-        cpus = {"containerName": CLIENT_CONTAINER, "resource": "limits.cpu", "divisor": "1"}  # whole CPUs, rounded up
+        cpus = {"containerName": CLIENT_CONTAINER, "resource": _cpu_resource(job), "divisor": "1"}  # whole CPUs, rounded up
         env.append({"name": contract.ENV_THREADS, "valueFrom": {"resourceFieldRef": cpus}})
     return env
+
+
+def _cpu_resource(job: FederatedTrainingJob) -> str:
+    """The client container's CPUs, as the downward API reads them: the limit, else the request
+    (clusters that set no CPU limits), else `limits.cpu`, which then reads the node's CPUs."""
+    resources = job.spec.clients.resources
+    if resources is not None and "cpu" not in (resources.limits or {}) and "cpu" in (resources.requests or {}):
+        return "requests.cpu"
+    return "limits.cpu"
 
 
 def client_replicas(job: FederatedTrainingJob) -> int:

@@ -85,6 +85,13 @@ def test_torch_threads_follow_the_client_containers_cpu_limit_unless_the_user_se
     (threads,) = [e for e in container["env"] if e["name"] == contract.ENV_THREADS]
     ref = threads["valueFrom"]["resourceFieldRef"]
     assert ref == {"containerName": container["name"], "resource": "limits.cpu", "divisor": "1"}
+    for resources, read in [
+        ({"requests": {"cpu": "500m"}}, "requests.cpu"),  # no CPU limit (a common cluster policy): the request
+        ({"requests": {"cpu": "1"}, "limits": {"cpu": "3"}}, "limits.cpu"),
+        ({"requests": {"memory": "1Gi"}}, "limits.cpu"),  # neither: the node's CPUs
+    ]:
+        limited = builders.client_statefulset(parse_job(job(clients={"resources": resources})), SETTINGS)
+        assert env_of(limited)[contract.ENV_THREADS]["resourceFieldRef"]["resource"] == read, resources
     mine = builders.client_statefulset(parse_job(job(clients={"env": [{"name": contract.ENV_THREADS, "value": "4"}]})), SETTINGS)
     assert [e for e in mine["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == contract.ENV_THREADS] == [
         {"name": contract.ENV_THREADS, "value": "4"}
