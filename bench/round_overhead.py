@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kubeflower import contract  # noqa: E402
-from kubeflower.local import cpus_per_client  # noqa: E402
+from kubeflower.local import host_cpu_share  # noqa: E402
 from kubeflower.runconfig import run_config  # noqa: E402
 from kubeflower.server_status import RoundRecord, ServerStatus  # noqa: E402
 from kubeflower.validation import load_job  # noqa: E402
@@ -276,7 +277,7 @@ def _stock_config(config: dict) -> dict:
     for key, value in mirrored.items():
         if config.get(key) not in (value, "auto"):
             raise SystemExit(f"bench/stock_app mirrors {key} {value} only; this job has {config.get(key)!r}")
-    declared = re.findall(r"^([\w-]+) = ", (STOCK_APP / "pyproject.toml").read_text().split("[tool.flwr.app.config]")[1], re.M)
+    declared = tomllib.loads((STOCK_APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     return {key: config[key] for key in declared}
 
 
@@ -305,7 +306,7 @@ def main() -> int:
             env = processes.child_env({"KUBEFLOWER_DATA_DIR": str(work / "data")})
             # What a client pod gets here (`kubeflower.local`): its share of the CPUs, the SuperExec poll.
             node_env = processes.child_env(
-                {**env, contract.ENV_THREADS: str(cpus_per_client(replicas))},
+                {**env, contract.ENV_THREADS: str(host_cpu_share(replicas))},
                 superexec_poll=processes.NODE_SUPEREXEC_POLL_INTERVAL,
             )
             results = [
@@ -318,16 +319,16 @@ def main() -> int:
                 runs[result.name].append(result)
                 print(result.line(), flush=True)
     print()
-    per_round = {name: median(r.seconds_per_round for r in results) for name, results in runs.items()}
+    per_round = {name: median(r.seconds_per_round for r in done) for name, done in runs.items()}
     print(f"seconds per round (medians): stock {per_round['stock']:.2f}, built-in {per_round['built-in']:.2f}, "
           f"kubeflower run {per_round['kubeflower run']:.2f}")
     print(f"built-in / stock: {per_round['built-in'] / per_round['stock']:.3f} (target <= 0.40)")
     print(f"kubeflower run / built-in by hand: {per_round['kubeflower run'] / per_round['built-in']:.3f} (target <= 1.05)")
     gaps = [abs(b.accuracy - s.accuracy) * 100 for b, s in zip(runs["built-in"], runs["stock"], strict=True)]
     print(f"final accuracy, built-in vs stock on the same seed: at most {max(gaps):.2f} points apart (target <= 1)")
-    for name, results in runs.items():
-        reached = [r.seconds_to_target for r in results if r.seconds_to_target is not None]
-        print(f"{TARGET_ACCURACY:.2f} accuracy, {name}: {len(reached)}/{len(results)} runs"
+    for name, done in runs.items():
+        reached = [r.seconds_to_target for r in done if r.seconds_to_target is not None]
+        print(f"{TARGET_ACCURACY:.2f} accuracy, {name}: {len(reached)}/{len(done)} runs"
               + (f", after {median(reached):.1f} s (median, from launch)" if reached else ""))
     for name in ("stock", "built-in"):
         last = runs[name][-1]

@@ -106,10 +106,10 @@ def pod_environment(container: dict[str, Any], pod_name: str, namespace: str, cp
     return env
 
 
-def cpus_per_client(replicas: int) -> int:
-    """Each client's share of this host's CPUs: the clients train at once, like torchrun's workers
-    (which get one thread each when several share a machine)."""
-    return max(1, (os.cpu_count() or 1) // replicas)
+def host_cpu_share(sharers: int) -> int:
+    """One of `sharers` processes' whole share of this host's CPUs: the clients train at once,
+    like torchrun's workers (which get one thread each when several share a machine)."""
+    return max(1, (os.cpu_count() or 1) // sharers)
 
 
 def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home: Path) -> list[tuple[str, list[str], dict[str, str]]]:
@@ -120,7 +120,7 @@ def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home:
     client = _container(clients_manifest)
     superlink_port, status_port, *supernode_ports = processes.free_ports(2 + job.spec.clients.replicas)
     data_dir = str(datasets.data_dir())
-    server_env = pod_environment(server, f"{builders.server_name(job.metadata.name)}-local", namespace, os.cpu_count() or 1) | {
+    server_env = pod_environment(server, f"{builders.server_name(job.metadata.name)}-local", namespace, host_cpu_share(1)) | {
         contract.ENV_SUPERLINK_PORT: str(superlink_port),
         contract.ENV_STATUS_PORT: str(status_port),
         contract.ENV_BIND_HOST: "127.0.0.1",
@@ -138,7 +138,7 @@ def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home:
             (
                 f"client-{ordinal}",
                 client["command"],
-                pod_environment(client, pod, namespace, cpus_per_client(job.spec.clients.replicas))
+                pod_environment(client, pod, namespace, host_cpu_share(job.spec.clients.replicas))
                 | {
                     contract.ENV_SUPERLINK: f"127.0.0.1:{superlink_port}",
                     contract.ENV_SUPERNODE_PORT: str(supernode_ports[ordinal]),

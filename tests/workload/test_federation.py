@@ -24,7 +24,7 @@ import torch
 from kubeflower import contract
 from kubeflower.server_status import RunPhase, ServerStatus
 from kubeflower.validation import load_job
-from kubeflower.local import cpus_per_client, local_commands
+from kubeflower.local import host_cpu_share, local_commands
 from kubeflower.workload import models, processes
 from tests.workload.conftest import KUBEFLOWER, MARKER, REPO, processes_with, write_job
 
@@ -111,7 +111,7 @@ def test_server_status_and_metrics_during_and_after_a_run(
                 assert status.metrics == status.history[-1].metrics
                 # The SuperExecs' task poll: Flower's 1 s at the server, 0.1 s beside each SuperNode;
                 # the clients' torch threads: their share of this host's CPUs.
-                poll, threads = os.environ.get(processes.SUPEREXEC_POLL), str(cpus_per_client(2))
+                poll, threads = os.environ.get(processes.SUPEREXEC_POLL), str(host_cpu_share(2))
                 assert [_superexec_env(p.pid, processes.SUPEREXEC_POLL) for p in started] == [{poll}, {poll or "0.1"}, {poll or "0.1"}]
                 assert [_superexec_env(p.pid, contract.ENV_THREADS) for p in started] == [{os.environ.get(contract.ENV_THREADS)}, {threads}, {threads}]
             if status.phase.finished:
