@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 PYTEST := $(VENV)/bin/pytest
 APT_PACKAGES := iproute2 procps
 
-.PHONY: setup system test test-unit demo crd bench clean
+.PHONY: setup system test test-unit demo crd bench clean images lock engine-stop
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,11 +27,30 @@ system:
 
 setup: $(STAMP) system
 
+# The whole suite, the image tests included: the project's own Docker engine (scripts/engine.sh:
+# Debian's docker.io, a private data root and socket under .engine/) is started for the run and
+# stopped after it; both images are built first (without writing archives).
 test: setup
+	scripts/with-engine.sh $(MAKE) --no-print-directory test-in-engine
+
+test-in-engine:
+	@if [ -z "$$KUBEFLOWER_NO_ENGINE" ]; then SAVE=0 scripts/images.sh; fi
 	$(PYTEST) -q -rs
 
 test-unit: setup
-	$(PYTEST) -q -m "not slow and not e2e"
+	$(PYTEST) -q -m "not slow and not e2e and not images"
+
+# Both images, tagged with the project's version, and their archives in dist/ (scripts/images.sh
+# says which base and which torch; REGISTRY, BASE_IMAGE and TORCH=cpu|cuda choose).
+images:
+	scripts/with-engine.sh scripts/images.sh
+
+# The images' lock files (requirements/), from pyproject.toml.
+lock:
+	python3 scripts/lock.py
+
+engine-stop:
+	scripts/engine.sh stop
 
 demo: setup
 	$(VENV)/bin/kubeflower run examples/digits-fedavg.yaml --output runs/digits-fedavg
@@ -44,5 +63,5 @@ bench: setup
 	$(PY) bench/operator_scale.py
 	$(PY) bench/round_overhead.py
 
-clean:
-	rm -rf $(VENV) runs .pytest_cache
+clean: engine-stop
+	rm -rf $(VENV) runs .pytest_cache dist .engine

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib.metadata import version
+
+WORKLOAD_IMAGE = f"ghcr.io/kubeflower/workload:{version('kubeflower')}"
+"""The workload image `make images` builds, named with the registry it is published to and the
+project's version (pyproject.toml), so that a cluster never resolves it against Docker Hub."""
 
 
 def _env(name: str, default: str) -> str:
@@ -12,7 +17,7 @@ def _env(name: str, default: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    image: str = "kubeflower/workload:0.1.0"
+    image: str = WORKLOAD_IMAGE
     """Workload image for jobs that do not set spec.image."""
     image_pull_policy: str = "IfNotPresent"
     reconcile_interval: float = 5.0

@@ -23,7 +23,7 @@ from tests.podrunner import PodRunner, images, netns, podspec, policies, process
 from tests.podrunner.labels import matches
 from tests.podrunner.pods import ALPHABET, template_hash
 
-WORKLOAD = "kubeflower/workload:0.1.0"
+WORKLOAD = "ghcr.io/kubeflower/workload:0.1.0"
 
 
 def pod(containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:

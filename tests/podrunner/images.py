@@ -38,6 +38,7 @@ _PYTHON_ENV = {
     "LANG": "C.UTF-8",  # python:3.11-slim
     "PYTHONUNBUFFERED": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONSAFEPATH": "1",
 }
 
 WORKLOAD = Image(
@@ -67,8 +68,8 @@ OPERATOR = Image(
 )
 
 IMAGES: dict[str, Image] = {
-    "kubeflower/workload:0.1.0": WORKLOAD,
-    "kubeflower/operator:0.1.0": OPERATOR,
+    "ghcr.io/kubeflower/workload:0.1.0": WORKLOAD,
+    "ghcr.io/kubeflower/operator:0.1.0": OPERATOR,
 }
 
 
