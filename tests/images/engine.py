@@ -32,7 +32,8 @@ class Docker:
     binary: str = DOCKER
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 600, input: str | None = None) -> str:
-        done = subprocess.run([self.binary, *args], capture_output=True, text=True, timeout=timeout, input=input)
+        done = subprocess.run([self.binary, *args], capture_output=True, text=True, timeout=timeout, input=input,
+                              env={**os.environ, "DOCKER_BUILDKIT": "1"})
         if check and done.returncode != 0:
             raise DockerError(f"docker {' '.join(args[:3])} ... exited {done.returncode}: {done.stderr.strip()[-2000:]}")
         return done.stdout

@@ -1,0 +1,1 @@
+"""digitsapp: a Flower App on scikit-learn's digits."""

@@ -1,0 +1,30 @@
+"""A user's own image, built FROM the workload image with a Flower App added (examples/flower-app,
+what `spec.app` users do), runs as a federation of containers the same way as the built-in app."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.images.containers import LABEL, PodNetwork
+from tests.images.engine import REPO, Docker
+from tests.images.federation import Federation, one, render
+
+pytestmark = pytest.mark.images
+EXAMPLE = REPO / "examples" / "flower-app"
+
+
+def test_an_image_built_from_the_workload_image_runs_its_own_flower_app(docker: Docker, workload_image: str) -> None:
+    objects = render(EXAMPLE / "job.yaml")
+    image = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    docker("build", "--quiet", "--label", LABEL, "--build-arg", f"WORKLOAD_IMAGE={workload_image}",
+           "-t", image, str(EXAMPLE))
+    with PodNetwork(docker) as network:
+        federation = Federation.start(network, objects)
+        status = wait_for(lambda: (s := federation.status()) and s["phase"] in ("Succeeded", "Failed") and s,
+                          420, "the app's federation to finish")
+        assert status["phase"] == "Succeeded", f"{status}\n{federation.logs()}"
+        assert status["currentRound"] == status["totalRounds"] == 3
+        # The app's own metrics, under its own names, aggregated by Flower's FedAvg.
+        assert status["metrics"]["eval_acc"] >= 0.8, status
+        print(f"\nown app in containers: 3/3 rounds, eval_acc {status['metrics']['eval_acc']:.4f}")
