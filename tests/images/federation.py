@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,15 @@ class Federation:
                 return json.load(response)  # type: ignore[no-any-return]
         except OSError:
             return None
+
+    def wait_finished(self, timeout: float) -> Obj:
+        """The status document once the run has finished; on a timeout, a failure with every log."""
+        deadline = time.monotonic() + timeout
+        while (status := self.status()) is None or status["phase"] not in ("Succeeded", "Failed"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not finished after {timeout} s: {status}\n{self.logs()}")
+            time.sleep(0.5)
+        return status
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.pod['metadata']['name']}\n{self.network.logs(s)[-4000:]}" for s in self.pods)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.images.containers import LABEL, PodNetwork
 from tests.images.engine import REPO, Docker
 from tests.images.federation import Federation, one, render
@@ -17,12 +16,11 @@ EXAMPLE = REPO / "examples" / "flower-app"
 def test_an_image_built_from_the_workload_image_runs_its_own_flower_app(docker: Docker, workload_image: str) -> None:
     objects = render(EXAMPLE / "job.yaml")
     image = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
-    docker("build", "--quiet", "--label", LABEL, "--build-arg", f"WORKLOAD_IMAGE={workload_image}",
+    docker("build", "--quiet", "--network", "none", "--label", LABEL, "--build-arg", f"WORKLOAD_IMAGE={workload_image}",
            "-t", image, str(EXAMPLE))
     with PodNetwork(docker) as network:
         federation = Federation.start(network, objects)
-        status = wait_for(lambda: (s := federation.status()) and s["phase"] in ("Succeeded", "Failed") and s,
-                          420, "the app's federation to finish")
+        status = federation.wait_finished(420)
         assert status["phase"] == "Succeeded", f"{status}\n{federation.logs()}"
         assert status["currentRound"] == status["totalRounds"] == 3
         # The app's own metrics, under its own names, aggregated by Flower's FedAvg.

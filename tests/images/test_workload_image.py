@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.images.containers import PodNetwork, Started
 from tests.images.engine import REPO, Docker
 from tests.images.federation import Federation, one, render
@@ -65,15 +64,11 @@ def test_a_federation_of_containers_succeeds_and_stops_on_sigterm(docker: Docker
         for started in federation.pods:
             assert_locked_down(docker, started)
 
-        def finished() -> dict[str, object] | None:
-            status = federation.status()
-            return status if status and status["phase"] in ("Succeeded", "Failed") else None
-
-        status = wait_for(finished, 420, "the federation to finish")
+        status = federation.wait_finished(420)
         seconds = time.monotonic() - began
         assert status["phase"] == "Succeeded", f"{status}\n{federation.logs()}"
         assert status["currentRound"] == status["totalRounds"] == rounds
-        accuracy = status["metrics"]["accuracy"]  # type: ignore[index]
+        accuracy = status["metrics"]["accuracy"]
         assert accuracy >= 0.9, federation.logs()
         print(f"\ncontainers: {rounds}/{rounds} rounds, accuracy {accuracy:.4f}, {seconds:.1f} s from the first start")
 
