@@ -65,6 +65,8 @@ stop() {
   as_root kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   rm -f "$PIDFILE"
+  # dockerd leaves its default network namespace bind-mounted under the exec root.
+  for m in "$STATE"/exec/netns/*; do [ -e "$m" ] && as_root umount "$m" 2>/dev/null; done
   echo "engine: stopped" >&2
 }
 
