@@ -3,8 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kubeflower-installed
-# Scripts, not `python -m`: `-m` puts the working directory first on sys.path, where this repo's
-# operator/ would shadow the standard library's `operator` module.
+# operator/ and workload/ are not packages themselves (they hold kubeflower_operator and
+# kubeflower_workload), so `python -m` from here keeps the standard library's `operator`.
 PIP := $(VENV)/bin/pip
 PYTEST := $(VENV)/bin/pytest
 APT_PACKAGES := iproute2 procps

@@ -67,7 +67,7 @@ def run(jobs: int, interval: float) -> None:
         log = tempfile.TemporaryFile()
         operator = subprocess.Popen(
             [str(Path(sys.executable).with_name("kopf")), "run", "--standalone", "--all-namespaces", "--quiet",
-             "-m", "kubeflower.operator.handlers"],
+             "-m", "kubeflower_operator.handlers"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         try:

@@ -7,7 +7,7 @@ Each repeat runs the same job (digits, the clients, the seed) three ways on loop
    defaults, running `bench/stock_app`: the same task written the way Flower's template writes an
    app (eager imports, torch.optim, separate train and evaluate messages, `FedAvg.start`);
 2. built-in: the same processes by hand, with the built-in app and the settings that KubeFlower's
-   client pods get (the SuperExec poll, torch threads: `kubeflower.workload.processes`, `kubeflower.local`);
+   client pods get (the SuperExec poll, torch threads: `kubeflower_workload.processes`, `kubeflower.local`);
 3. `kubeflower run`: the built-in app under KubeFlower's own entry points.
 Only Flower's telemetry and update checks are off in all three (this machine cannot phone home).
 
@@ -49,8 +49,8 @@ from kubeflower.local import host_cpu_share  # noqa: E402
 from kubeflower.runconfig import run_config  # noqa: E402
 from kubeflower.server_status import RoundRecord, ServerStatus  # noqa: E402
 from kubeflower.validation import load_job  # noqa: E402
-from kubeflower.workload import processes, progress, status_server  # noqa: E402
-from kubeflower.workload.server import BUILTIN_APP  # noqa: E402
+from kubeflower_workload import processes, progress, status_server  # noqa: E402
+from kubeflower_workload.server import BUILTIN_APP  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STOCK_APP = ROOT / "bench" / "stock_app"

@@ -49,8 +49,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from kubeflower.operator.reconcile import desired_children
-    from kubeflower.operator.settings import Settings
+    from kubeflower_operator.reconcile import desired_children
+    from kubeflower_operator.settings import Settings
 
     settings = Settings.from_env()
     rendered: list[object] = []

@@ -2,7 +2,7 @@
 
 The processes are the pods' own: the server entry point and one client entry point per replica,
 with the commands and environment the operator's builders put into the pod specs
-(`kubeflower.operator.builders`, the one description of that contract). Only what must differ on
+(`kubeflower_operator.builders`, the one description of that contract). Only what must differ on
 one host is overridden: loopback addresses and free ports, and the output, data and FLWR_HOME
 folders. Progress is read from the server's own GET /status, as the operator reads it.
 
@@ -30,11 +30,11 @@ from rich.table import Table
 
 from kubeflower import contract
 from kubeflower.api import FederatedTrainingJob
-from kubeflower.operator import builders
-from kubeflower.operator.settings import Settings
+from kubeflower_operator import builders
+from kubeflower_operator.settings import Settings
 from kubeflower.server_status import RunPhase, ServerStatus
 from kubeflower.validation import load_job
-from kubeflower.workload import datasets, processes, status_server
+from kubeflower_workload import datasets, processes, status_server
 
 STATUS_POLL = 0.5
 STOP_GRACE = 10.0

@@ -1,7 +1,7 @@
 """The Flower run config a job submits: the spec's task and strategy as flat key/values.
 
 Flower run configs are flat (`key = value` with str, int, float or bool values), so nested spec
-fields become dotted-free kebab keys. The built-in app's defaults (`workload/flowerapp/pyproject.toml`)
+fields become dotted-free kebab keys. The built-in app's defaults (`workload/kubeflower_workload/flowerapp/pyproject.toml`)
 declare every key below; a test keeps the two in step.
 """
 

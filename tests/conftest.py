@@ -29,12 +29,12 @@ def wait_for(probe: Callable[[], T], timeout: float, what: str) -> T:
 
 @contextmanager
 def running_operator(kube: Any, **env: str) -> Iterator[Any]:
-    """The real operator (kubeflower.operator.handlers) logged in through the server's kubeconfig."""
+    """The real operator (kubeflower_operator.handlers) logged in through the server's kubeconfig."""
     from kopf.testing import KopfRunner
 
     settings = {"KUBECONFIG": str(kube.kubeconfig), **env}
     with mock.patch.dict(os.environ, settings):
-        args = ["run", "--standalone", "--all-namespaces", "-m", "kubeflower.operator.handlers"]
+        args = ["run", "--standalone", "--all-namespaces", "-m", "kubeflower_operator.handlers"]
         with KopfRunner(args, timeout=30) as runner:
             yield runner
     assert runner.exception is None, runner.output

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from kubeflower import contract
-from kubeflower.operator import builders
-from kubeflower.operator.reconcile import desired_children
-from kubeflower.operator.settings import Settings
+from kubeflower_operator import builders
+from kubeflower_operator.reconcile import desired_children
+from kubeflower_operator.settings import Settings
 from kubeflower.validation import parse_job
 from tests.jobs import job
 from tests.pss import restricted_violations

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubeflower.operator.observed import CONFIG_HASH, Child, Observed, Poll, restart_count, summarize
-from kubeflower.operator.reconcile import desired_children, invalid_plan, plan
-from kubeflower.operator.settings import Settings
+from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, Poll, restart_count, summarize
+from kubeflower_operator.reconcile import desired_children, invalid_plan, plan
+from kubeflower_operator.settings import Settings
 from kubeflower.server_status import RoundRecord, RunPhase, ServerStatus
 from kubeflower.validation import parse_job
 from tests.jobs import job

@@ -86,8 +86,8 @@ def test_command_user_and_security_context() -> None:
 def test_the_kubeflower_pods_are_read_as_their_images_say() -> None:
     """The operator's own rendering of a job's pods: every field the runner reads is modelled."""
     from kubeflower.api import FederatedTrainingJob
-    from kubeflower.operator import builders
-    from kubeflower.operator.settings import Settings
+    from kubeflower_operator import builders
+    from kubeflower_operator.settings import Settings
     from tests.jobs import job
 
     model = FederatedTrainingJob.model_validate(job("digits", namespace="ns"))
@@ -327,8 +327,8 @@ def test_a_node_runs_pods_as_their_specs_say(node: tuple[KubeServer, PodRunner])
 
 
 IMPORTS = textwrap.dedent("""
-    import json, os, kubeflower.operator, kubeflower.workload
-    app = os.path.join(kubeflower.workload.__path__[0], "flowerapp", "pyproject.toml")
+    import json, os, kubeflower_operator, kubeflower_workload
+    app = os.path.join(kubeflower_workload.__path__[0], "flowerapp", "pyproject.toml")
     print(json.dumps({"app": os.path.isfile(app), "covered": sorted(os.listdir(os.environ["COVERED"]))}), flush=True)
 """)
 

@@ -14,8 +14,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import kubeflower.operator
-import kubeflower.workload
+import kubeflower
+import kubeflower_operator
+import kubeflower_workload
 
 VENV = Path(sys.prefix)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -58,7 +59,7 @@ WORKLOAD = Image(
 )
 
 OPERATOR = Image(
-    entrypoint=["kopf", "run", "--standalone", "--liveness=http://0.0.0.0:8080/healthz", "-m", "kubeflower.operator.handlers"],
+    entrypoint=["kopf", "run", "--standalone", "--liveness=http://0.0.0.0:8080/healthz", "-m", "kubeflower_operator.handlers"],
     cmd=["--all-namespaces"],
     env=dict(_PYTHON_ENV),
     user=10001,
@@ -87,9 +88,10 @@ def installations() -> list[Path]:
 
     This Python's installations (the virtual environment and the interpreter it was made from) and
     the directories of the project's packages: an editable install (`make setup`) leaves those in
-    the checkout (kubeflower/, operator/ and workload/, which holds the built-in Flower App).
+    the checkout (kubeflower/, operator/kubeflower_operator/ and workload/kubeflower_workload/, which
+    holds the built-in Flower App).
     """
-    packages = (kubeflower, kubeflower.operator, kubeflower.workload)
+    packages = (kubeflower, kubeflower_operator, kubeflower_workload)
     # __path__, not __file__: imported from outside the checkout, they are namespace packages
     # (the editable install's finder), with no __file__ and a placeholder among their paths.
     sources = [p for m in packages for p in m.__path__ if os.path.isdir(p)]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kubeflower.workload import datasets, models, training
+from kubeflower_workload import datasets, models, training
 
 CLASSES = 10
 

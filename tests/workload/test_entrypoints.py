@@ -14,7 +14,7 @@ from kubeflower import contract
 from kubeflower.api import FederatedTrainingJob
 from kubeflower.local import local_commands, pod_environment
 from kubeflower.runconfig import run_config
-from kubeflower.workload import client, server
+from kubeflower_workload import client, server
 from tests.jobs import job
 
 BASE = {contract.ENV_SUPERLINK: "j-server.ns.svc:9092", contract.ENV_NUM_PARTITIONS: "3"}
@@ -48,7 +48,7 @@ def test_client_settings_errors(env: dict[str, str], message: str) -> None:
 
 
 def test_server_settings_from_the_builders_environment() -> None:
-    from kubeflower.operator.builders import server_env
+    from kubeflower_operator.builders import server_env
 
     model = FederatedTrainingJob.model_validate(job("digits", namespace="ns"))
     settings = server.Settings.from_env(server_env(model))
@@ -112,14 +112,14 @@ def _modules_after_import(modules: str) -> set[str]:
 
 def test_the_workload_never_imports_the_operators_dependencies() -> None:
     loaded = _modules_after_import(
-        "kubeflower.workload.server, kubeflower.workload.client, kubeflower.workload.federation, kubeflower.workload.task"
+        "kubeflower_workload.server, kubeflower_workload.client, kubeflower_workload.federation, kubeflower_workload.task"
     )
     assert not {name.split(".")[0] for name in loaded} & {"kopf", "kubernetes"}
 
 
 def test_the_server_entry_point_stays_small() -> None:
     """It lives next to the SuperLink for the whole job: Flower's protobuf messages, not Flower."""
-    loaded = _modules_after_import("kubeflower.workload.server")
+    loaded = _modules_after_import("kubeflower_workload.server")
     assert "flwr.proto.control_pb2" in loaded
     assert "flwr" not in loaded  # flwr/__init__ (numpy, grpc, httpx, ...) never ran
     assert not {name.split(".")[0] for name in loaded} & {"torch", "numpy", "httpx", "grpc"}

@@ -25,7 +25,7 @@ from kubeflower import contract
 from kubeflower.server_status import RunPhase, ServerStatus
 from kubeflower.validation import load_job
 from kubeflower.local import host_cpu_share, local_commands
-from kubeflower.workload import models, processes
+from kubeflower_workload import models, processes
 from tests.workload.conftest import KUBEFLOWER, MARKER, REPO, processes_with, write_job
 
 pytestmark = pytest.mark.slow

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
-from kubeflower.workload import progress
-from kubeflower.workload.control import RunState
+from kubeflower_workload import progress
+from kubeflower_workload.control import RunState
 
 # What `Strategy.start` logs (flwr 1.42), colour codes included, as StreamLogs delivers it.
 FLOWER_LOG = """\x1b[92mINFO \x1b[0m:      Starting FedAvg strategy:

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
-from kubeflower.workload import status_server
+from kubeflower_workload import status_server
 
 STATUS = ServerStatus(
     phase=RunPhase.RUNNING, total_rounds=3, clients=ClientCounts(connected=2, expected=2)

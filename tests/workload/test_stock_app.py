@@ -17,8 +17,8 @@ import torch
 
 from kubeflower.runconfig import run_config
 from kubeflower.validation import load_job
-from kubeflower.workload import models, task, training
-from kubeflower.workload.appconfig import TaskConfig
+from kubeflower_workload import models, task, training
+from kubeflower_workload.appconfig import TaskConfig
 from tests.workload.conftest import REPO
 
 STOCK_APP = REPO / "bench" / "stock_app"
@@ -40,7 +40,7 @@ def test_the_stock_app_declares_a_subset_of_the_built_in_apps_defaults() -> None
     def defaults(project: str) -> dict[str, object]:
         return tomllib.loads((REPO / project / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
-    stock, built_in = defaults("bench/stock_app"), defaults("workload/flowerapp")
+    stock, built_in = defaults("bench/stock_app"), defaults("workload/kubeflower_workload/flowerapp")
     assert stock.items() <= built_in.items()
 
 

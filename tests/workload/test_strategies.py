@@ -14,9 +14,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.task_identity import TaskIdentity
 
-from kubeflower.workload import strategies
-from kubeflower.workload.appconfig import UNSET, RunConfigError
-from kubeflower.workload.messages import ARRAYS, METRICS, NUM_EXAMPLES
+from kubeflower_workload import strategies
+from kubeflower_workload.appconfig import UNSET, RunConfigError
+from kubeflower_workload.messages import ARRAYS, METRICS, NUM_EXAMPLES
 
 HONEST = [np.array([1.0, 2.0]), np.array([1.2, 1.8]), np.array([0.9, 2.1]), np.array([1.1, 1.9]), np.array([1.0, 2.2])]
 OUTLIER = np.array([100.0, -100.0])

@@ -1,7 +1,7 @@
 """Model, data and training, imported eagerly as in Flower's quickstart-pytorch `task.py`.
 
 The numbers are meant to match the built-in app's on the same seed, so the data, the partitions
-and the model come from the same functions (`kubeflower.workload.partitioning`, `models`) and the
+and the model come from the same functions (`kubeflower_workload.partitioning`, `models`) and the
 optimiser is torch's SGD with the same momentum (the built-in app's hand-written step computes the
 same update); evaluation is the built-in app's own. What differs is only what stock apps pay for:
 scikit-learn to load digits, and `torch.optim`, which imports torch._dynamo on first use, in
@@ -14,8 +14,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.nn import functional as F
 
-from kubeflower.workload import models, partitioning
-from kubeflower.workload.training import evaluate as test  # noqa: F401 - the client app's import
+from kubeflower_workload import models, partitioning
+from kubeflower_workload.training import evaluate as test  # noqa: F401 - the client app's import
 
 MODEL = "digits-cnn"
 MOMENTUM = 0.9

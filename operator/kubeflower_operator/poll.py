@@ -9,8 +9,8 @@ import urllib.request
 from pydantic import ValidationError
 
 from kubeflower import contract
-from kubeflower.operator.observed import Poll
-from kubeflower.operator.settings import Settings
+from kubeflower_operator.observed import Poll
+from kubeflower_operator.settings import Settings
 from kubeflower.server_status import ServerStatus
 
 

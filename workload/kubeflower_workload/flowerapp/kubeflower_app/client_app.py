@@ -1,8 +1,8 @@
-"""The built-in ClientApp: see `kubeflower.workload.task`."""
+"""The built-in ClientApp: see `kubeflower_workload.task`."""
 
 from flwr.clientapp import ClientApp
 
-from kubeflower.workload import task
+from kubeflower_workload import task
 
 app = ClientApp()
 app.train()(task.train)

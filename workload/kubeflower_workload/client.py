@@ -21,7 +21,7 @@ import threading
 from collections.abc import Mapping
 
 from kubeflower import contract
-from kubeflower.workload import processes
+from kubeflower_workload import processes
 
 LOG = logging.getLogger("kubeflower-client")
 STOP_GRACE = 10.0

@@ -32,8 +32,8 @@ from typing import IO
 
 from kubeflower import contract
 from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
-from kubeflower.workload import processes, progress, status_server
-from kubeflower.workload.control import Control, ControlError, RunState, build_fab
+from kubeflower_workload import processes, progress, status_server
+from kubeflower_workload.control import Control, ControlError, RunState, build_fab
 
 LOG = logging.getLogger("kubeflower-server")
 BUILTIN_APP = Path(__file__).parent / "flowerapp"

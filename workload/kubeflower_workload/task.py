@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from kubeflower.workload import datasets, models, partitioning, training
-from kubeflower.workload.appconfig import TaskConfig
-from kubeflower.workload.messages import ARRAYS, CONFIG, EVALUATE_RECEIVED, EVALUATION, METRICS, NUM_EXAMPLES
+from kubeflower_workload import datasets, models, partitioning, training
+from kubeflower_workload.appconfig import TaskConfig
+from kubeflower_workload.messages import ARRAYS, CONFIG, EVALUATE_RECEIVED, EVALUATION, METRICS, NUM_EXAMPLES
 
 @dataclass(frozen=True)
 class LocalData:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubeflower.workload import processes
+from kubeflower_workload import processes
 
 PROTOBUF = "application/protobuf"
 PROTOBUF_STREAM = "application/flower-protobuf-stream"

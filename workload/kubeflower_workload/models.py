@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kubeflower.workload.datasets import NUM_CLASSES, SHAPES
+from kubeflower_workload.datasets import NUM_CLASSES, SHAPES
 
 INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "cifar-cnn": (3, 32, 32),

@@ -1,6 +1,6 @@
 """The kopf registrations: thin, each delegating to one module.
 
-Run with `kopf run -m kubeflower.operator.handlers` (the image does, with `--liveness`). One
+Run with `kopf run -m kubeflower_operator.handlers` (the image does, with `--liveness`). One
 reconcile serves create, update, resume and a timer; it reads the job's children from in-memory
 indexes (no API reads), polls the server's status document, plans with the pure
 `reconcile.plan`, applies the plan and patches only the status fields that changed.
@@ -18,15 +18,15 @@ import kopf
 from kubernetes import client, config
 
 from kubeflower import api
-from kubeflower.operator import builders, reconcile
-from kubeflower.operator.children import Children
-from kubeflower.operator.observed import Child, Observed, Poll, restart_count, summarize
-from kubeflower.operator.poll import poll, status_url
-from kubeflower.operator.settings import Settings
+from kubeflower_operator import builders, reconcile
+from kubeflower_operator.children import Children
+from kubeflower_operator.observed import Child, Observed, Poll, restart_count, summarize
+from kubeflower_operator.poll import poll, status_url
+from kubeflower_operator.settings import Settings
 from kubeflower.validation import JobInvalid, parse_job
 
 TIMER_INTERVAL = Settings.from_env().reconcile_interval
-log = logging.getLogger("kubeflower.operator")
+log = logging.getLogger("kubeflower_operator")
 MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
 JOB = (api.GROUP, api.VERSION, api.PLURAL)
 
@@ -54,7 +54,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # cancellation_polling (60 s by default) unless the timer exits within a few event-loop cycles.
     settings.background.cancellation_polling = 1.0
     # kopf logs every timer run at INFO ("Timer ... succeeded"): thousands of lines an hour that an
-    # on-call engineer never needs. Our own log lines (kubeflower.operator) say what was done.
+    # on-call engineer never needs. Our own log lines (kubeflower_operator) say what was done.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # `--liveness` serves /healthz with aiohttp, which logs every request: the kubelet's liveness
     # and readiness probes (deploy/deployment.yaml) would add a line every few seconds.

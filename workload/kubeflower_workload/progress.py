@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 
 from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
-from kubeflower.workload.control import RunState
+from kubeflower_workload.control import RunState
 
 EVENT_PREFIX = "KUBEFLOWER_ROUND "
 _ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")

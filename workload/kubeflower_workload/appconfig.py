@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubeflower.workload import models
+from kubeflower_workload import models
 
 UNSET = -1
 """Default of a strategy parameter the job leaves out: the strategy's own default applies."""

@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from kubeflower.workload.appconfig import UNSET, RunConfigError, get
+from kubeflower_workload.appconfig import UNSET, RunConfigError, get
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "FedAvg": FedAvg,

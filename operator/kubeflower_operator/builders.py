@@ -12,7 +12,7 @@ from typing import Any
 
 from kubeflower import contract
 from kubeflower.api import EnvVar, FederatedTrainingJob, PodSettings, ServiceType
-from kubeflower.operator.settings import Settings
+from kubeflower_operator.settings import Settings
 from kubeflower.runconfig import run_config
 
 Manifest = dict[str, Any]

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubeflower.api import CleanPolicy, FederatedTrainingJob, Phase
-from kubeflower.operator import builders
-from kubeflower.operator.observed import CONFIG_HASH, Child, Observed
-from kubeflower.operator.settings import Settings
+from kubeflower_operator import builders
+from kubeflower_operator.observed import CONFIG_HASH, Child, Observed
+from kubeflower_operator.settings import Settings
 from kubeflower.server_status import RunPhase, ServerStatus
 
 Manifest = dict[str, Any]

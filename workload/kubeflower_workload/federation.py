@@ -28,9 +28,9 @@ from flwr.supercore import log
 
 from kubeflower import contract
 from kubeflower.server_status import RoundRecord
-from kubeflower.workload import progress, strategies
-from kubeflower.workload.appconfig import TaskConfig
-from kubeflower.workload.messages import EVALUATE_RECEIVED, EVALUATION, METRICS
+from kubeflower_workload import progress, strategies
+from kubeflower_workload.appconfig import TaskConfig
+from kubeflower_workload.messages import EVALUATE_RECEIVED, EVALUATION, METRICS
 
 POLL_INTERVAL = 0.2
 """Seconds between pulls for replies: a round waits 0.1 s longer on average than it must, against
@@ -51,7 +51,7 @@ def main(grid: Grid, context: Context) -> None:
     """The ServerApp's body: rounds, then the final model into the output folder."""
     import torch
 
-    from kubeflower.workload import models
+    from kubeflower_workload import models
 
     task = TaskConfig.from_run_config(context.run_config)
     strategy = strategies.build(context.run_config)
