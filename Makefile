@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 PYTEST := $(VENV)/bin/pytest
 APT_PACKAGES := iproute2 procps
 
-.PHONY: setup system test test-unit demo crd bench clean
+.PHONY: setup system lint test test-unit demo crd bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,13 @@ system:
 
 setup: $(STAMP) system
 
+# Formatter, linter, strict type checks of the packages, import contracts (pyproject.toml).
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
 test: setup
 	$(PYTEST) -q -rs
 
@@ -41,7 +48,7 @@ crd: setup
 	$(VENV)/bin/kubeflower crd > crds/federatedtrainingjobs.kubeflower.io.yaml
 
 bench: setup
-	$(PY) bench/operator_scale.py
+	$(PY) -m bench.operator_scale
 	$(PY) bench/round_overhead.py
 
 clean:

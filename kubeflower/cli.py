@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from kubeflower.validation import JobInvalid, load_documents, parse_job
+from kubeflower.core.validation import JobInvalid, load_documents, parse_job
 
 
 class _NoAliases(yaml.SafeDumper):
@@ -64,7 +64,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _crd(args: argparse.Namespace) -> int:
-    from kubeflower.crd import crd
+    from kubeflower.core.crd import crd
 
     print(dump_all([crd()]), end="")
     return 0

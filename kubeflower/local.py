@@ -28,12 +28,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kubeflower import contract
-from kubeflower.api import FederatedTrainingJob
+from kubeflower.core import contract
+from kubeflower.core.api import FederatedTrainingJob
+from kubeflower.core.server_status import RunPhase, ServerStatus
+from kubeflower.core.validation import load_job
 from kubeflower_operator import builders
 from kubeflower_operator.settings import Settings
-from kubeflower.server_status import RunPhase, ServerStatus
-from kubeflower.validation import load_job
 from kubeflower_workload import datasets, processes, status_server
 
 STATUS_POLL = 0.5
@@ -112,7 +112,9 @@ def host_cpu_share(sharers: int) -> int:
     return max(1, (os.cpu_count() or 1) // sharers)
 
 
-def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home: Path) -> list[tuple[str, list[str], dict[str, str]]]:
+def local_commands(
+    job: FederatedTrainingJob, job_dir: Path, output: Path, home: Path
+) -> list[tuple[str, list[str], dict[str, str]]]:
     """(name, command, environment) of the server and of each client, as they run on this host."""
     namespace = job.metadata.namespace or "default"
     server = _container(builders.server_deployment(job, Settings()))
@@ -120,7 +122,9 @@ def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home:
     client = _container(clients_manifest)
     superlink_port, status_port, *supernode_ports = processes.free_ports(2 + job.spec.clients.replicas)
     data_dir = str(datasets.data_dir())
-    server_env = pod_environment(server, f"{builders.server_name(job.metadata.name)}-local", namespace, host_cpu_share(1)) | {
+    server_env = pod_environment(
+        server, f"{builders.server_name(job.metadata.name)}-local", namespace, host_cpu_share(1)
+    ) | {
         contract.ENV_SUPERLINK_PORT: str(superlink_port),
         contract.ENV_STATUS_PORT: str(status_port),
         contract.ENV_BIND_HOST: "127.0.0.1",
@@ -252,7 +256,9 @@ def _plot(status: ServerStatus, path: Path) -> None:
     for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         axes.plot(rounds, [r.metrics.get(key, float("nan")) for r in status.history], marker="o", label="evaluate")
         if key == "loss":
-            axes.plot(rounds, [r.train_metrics.get(key, float("nan")) for r in status.history], marker="o", label="train")
+            axes.plot(
+                rounds, [r.train_metrics.get(key, float("nan")) for r in status.history], marker="o", label="train"
+            )
             axes.legend()
         axes.set_xlabel("round")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -271,7 +277,8 @@ def _fetch(url: str) -> ServerStatus | None:
 
 
 def _container(manifest: dict[str, Any]) -> dict[str, Any]:
-    return manifest["spec"]["template"]["spec"]["containers"][0]
+    container: dict[str, Any] = manifest["spec"]["template"]["spec"]["containers"][0]
+    return container
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubeflower.core.server_status import RoundRecord, RunPhase, ServerStatus
+from kubeflower.core.validation import parse_job
 from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, Poll, restart_count, summarize
 from kubeflower_operator.reconcile import desired_children, invalid_plan, plan
 from kubeflower_operator.settings import Settings
-from kubeflower.server_status import RoundRecord, RunPhase, ServerStatus
-from kubeflower.validation import parse_job
-from tests.jobs import job
+from testbed.jobs import job
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 SETTINGS = Settings(poll_failure_tolerance=60)
@@ -77,7 +77,9 @@ def test_rounds_metrics_and_one_event_per_round() -> None:
 
 def test_status_metrics_keep_four_significant_digits() -> None:
     parsed = parse_job(job(namespace="default"))
-    doc = ServerStatus(total_rounds=3).with_round(RoundRecord(round=1, metrics={"accuracy": 0.9777777777777777, "loss": 0.000123456}))
+    doc = ServerStatus(total_rounds=3).with_round(
+        RoundRecord(round=1, metrics={"accuracy": 0.9777777777777777, "loss": 0.000123456})
+    )
     result = plan(parsed, 1, {}, Observed(children=children(parsed), poll=Poll(document=doc)), NOW, SETTINGS)
     assert result.status["metrics"] == {"accuracy": 0.9778, "loss": 0.0001235}
 
@@ -85,19 +87,40 @@ def test_status_metrics_keep_four_significant_digits() -> None:
 def test_success_removes_the_clients_keeps_the_server_then_ttl() -> None:
     parsed = parse_job(job(namespace="default", runPolicy={"ttlSecondsAfterFinished": 60}))
     found = children(parsed)
-    done = plan(parsed, 1, {"currentRound": 2}, Observed(children=found, poll=Poll(document=document(3, RunPhase.SUCCEEDED))), NOW, SETTINGS)
+    done = plan(
+        parsed,
+        1,
+        {"currentRound": 2},
+        Observed(children=found, poll=Poll(document=document(3, RunPhase.SUCCEEDED))),
+        NOW,
+        SETTINGS,
+    )
     assert done.status["phase"] == "Succeeded" and done.status["completionTime"] == "2026-11-28T12:00:00Z"
     assert done.delete == [("StatefulSet", "digits-fedavg-clients")]
     assert [e.reason for e in done.events] == ["RoundCompleted", "RunSucceeded"]
     assert not done.delete_job
-    later = plan(parsed, 1, done.status, Observed(children={k: v for k, v in found.items() if k != "StatefulSet"}), NOW + timedelta(seconds=61), SETTINGS)
+    later = plan(
+        parsed,
+        1,
+        done.status,
+        Observed(children={k: v for k, v in found.items() if k != "StatefulSet"}),
+        NOW + timedelta(seconds=61),
+        SETTINGS,
+    )
     assert later.delete_job and later.create == [] and later.status["phase"] == "Succeeded"
 
 
 def test_clean_policy_all_and_none() -> None:
     for policy, expected in (("All", {"Deployment", "Service", "NetworkPolicy", "StatefulSet"}), ("None", set())):
         parsed = parse_job(job(namespace="default", runPolicy={"cleanPolicy": policy}))
-        done = plan(parsed, 1, {}, Observed(children=children(parsed), poll=Poll(document=document(3, RunPhase.SUCCEEDED))), NOW, SETTINGS)
+        done = plan(
+            parsed,
+            1,
+            {},
+            Observed(children=children(parsed), poll=Poll(document=document(3, RunPhase.SUCCEEDED))),
+            NOW,
+            SETTINGS,
+        )
         assert {k for k, _ in done.delete} == expected
 
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kubeflower import contract
-from kubeflower.api import EnvVar, FederatedTrainingJob, PodSettings, ServiceType
+from kubeflower.core import contract
+from kubeflower.core.api import EnvVar, FederatedTrainingJob, PodSettings, ServiceType
+from kubeflower.core.runconfig import run_config
 from kubeflower_operator.settings import Settings
-from kubeflower.runconfig import run_config
 
 Manifest = dict[str, Any]
 
 SERVER = "server"
 CLIENTS = "clients"
 CLIENT_CONTAINER = "client"
-JOB_LABEL = "kubeflower.io/job-name"
-COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY = "kubeflower-operator"
 
 
@@ -34,7 +32,7 @@ def clients_name(job_name: str) -> str:
 
 
 def selector_labels(job_name: str, component: str) -> dict[str, str]:
-    return {JOB_LABEL: job_name, COMPONENT_LABEL: component}
+    return {contract.JOB_LABEL: job_name, contract.COMPONENT_LABEL: component}
 
 
 def labels(job_name: str, component: str) -> dict[str, str]:
@@ -232,7 +230,11 @@ def client_env(job: FederatedTrainingJob) -> list[Manifest]:
     pod_name = {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     env = [pod_name, *_env(values)]
     if contract.ENV_THREADS not in {e.name for e in job.spec.clients.env or []}:  # the user's value wins
-        cpus = {"containerName": CLIENT_CONTAINER, "resource": _cpu_resource(job), "divisor": "1"}  # whole CPUs, rounded up
+        cpus = {
+            "containerName": CLIENT_CONTAINER,
+            "resource": _cpu_resource(job),
+            "divisor": "1",
+        }  # whole CPUs, rounded up
         env.append({"name": contract.ENV_THREADS, "valueFrom": {"resourceFieldRef": cpus}})
     return env
 

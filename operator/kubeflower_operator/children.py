@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kubeflower import api
+from kubeflower.core import api
 
 Manifest = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -36,7 +36,8 @@ class Children:
 
     def _method(self, verb: str, kind: str) -> Callable[..., Any]:
         api_class, suffix = _KINDS[kind]
-        return getattr(api_class(self._client), f"{verb}_namespaced_{suffix}")
+        method: Callable[..., Any] = getattr(api_class(self._client), f"{verb}_namespaced_{suffix}")
+        return method
 
     def create(self, namespace: str, manifest: Manifest) -> None:
         try:

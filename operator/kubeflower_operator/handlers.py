@@ -17,13 +17,13 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
-from kubeflower import api
+from kubeflower.core import api, contract
+from kubeflower.core.validation import JobInvalid, parse_job
 from kubeflower_operator import builders, reconcile
 from kubeflower_operator.children import Children
 from kubeflower_operator.observed import Child, Observed, Poll, restart_count, summarize
 from kubeflower_operator.poll import poll, status_url
 from kubeflower_operator.settings import Settings
-from kubeflower.validation import JobInvalid, parse_job
 
 TIMER_INTERVAL = Settings.from_env().reconcile_interval
 log = logging.getLogger("kubeflower_operator")
@@ -38,7 +38,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+def configure(
+    *, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
     settings.persistence.finalizer = f"{api.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
@@ -70,7 +72,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
 
 
 def _job_key(body: kopf.Body) -> tuple[str, str] | None:
-    job = body.get("metadata", {}).get("labels", {}).get(builders.JOB_LABEL)
+    job = body.get("metadata", {}).get("labels", {}).get(contract.JOB_LABEL)
     return (body["metadata"].get("namespace", ""), job) if job else None
 
 
@@ -85,13 +87,18 @@ kopf.index("", "v1", "services", labels=MANAGED, id="services")(_child_index)
 kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED, id="networkpolicies")(_child_index)
 
 
-@kopf.index("", "v1", "pods", labels={**MANAGED, builders.COMPONENT_LABEL: builders.SERVER})
+@kopf.index("", "v1", "pods", labels={**MANAGED, contract.COMPONENT_LABEL: builders.SERVER})
 def server_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], int]:
     key = _job_key(body)
     return {key: restart_count(body)} if key else {}
 
 
-def _observe(key: tuple[str, str], indexes: dict[str, kopf.Index], expected: dict[str, Child], poll_result: Poll) -> Observed:
+def _observe(
+    key: tuple[str, str],
+    indexes: dict[str, kopf.Index[tuple[str, str], Any]],
+    expected: dict[str, Child],
+    poll_result: Poll,
+) -> Observed:
     found: dict[str, Child] = {}
     for index_name in CHILD_INDEXES:
         for child in indexes[index_name].get(key, []):

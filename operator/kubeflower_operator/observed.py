@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubeflower.server_status import ServerStatus
+from kubeflower.core.server_status import ServerStatus
 
 CONFIG_HASH = "kubeflower.io/config-hash"
 """Annotation on each child: the hash of the manifest it was built from, to detect spec drift."""

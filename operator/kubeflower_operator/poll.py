@@ -8,10 +8,10 @@ import urllib.request
 
 from pydantic import ValidationError
 
-from kubeflower import contract
+from kubeflower.core import contract
+from kubeflower.core.server_status import ServerStatus
 from kubeflower_operator.observed import Poll
 from kubeflower_operator.settings import Settings
-from kubeflower.server_status import ServerStatus
 
 
 def status_url(settings: Settings, name: str, namespace: str) -> str:
@@ -21,7 +21,7 @@ def status_url(settings: Settings, name: str, namespace: str) -> str:
 def poll(url: str, previous: Poll, timeout: float) -> Poll:
     """The next Poll: the document, or the error and since when reads have been failing."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only, our own URL)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             document = ServerStatus.model_validate_json(response.read())
         return Poll(document=document)
     except (OSError, urllib.error.URLError, ValidationError, ValueError) as exc:

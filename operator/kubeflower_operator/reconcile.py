@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubeflower.api import CleanPolicy, FederatedTrainingJob, Phase
+from kubeflower.core.api import CleanPolicy, FederatedTrainingJob, Phase
+from kubeflower.core.server_status import RunPhase, ServerStatus
 from kubeflower_operator import builders
 from kubeflower_operator.observed import CONFIG_HASH, Child, Observed
 from kubeflower_operator.settings import Settings
-from kubeflower.server_status import RunPhase, ServerStatus
 
 Manifest = dict[str, Any]
 METRIC_DIGITS = 4
@@ -65,7 +65,9 @@ def parse_timestamp(value: str) -> datetime:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
-def _condition(previous: list[dict[str, Any]], type_: str, ok: bool, reason: str, message: str, generation: int, now: datetime) -> dict[str, Any]:
+def _condition(
+    previous: list[dict[str, Any]], type_: str, ok: bool, reason: str, message: str, generation: int, now: datetime
+) -> dict[str, Any]:
     """A metav1.Condition whose lastTransitionTime moves only when its status changes."""
     status = "True" if ok else "False"
     old = next((c for c in previous if c.get("type") == type_), None)
@@ -108,9 +110,11 @@ def invalid_plan(status: dict[str, Any], generation: int, message: str, now: dat
             _condition(status.get("conditions") or [], "Failed", True, "ValidationFailed", message, generation, now)
         ],
     }
-    events = [] if status.get("reason") == "ValidationFailed" and status.get("message") == message else [
-        Event("Warning", "ValidationFailed", message)
-    ]
+    events = (
+        []
+        if status.get("reason") == "ValidationFailed" and status.get("message") == message
+        else [Event("Warning", "ValidationFailed", message)]
+    )
     return Plan(status=new, events=events)
 
 
@@ -145,10 +149,17 @@ def plan(
     document = observed.poll.document
 
     if new["serverRestarts"] > restarts_before and not finished_at:
-        out.events.append(Event("Warning", "ServerRestarted", (
-            f"the server restarted ({new['serverRestarts']} of runPolicy.backoffLimit={spec.run_policy.backoff_limit} "
-            "tolerated); Flower keeps a run in the SuperLink's memory, so the run starts over from round 1"
-        )))
+        out.events.append(
+            Event(
+                "Warning",
+                "ServerRestarted",
+                (
+                    f"the server restarted ({new['serverRestarts']} of "
+                    f"runPolicy.backoffLimit={spec.run_policy.backoff_limit} tolerated); "
+                    "Flower keeps a run in the SuperLink's memory, so the run starts over from round 1"
+                ),
+            )
+        )
 
     # 1. Progress from the server's status document.
     if document is not None and not finished_at:
@@ -183,20 +194,38 @@ def plan(
 
     phase = Phase(new["phase"])
     conditions = [
-        _condition(previous_conditions, "ServerReady", server_ready, "ServerReady" if server_ready else "ServerNotReady",
-                   "the server pod is ready" if server_ready else "waiting for the server pod", generation, now),
-        _condition(previous_conditions, "ClientsReady", desired_clients > 0 and ready_clients >= desired_clients,
-                   "ClientsReady", f"{ready_clients}/{desired_clients} client pods ready", generation, now),
+        _condition(
+            previous_conditions,
+            "ServerReady",
+            server_ready,
+            "ServerReady" if server_ready else "ServerNotReady",
+            "the server pod is ready" if server_ready else "waiting for the server pod",
+            generation,
+            now,
+        ),
+        _condition(
+            previous_conditions,
+            "ClientsReady",
+            desired_clients > 0 and ready_clients >= desired_clients,
+            "ClientsReady",
+            f"{ready_clients}/{desired_clients} client pods ready",
+            generation,
+            now,
+        ),
     ]
     for type_ in (Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED):
         if phase == type_:
-            conditions.append(_condition(previous_conditions, type_.value, True, new["reason"], new["message"], generation, now))
+            conditions.append(
+                _condition(previous_conditions, type_.value, True, new["reason"], new["message"], generation, now)
+            )
     new["conditions"] = conditions
     out.status = new
     return out
 
 
-def _verdict(job: FederatedTrainingJob, status: dict[str, Any], observed: Observed, now: datetime, settings: Settings) -> tuple[Phase, str, str] | None:
+def _verdict(
+    job: FederatedTrainingJob, status: dict[str, Any], observed: Observed, now: datetime, settings: Settings
+) -> tuple[Phase, str, str] | None:
     """(phase, reason, message) when the job has just finished, else None."""
     policy = job.spec.run_policy
     document = observed.poll.document
@@ -207,23 +236,36 @@ def _verdict(job: FederatedTrainingJob, status: dict[str, Any], observed: Observ
     if document is not None and document.phase == RunPhase.FAILED:
         return Phase.FAILED, "RunFailed", document.message or "the Flower run failed"
     if status["serverRestarts"] > policy.backoff_limit:
-        return Phase.FAILED, "BackoffLimitExceeded", (
-            f"the server restarted {status['serverRestarts']} times, more than runPolicy.backoffLimit={policy.backoff_limit}"
+        return (
+            Phase.FAILED,
+            "BackoffLimitExceeded",
+            (
+                f"the server restarted {status['serverRestarts']} times, "
+                f"more than runPolicy.backoffLimit={policy.backoff_limit}"
+            ),
         )
     poll = observed.poll
     if poll.failing_since is not None and now.timestamp() - poll.failing_since > settings.poll_failure_tolerance:
-        return Phase.FAILED, "StatusUnreachable", (
-            f"the server's status endpoint failed for more than {settings.poll_failure_tolerance:g}s: {poll.error}"
+        return (
+            Phase.FAILED,
+            "StatusUnreachable",
+            (f"the server's status endpoint failed for more than {settings.poll_failure_tolerance:g}s: {poll.error}"),
         )
     deadline = policy.active_deadline_seconds
     if deadline is not None and not policy.suspend:
         started = parse_timestamp(status["startTime"])
         if now > started + timedelta(seconds=deadline):
-            return Phase.FAILED, "DeadlineExceeded", f"the job ran longer than runPolicy.activeDeadlineSeconds={deadline}"
+            return (
+                Phase.FAILED,
+                "DeadlineExceeded",
+                f"the job ran longer than runPolicy.activeDeadlineSeconds={deadline}",
+            )
     return None
 
 
-def _phase(job: FederatedTrainingJob, server: Child | None, clients: Child | None, document: ServerStatus | None) -> tuple[str, str, str]:
+def _phase(
+    job: FederatedTrainingJob, server: Child | None, clients: Child | None, document: ServerStatus | None
+) -> tuple[str, str, str]:
     if job.spec.run_policy.suspend:
         return Phase.SUSPENDED.value, "Suspended", "runPolicy.suspend is true: the federation is scaled to zero"
     if not server or server.ready_replicas < 1:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
+from kubeflower.core.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
 from kubeflower_workload import progress
 from kubeflower_workload.control import RunState
 
 # What `Strategy.start` logs (flwr 1.42), colour codes included, as StreamLogs delivers it.
 FLOWER_LOG = """\x1b[92mINFO \x1b[0m:      Starting FedAvg strategy:
 \x1b[92mINFO \x1b[0m:      \t├── Number of rounds: 2
-\x1b[92mINFO \x1b[0m:      
+\x1b[92mINFO \x1b[0m:     \x20
 \x1b[92mINFO \x1b[0m:      [ROUND 1/2]
 \x1b[92mINFO \x1b[0m:      configure_train: Sampled 2 nodes (out of 2)
 \x1b[92mINFO \x1b[0m:      aggregate_train: Received 2 results and 0 failures
@@ -17,7 +17,7 @@ FLOWER_LOG = """\x1b[92mINFO \x1b[0m:      Starting FedAvg strategy:
 \x1b[92mINFO \x1b[0m:      configure_evaluate: Sampled 2 nodes (out of 2)
 \x1b[92mINFO \x1b[0m:      aggregate_evaluate: Received 2 results and 0 failures
 \x1b[92mINFO \x1b[0m:      \t└──> Aggregated MetricRecord: {'loss': 0.5, 'accuracy': 0.9}
-\x1b[92mINFO \x1b[0m:      
+\x1b[92mINFO \x1b[0m:     \x20
 \x1b[92mINFO \x1b[0m:      [ROUND 2/2]
 \x1b[92mINFO \x1b[0m:      configure_train: Sampled 2 nodes (out of 2)
 \x1b[92mINFO \x1b[0m:      aggregate_train: Received 1 results and 1 failures
@@ -25,7 +25,7 @@ FLOWER_LOG = """\x1b[92mINFO \x1b[0m:      Starting FedAvg strategy:
 \x1b[92mINFO \x1b[0m:      configure_evaluate: Sampled 2 nodes (out of 2)
 \x1b[92mINFO \x1b[0m:      aggregate_evaluate: Received 2 results and 0 failures
 \x1b[92mINFO \x1b[0m:      \t└──> Aggregated MetricRecord: {'loss': 0.25, 'accuracy': 0.95}
-\x1b[92mINFO \x1b[0m:      
+\x1b[92mINFO \x1b[0m:     \x20
 \x1b[92mINFO \x1b[0m:      Strategy execution finished in 21.53s
 """
 

@@ -50,8 +50,9 @@ def build(name: str, **parameters: Any) -> Strategy:
     return strategies.build(config)
 
 
-def aggregate(strategy: Strategy, updates: list[np.ndarray], examples: list[int] | None = None,
-              current: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float], list[Message]]:
+def aggregate(
+    strategy: Strategy, updates: list[np.ndarray], examples: list[int] | None = None, current: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, float], list[Message]]:
     """One round: configure_train for as many nodes as updates, a reply per message, aggregate_train."""
     examples = examples or [10] * len(updates)
     current = np.zeros(2) if current is None else current
@@ -152,7 +153,7 @@ def test_bulyan_resists_an_outlier() -> None:
 
 
 def test_every_strategy_of_the_api_is_built() -> None:
-    from kubeflower.api import StrategyName
+    from kubeflower.core.api import StrategyName
 
     assert set(strategies.STRATEGIES) == {name.value for name in StrategyName}
     for name in strategies.STRATEGIES:
@@ -160,8 +161,13 @@ def test_every_strategy_of_the_api_is_built() -> None:
 
 
 def test_sampling_parameters_reach_the_strategy() -> None:
-    config = {"strategy": "FedAvg", "fraction-train": 0.5, "fraction-evaluate": 0.0, "min-available-clients": 3,
-              **{key: UNSET for key in strategies.PARAMETERS}}
+    config = {
+        "strategy": "FedAvg",
+        "fraction-train": 0.5,
+        "fraction-evaluate": 0.0,
+        "min-available-clients": 3,
+        **{key: UNSET for key in strategies.PARAMETERS},
+    }
     built = strategies.build(config)
     assert (built.fraction_train, built.fraction_evaluate, built.min_available_nodes) == (0.5, 0.0, 3)
     assert built.min_evaluate_nodes == 0

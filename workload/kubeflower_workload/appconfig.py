@@ -3,7 +3,7 @@
 Flower does not type-check run-config overrides against the app's defaults, so a job submitted by
 hand with `-c local-epochs='two'` reaches the app as a string: every key is checked here, and a
 bad one fails the run with a message naming the key (Flower reports it as the run's failure).
-The keys are those of `kubeflower.runconfig`, all declared with their defaults
+The keys are those of `kubeflower.core.runconfig`, all declared with their defaults
 in `flowerapp/pyproject.toml`.
 """
 

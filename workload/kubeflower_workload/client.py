@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Mapping
 
-from kubeflower import contract
+from kubeflower.core import contract
 from kubeflower_workload import processes
 
 LOG = logging.getLogger("kubeflower-client")
@@ -39,10 +39,7 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
     try:
         num_partitions = int(env.get(contract.ENV_NUM_PARTITIONS, ""))
         explicit = env.get(contract.ENV_PARTITION_ID)
-        if explicit:
-            partition_id = int(explicit)
-        else:
-            partition_id = contract.ordinal_from_pod_name(env.get(contract.ENV_POD_NAME, ""))
+        partition_id = int(explicit) if explicit else contract.ordinal_from_pod_name(env.get(contract.ENV_POD_NAME, ""))
         port = int(env.get(contract.ENV_SUPERNODE_PORT) or contract.SUPERNODE_PORT)
     except ValueError as exc:
         raise SettingsError(
@@ -50,13 +47,18 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
             "to whole numbers / a StatefulSet pod name"
         ) from None
     if not 0 <= partition_id < num_partitions:
-        raise SettingsError(f"partition id {partition_id} is outside 0..{num_partitions - 1} ({contract.ENV_NUM_PARTITIONS})")
+        raise SettingsError(
+            f"partition id {partition_id} is outside 0..{num_partitions - 1} ({contract.ENV_NUM_PARTITIONS})"
+        )
     return [
         "flower-supernode",
         "--insecure",
-        "--superlink", superlink,
-        "--port", str(port),
-        "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+        "--superlink",
+        superlink,
+        "--port",
+        str(port),
+        "--node-config",
+        f"partition-id={partition_id} num-partitions={num_partitions}",
     ]
 
 
@@ -65,7 +67,7 @@ def main() -> int:
     try:
         command = supernode_command(os.environ)
     except SettingsError as exc:
-        LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.contract)", exc)
+        LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.core.contract)", exc)
         return 2
     LOG.info("starting: %s", " ".join(command))
     processes.become_subreaper()

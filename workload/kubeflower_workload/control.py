@@ -106,7 +106,8 @@ class Control:
         return RunState(status.status, status.sub_status, status.details)
 
     def stop_run(self, run_id: int) -> bool:
-        return self._call("stop-run", _pb.control.StopRunRequest(run_id=run_id), _pb.control.StopRunResponse).success
+        response = self._call("stop-run", _pb.control.StopRunRequest(run_id=run_id), _pb.control.StopRunResponse)
+        return bool(response.success)
 
     def online_nodes(self) -> int:
         response = self._call("list-nodes", _pb.control.ListNodesRequest(), _pb.control.ListNodesResponse)
@@ -188,6 +189,7 @@ def build_fab(app_dir: Path) -> bytes:
         try:
             result = subprocess.run(
                 ["flwr", "build", "--app", str(app_dir)],
+                check=False,
                 cwd=out,
                 env=processes.child_env(),
                 capture_output=True,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from kubeflower import contract
+from kubeflower.core import contract
 
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "kubeflower" / "data"
 """The data folder when KUBEFLOWER_DATA_DIR is not set (`kubeflower run`, a SuperNode started by hand)."""
@@ -142,10 +142,11 @@ def _from_torchvision(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray
     except RuntimeError:
         try:
             found = cls(str(data_dir), train=True, download=True)
-        except Exception as exc:  # noqa: BLE001 - any download failure means the same to the user
+        except Exception as exc:
             raise DatasetUnavailable(
                 f"dataset {name} is not in the data folder {data_dir} and could not be downloaded "
-                f"({type(exc).__name__}: {' '.join(str(exc).split())}); put it there from a machine that reaches the internet "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                "put it there from a machine that reaches the internet "
                 f"(torchvision.datasets.{TORCHVISION_CLASSES[name]}"
                 f"(root='{data_dir}', train=True, download=True)), or let the pods reach the internet"
             ) from None

@@ -26,8 +26,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from kubeflower import contract
-from kubeflower.server_status import RoundRecord
+from kubeflower.core import contract
+from kubeflower.core.server_status import RoundRecord
 from kubeflower_workload import progress, strategies
 from kubeflower_workload.appconfig import TaskConfig
 from kubeflower_workload.messages import EVALUATE_RECEIVED, EVALUATION, METRICS
@@ -145,11 +145,16 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float = REPLY_TIM
 def received_evaluation(strategy: FedAvg, replies: list[Message]) -> MetricRecord | None:
     """Aggregate the evaluations carried by fused train replies, as `aggregate_evaluate` would."""
     records = [
-        RecordDict({METRICS: MetricRecord(dict(reply.content[EVALUATION]))})
+        RecordDict({METRICS: _metrics(reply.content.config_records[EVALUATION])})
         for reply in replies
         if EVALUATION in reply.content
     ]
     return strategy.evaluate_metrics_aggr_fn(records, strategy.weighted_by_key) if records else None
+
+
+def _metrics(record: ConfigRecord) -> MetricRecord:
+    """The numbers of a ConfigRecord (the evaluation a fused reply carries) as a MetricRecord."""
+    return MetricRecord({key: value for key, value in record.items() if isinstance(value, int | float)})
 
 
 def _evaluate(grid: Grid, strategy: FedAvg, server_round: int, arrays: ArrayRecord) -> list[Message]:
@@ -160,7 +165,7 @@ def _evaluate(grid: Grid, strategy: FedAvg, server_round: int, arrays: ArrayReco
 def _valid(replies: list[Message], server_round: int) -> list[Message]:
     valid = [reply for reply in replies if not reply.has_error()]
     if replies and not valid:
-        reasons = sorted({reply.error.reason for reply in replies})
+        reasons = sorted({reply.error.reason or f"error code {reply.error.code}" for reply in replies})
         raise RoundFailed(f"round {server_round}: all {len(replies)} clients failed: {'; '.join(reasons)}")
     return valid
 

@@ -34,7 +34,8 @@ class CifarCNN(nn.Module):
         x = self.pool(F.relu(self.conv1(x)))
         x = self.pool(F.relu(self.conv2(x)))
         x = x.flatten(1)
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+        logits: torch.Tensor = self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+        return logits
 
 
 class SmallCNN(nn.Module):
@@ -51,7 +52,8 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+        logits: torch.Tensor = self.fc2(F.relu(self.fc1(x.flatten(1))))
+        return logits
 
 
 def resolve(model: str, dataset: str) -> str:
@@ -79,5 +81,6 @@ def build(name: str) -> nn.Module:
     if name == "resnet18":
         from torchvision.models import resnet18
 
-        return resnet18(weights=None, num_classes=NUM_CLASSES)
+        resnet: nn.Module = resnet18(weights=None, num_classes=NUM_CLASSES)
+        return resnet
     raise ValueError(f"unknown model {name!r}; use one of {', '.join(INPUT_SHAPES)}")

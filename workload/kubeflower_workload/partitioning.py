@@ -49,9 +49,7 @@ def dirichlet(labels: np.ndarray, num_partitions: int, alpha: float, seed: int) 
     )
 
 
-def partition(
-    labels: np.ndarray, num_partitions: int, scheme: str, alpha: float, seed: int
-) -> list[np.ndarray]:
+def partition(labels: np.ndarray, num_partitions: int, scheme: str, alpha: float, seed: int) -> list[np.ndarray]:
     """Indices of each client's samples; together they cover every sample exactly once."""
     if scheme == "iid":
         return iid(len(labels), num_partitions, seed)

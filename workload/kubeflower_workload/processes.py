@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kubeflower import contract
+from kubeflower.core import contract
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -38,7 +38,7 @@ the network. The server keeps Flower's 1 s: its SuperExec asks the SuperLink, wh
 
 
 def child_env(
-    extra: Mapping[str, str] = {},  # noqa: B006 - read only
+    extra: Mapping[str, str] = {},
     direct: Sequence[str] = (),
     superexec_poll: str | None = None,
 ) -> dict[str, str]:
@@ -123,10 +123,8 @@ def stop(process: subprocess.Popen[bytes], grace: float) -> None:
     tree = [process.pid, *descendants(process.pid)]
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
     for pid in [*tree, *descendants(process.pid)]:
         _kill(pid)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -157,7 +155,9 @@ def _process_table() -> list[tuple[int, int]]:
     """(pid, parent pid) of every process."""
     proc = Path("/proc")
     if not proc.is_dir():
-        out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["ps", "-A", "-o", "pid=", "-o", "ppid="], capture_output=True, text=True, check=False
+        ).stdout
         return [(int(a), int(b)) for a, b in (line.split() for line in out.splitlines() if line.strip())]
     table = []
     for entry in proc.iterdir():

@@ -18,7 +18,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
+from kubeflower.core.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
 from kubeflower_workload.control import RunState
 
 EVENT_PREFIX = "KUBEFLOWER_ROUND "

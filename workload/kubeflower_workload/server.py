@@ -2,7 +2,7 @@
 
 Runs `flower-superlink`, submits the job's run (the built-in Flower App, or the user's app from
 the image) with the job's run config through the Control API, follows it to its end, and serves
-the status document (`kubeflower.server_status`) on its own port. When the run has finished it
+the status document (`kubeflower.core.server_status`) on its own port. When the run has finished it
 writes `metrics.json` (the final status document) into the output folder, stops the SuperLink and
 keeps serving the final state, so a Deployment never restarts a finished job. SIGTERM stops the
 run and exits 0.
@@ -15,6 +15,7 @@ stays up: restarting would fail the same way.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -30,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from kubeflower import contract
-from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
+from kubeflower.core import contract
+from kubeflower.core.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
 from kubeflower_workload import processes, progress, status_server
 from kubeflower_workload.control import Control, ControlError, RunState, build_fab
 
@@ -150,7 +151,7 @@ class LogFollower(threading.Thread):
 
     def _post(self, records: list[RoundRecord]) -> None:
         for record in records:
-            self.board.apply(lambda st, r=record: self._with_round(st, r))
+            self.board.apply(functools.partial(self._with_round, record=record))
             LOG.info("round %d finished: %s", record.round, progress.summary(record))
 
 
@@ -203,8 +204,10 @@ class Supervisor:
             [
                 "flower-superlink",
                 "--insecure",
-                "--host", s.bind_host,
-                "--port", str(s.superlink_port),
+                "--host",
+                s.bind_host,
+                "--port",
+                str(s.superlink_port),
                 "--disable-runtime-dependency-installation",
             ],
             processes.child_env(),
@@ -250,7 +253,7 @@ class Supervisor:
                     self._finished(state, connected)
                     return self._serve_final()
                 previous = self.board.get().phase
-                current = self.board.apply(lambda st: progress.with_run(st, state, connected, _now())).phase
+                current = self.board.apply(functools.partial(_with_run, state=state, connected=connected)).phase
                 if current != previous:
                     LOG.info("run %d is %s", run_id, current.value)
             self.wake.wait(POLL_INTERVAL)
@@ -281,9 +284,12 @@ class Supervisor:
     def _wait_for_superlink(self) -> bool:
         url = f"http://127.0.0.1:{self.settings.superlink_port}/health"
         deadline = time.monotonic() + SUPERLINK_START_TIMEOUT
+        superlink = self.superlink
+        if superlink is None:
+            raise RuntimeError("the SuperLink was never started")
         while time.monotonic() < deadline and not self.stop.is_set():
-            if self.superlink.poll() is not None:
-                LOG.error("the SuperLink exited with code %s while starting", self.superlink.returncode)
+            if superlink.poll() is not None:
+                LOG.error("the SuperLink exited with code %s while starting", superlink.returncode)
                 return False
             try:
                 status_server.get(url, timeout=2)
@@ -300,7 +306,9 @@ class Supervisor:
     def _finished(self, state: RunState, connected: int | None) -> None:
         """Write metrics.json, then publish the final phase: whoever sees it finds the file."""
         current = self.board.get()
-        status = progress.with_run(current, state, current.clients.connected if connected is None else connected, _now())
+        status = progress.with_run(
+            current, state, current.clients.connected if connected is None else connected, _now()
+        )
         output = self.settings.output_dir / contract.METRICS_FILE
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_suffix(".tmp")
@@ -308,8 +316,14 @@ class Supervisor:
         tmp.replace(output)
         self.board.apply(lambda _: status)
         outcome = f"failed: {status.message}" if status.phase == RunPhase.FAILED else "succeeded"
-        LOG.info("run %s after %d/%d rounds (metrics %s); %s", outcome, status.current_round, status.total_rounds,
-                 status.metrics or "none", f"results in {self.settings.output_dir}")
+        LOG.info(
+            "run %s after %d/%d rounds (metrics %s); %s",
+            outcome,
+            status.current_round,
+            status.total_rounds,
+            status.metrics or "none",
+            f"results in {self.settings.output_dir}",
+        )
 
     def _serve_final(self) -> int:
         """Stop the SuperLink (its work is done) and serve the final status until told to stop."""
@@ -318,6 +332,11 @@ class Supervisor:
             self.superlink_healthy = False
         self.stop.wait()
         return 0
+
+
+def _with_run(status: ServerStatus, state: RunState, connected: int) -> ServerStatus:
+    """The status with the run's state from the SuperLink, as of now."""
+    return progress.with_run(status, state, connected, _now())
 
 
 def _now() -> str:
@@ -329,7 +348,7 @@ def main() -> int:
     try:
         settings = Settings.from_env(os.environ)
     except SettingsError as exc:
-        LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.contract)", exc)
+        LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.core.contract)", exc)
         return 2
     processes.become_subreaper()
     board = Board(

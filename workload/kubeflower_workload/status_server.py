@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from kubeflower.server_status import RunPhase, ServerStatus
+from kubeflower.core.server_status import RunPhase, ServerStatus
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -33,7 +33,9 @@ def prometheus_text(status: ServerStatus, job: str) -> str:
     ]
     for key in ("loss", "accuracy"):
         if key in status.metrics:
-            gauges.append((f"kubeflower_{key}", f"Aggregated evaluation {key} of the last round.", [(label, status.metrics[key])]))
+            gauges.append(
+                (f"kubeflower_{key}", f"Aggregated evaluation {key} of the last round.", [(label, status.metrics[key])])
+            )
     lines = []
     for name, help_text, samples in gauges:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
@@ -47,7 +49,7 @@ def serve(
     """Start serving in a daemon thread; `shutdown()` the returned server to stop."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/status":
                 self._reply(200, "application/json", status().to_json())
@@ -67,7 +69,7 @@ def serve(
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - probes every few seconds: no access log
+        def log_message(self, format: str, *args: object) -> None:
             return
 
     server = ThreadingHTTPServer((host, port), Handler)

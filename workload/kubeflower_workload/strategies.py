@@ -23,12 +23,11 @@ from flwr.serverapp.strategy import (
     FedYogi,
     Krum,
     MultiKrum,
-    Strategy,
 )
 
 from kubeflower_workload.appconfig import UNSET, RunConfigError, get
 
-STRATEGIES: dict[str, type[Strategy]] = {
+STRATEGIES: dict[str, type[FedAvg]] = {
     "FedAvg": FedAvg,
     "FedProx": FedProx,
     "FedAvgM": FedAvgM,
@@ -57,7 +56,7 @@ PARAMETERS: dict[str, tuple[str, type]] = {
 """Run-config key of each strategy parameter -> the Flower constructor argument and its type."""
 
 
-def build(config: Mapping[str, Any]) -> Strategy:
+def build(config: Mapping[str, Any]) -> FedAvg:
     """The strategy named by `strategy`, with sampling and its own parameters from the run config."""
     name = get(config, "strategy", str)
     if name not in STRATEGIES:

@@ -18,6 +18,7 @@ from kubeflower_workload import datasets, models, partitioning, training
 from kubeflower_workload.appconfig import TaskConfig
 from kubeflower_workload.messages import ARRAYS, CONFIG, EVALUATE_RECEIVED, EVALUATION, METRICS, NUM_EXAMPLES
 
+
 @dataclass(frozen=True)
 class LocalData:
     x_train: torch.Tensor
@@ -44,19 +45,21 @@ def local_data(task: TaskConfig, partition_id: int, num_partitions: int, folder:
     """This client's share of the data set, split into its train and test parts."""
     data = datasets.load(task.dataset, folder)
     parts = partitioning.partition(data.y, num_partitions, task.partitioning, task.dirichlet_alpha, task.partition_seed)
-    train, test = partitioning.train_test_split(parts[partition_id], task.test_fraction, task.partition_seed + partition_id)
+    train, test = partitioning.train_test_split(
+        parts[partition_id], task.test_fraction, task.partition_seed + partition_id
+    )
     return LocalData(data.features(train), data.labels(train), data.features(test), data.labels(test))
 
 
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on the local data (after evaluating it, when the server asks)."""
     task, model, data, partition_id = _prepare(msg, context)
-    config = msg.content[CONFIG]
+    config = msg.content.config_records[CONFIG]
     records: dict[str, Any] = {}
     if config.get(EVALUATE_RECEIVED, False):
         loss, accuracy = training.evaluate(model, data.x_test, data.y_test, task.batch_size)
         records[EVALUATION] = ConfigRecord({"loss": loss, "accuracy": accuracy, NUM_EXAMPLES: len(data.y_test)})
-    server_round = int(config.get("server-round", 0))
+    server_round = int(_number(config, "server-round", 0))
     train_loss = training.train(
         model,
         data.x_train,
@@ -65,11 +68,19 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=task.batch_size,
         learning_rate=task.learning_rate,
         seed=int(np.random.SeedSequence([task.seed, server_round, partition_id]).generate_state(1)[0]),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        proximal_mu=float(_number(config, "proximal-mu", 0.0)),
     )
     records[ARRAYS] = ArrayRecord(model.state_dict())
     records[METRICS] = MetricRecord({"loss": train_loss, NUM_EXAMPLES: len(data.y_train)})
     return Message(RecordDict(records), reply_to=msg)
+
+
+def _number(config: ConfigRecord, key: str, default: float) -> float:
+    """A number the server's strategy put into the message's config."""
+    value = config.get(key, default)
+    if not isinstance(value, int | float):
+        raise TypeError(f"the server sent {key}={value!r}, not a number")
+    return value
 
 
 def evaluate(msg: Message, context: Context) -> Message:
@@ -84,5 +95,5 @@ def _prepare(msg: Message, context: Context) -> tuple[TaskConfig, torch.nn.Modul
     task = TaskConfig.from_run_config(context.run_config)
     partition_id, num_partitions = partition_of(context.node_config)
     model = models.build(task.model)
-    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict())
+    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
     return task, model, local_data(task, partition_id, num_partitions, datasets.data_dir()), partition_id

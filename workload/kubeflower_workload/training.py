@@ -43,6 +43,8 @@ def train(
             with torch.no_grad():
                 for i, p in enumerate(params):
                     grad = p.grad
+                    if grad is None:
+                        raise RuntimeError("a model parameter took no part in the loss: it has no gradient")
                     if proximal_mu > 0:
                         grad = grad + proximal_mu * (p - anchors[i])
                     velocity[i].mul_(MOMENTUM).add_(grad)
