@@ -42,10 +42,10 @@ import yaml
 
 from kubeflower.core import contract
 from kubeflower.core.runconfig import run_config
-from kubeflower.core.server_status import RoundRecord, ServerStatus
+from kubeflower.core.server_status import RoundRecord, ServerStatus, http_get
 from kubeflower.core.validation import load_job
 from kubeflower.local import host_cpu_share
-from kubeflower_workload import processes, progress, status_server
+from kubeflower_workload import processes, progress
 from kubeflower_workload.server import BUILTIN_APP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def _wait_for_superlink(superlink: subprocess.Popen[bytes], port: int, log: Path
     deadline = time.monotonic() + timeout
     while True:
         try:
-            status_server.get(f"http://127.0.0.1:{port}/health", timeout=2)
+            http_get(f"http://127.0.0.1:{port}/health", timeout=2)
             return
         except OSError:
             if superlink.poll() is not None or time.monotonic() > deadline:

@@ -30,16 +30,15 @@ from rich.table import Table
 
 from kubeflower.core import contract
 from kubeflower.core.api import FederatedTrainingJob
-from kubeflower.core.server_status import RunPhase, ServerStatus
+from kubeflower.core.server_status import Phase, ServerStatus, fetch
 from kubeflower.core.validation import load_job
 from kubeflower_operator import builders
 from kubeflower_operator.settings import Settings
-from kubeflower_workload import datasets, processes, status_server
+from kubeflower_workload import datasets, processes
 
 STATUS_POLL = 0.5
 STOP_GRACE = 10.0
 SERVER_START_TIMEOUT = 60.0
-PLOT_FILE = "metrics.png"
 
 
 class LocalRunError(Exception):
@@ -60,8 +59,8 @@ def run_job(path: Path, output: Path | None) -> int:
     job = load_job(path)
     output = (output or Path("runs") / job.metadata.name).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    for stale in (contract.METRICS_FILE, contract.MODEL_FILE, PLOT_FILE):  # a previous run's results
-        (output / stale).unlink(missing_ok=True)
+    for stale in contract.OutputFolder(output).results():  # a previous run's results
+        stale.unlink(missing_ok=True)
     console = Console(soft_wrap=True)  # messages and paths whole, in a terminal and in a log file
     processes.become_subreaper()
     # SIGINT too: a process started in the background by a script inherits SIGINT ignored, and
@@ -80,7 +79,7 @@ def run_job(path: Path, output: Path | None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     _report(status, output, console)
-    return 0 if status.phase == RunPhase.SUCCEEDED else 1
+    return 0 if status.phase == Phase.SUCCEEDED else 1
 
 
 def pod_environment(container: dict[str, Any], pod_name: str, namespace: str, cpus: int) -> dict[str, str]:
@@ -162,7 +161,7 @@ def _federation(job: FederatedTrainingJob, job_dir: Path, output: Path) -> Itera
     try:
         commands = local_commands(job, job_dir, output, home)
         for name, command, env in commands:
-            log = output / "logs" / f"{name}.log"
+            log = contract.OutputFolder(output).logs / f"{name}.log"
             log.unlink(missing_ok=True)
             members.append(Member(name, processes.start(command, processes.child_env(env), log), log))
         status_port = commands[0][2][contract.ENV_STATUS_PORT]
@@ -237,11 +236,12 @@ def _report(status: ServerStatus, output: Path, console: Console) -> None:
         )
     console.print(table)
     if status.history:
-        _plot(status, output / PLOT_FILE)
-    if status.phase != RunPhase.SUCCEEDED:
+        _plot(status, contract.OutputFolder(output).plot)
+    if status.phase != Phase.SUCCEEDED:
         console.print(f"[red]job failed:[/red] {status.message}")
-    produced = [name for name in (contract.METRICS_FILE, contract.MODEL_FILE, PLOT_FILE) if (output / name).exists()]
-    console.print(f"results in {output}: {', '.join(produced) or 'nothing'}; logs in {output / 'logs'}")
+    folder = contract.OutputFolder(output)
+    produced = [path.name for path in folder.results() if path.exists()]
+    console.print(f"results in {output}: {', '.join(produced) or 'nothing'}; logs in {folder.logs}")
 
 
 def _plot(status: ServerStatus, path: Path) -> None:
@@ -271,7 +271,7 @@ def _plot(status: ServerStatus, path: Path) -> None:
 
 def _fetch(url: str) -> ServerStatus | None:
     try:
-        return ServerStatus.model_validate_json(status_server.get(url, timeout=2))
+        return fetch(url, timeout=2)
     except (OSError, ValueError):
         return None
 

@@ -7,11 +7,9 @@ their processes, the server's status document read from the node).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from kubeflower.core.contract import COMPONENT_LABEL, JOB_LABEL
+from kubeflower.core.contract import COMPONENT_LABEL, JOB_LABEL, STATUS_PORT
+from kubeflower.core.server_status import fetch
 from testbed.kubeserver import KubeServer
 from testbed.podrunner import PodRunner
 
@@ -199,10 +198,10 @@ class Cluster:
             address = (pod.get("status") or {}).get("podIP")
             if address and not pod["metadata"].get("deletionTimestamp"):
                 try:
-                    with urllib.request.urlopen(f"http://{address}:8080/status", timeout=2) as response:
-                        document: dict[str, Any] = json.loads(response.read())
-                        return document
-                except OSError:
+                    return fetch(f"http://{address}:{STATUS_PORT}/status", timeout=2).model_dump(
+                        mode="json", by_alias=True
+                    )
+                except (OSError, ValueError):
                     return None
         return None
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kubeflower.core.server_status import RoundRecord, RunPhase, ServerStatus
+from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
 from testbed.cluster import Cluster, wait_for
 from testbed.jobs import INVALID, invalid_job, job
 from testbed.kubeserver import KubeServer
@@ -21,7 +21,7 @@ from testbed.statusboard import StatusBoard
 from tests.conftest import running_operator
 
 
-def document(rounds_done: int, phase: RunPhase = RunPhase.RUNNING, total: int = 3, message: str = "") -> ServerStatus:
+def document(rounds_done: int, phase: Phase = Phase.RUNNING, total: int = 3, message: str = "") -> ServerStatus:
     doc = ServerStatus(phase=phase, total_rounds=total, message=message, clients={"connected": 2, "expected": 2})
     for r in range(1, rounds_done + 1):
         doc = doc.with_round(
@@ -130,7 +130,7 @@ def test_progress_events_kubectl_then_success_cleanup_and_ttl(
         assert header.split() == ["NAME", "PHASE", "ROUND", "CLIENTS", "ACCURACY", "AGE"]
         assert row.split()[:5] == ["fl", "Running", "2/3", "2/2", "0.8"]
 
-        board.post(cluster.ns, "fl", document(3, RunPhase.SUCCEEDED))
+        board.post(cluster.ns, "fl", document(3, Phase.SUCCEEDED))
         status = cluster.wait_status("fl", lambda s: s.get("phase") == "Succeeded")
         assert status["round"] == "3/3" and status["completionTime"] and status["reason"] == "RunSucceeded"
         wait_for(lambda: cluster.children("fl")["StatefulSet"] == [], 20, "clients removed")
@@ -149,7 +149,7 @@ def test_progress_events_kubectl_then_success_cleanup_and_ttl(
 
 def test_failed_run_reports_flowers_message(operator: None, cluster: Cluster, board: StatusBoard) -> None:
     start_running(cluster, board, "fl")
-    board.post(cluster.ns, "fl", document(1, RunPhase.FAILED, message="ServerApp raised KeyError: 'lr'"))
+    board.post(cluster.ns, "fl", document(1, Phase.FAILED, message="ServerApp raised KeyError: 'lr'"))
     status = cluster.wait_status("fl", lambda s: s.get("phase") == "Failed")
     assert status["reason"] == "RunFailed" and "KeyError: 'lr'" in status["message"]
     wait_for(lambda: cluster.children("fl")["StatefulSet"] == [], 20, "clients removed")
@@ -225,7 +225,7 @@ def test_operator_restart_mid_job_continues_without_duplicates(
     board.post(cluster.ns, "fl", document(2))  # progress while no operator runs
     with running_operator(kube, KUBEFLOWER_STATUS_URL=board.url_template):
         cluster.wait_status("fl", lambda s: s.get("round") == "2/3")
-        board.post(cluster.ns, "fl", document(3, RunPhase.SUCCEEDED))
+        board.post(cluster.ns, "fl", document(3, Phase.SUCCEEDED))
         cluster.wait_status("fl", lambda s: s.get("phase") == "Succeeded")
     children = cluster.children("fl")
     assert len(children["Deployment"]) == 1 and len(children["Service"]) == 1

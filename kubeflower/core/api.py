@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from kubeflower.core.server_status import Phase
+
 GROUP = "kubeflower.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -140,18 +142,6 @@ class ServiceType(str, Enum):
     CLUSTER_IP = "ClusterIP"
     NODE_PORT = "NodePort"
     LOAD_BALANCER = "LoadBalancer"
-
-
-class Phase(str, Enum):
-    PENDING = "Pending"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    SUSPENDED = "Suspended"
-
-    @property
-    def finished(self) -> bool:
-        return self in (Phase.SUCCEEDED, Phase.FAILED)
 
 
 class ResourceRequirements(ApiModel):
@@ -442,6 +432,10 @@ class FederatedTrainingJobStatus(ApiModel):
     completion_time: str | None = None
     reason: str | None = None
     message: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The status as the API server stores it (camelCase, unset fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 class FederatedTrainingJob(ApiModel):

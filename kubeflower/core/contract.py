@@ -7,6 +7,9 @@ crosses that boundary is named here, once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 # Labels on every object the operator makes for a job (and on its pods): `kubectl get -l`.
 JOB_LABEL = "kubeflower.io/job-name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -25,11 +28,52 @@ DATA_DIR = "/var/lib/kubeflower/data"
 FLWR_HOME = "/var/lib/kubeflower/flwr"
 TMP_DIR = "/tmp"
 
-# What the server leaves in its output folder (ENV_OUTPUT_DIR) when the run has finished.
-METRICS_FILE = "metrics.json"
-"""The final status document (`kubeflower.core.server_status`), written by the server entry point."""
-MODEL_FILE = "final_model.pt"
-"""The built-in app's final model: a torch state_dict, written by its ServerApp."""
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """The server's output folder (ENV_OUTPUT_DIR; `kubeflower run --output`) and what goes in it.
+
+    The one description of what a job leaves behind: whoever writes or reads a result asks here.
+    It outlives the run and is read by whoever reads the job's results, so keys, tokens and other
+    secrets never go in it (they belong in their own volume, mounted where they are needed).
+    """
+
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        """The final status document (`kubeflower.core.server_status`), every round: the server entry point."""
+        return self.root / "metrics.json"
+
+    @property
+    def final_model(self) -> Path:
+        """The built-in app's final model, a torch state_dict: its ServerApp."""
+        return self.root / "final_model.pt"
+
+    @property
+    def plot(self) -> Path:
+        """Loss and accuracy per round, as a picture: `kubeflower run`."""
+        return self.root / "metrics.png"
+
+    @property
+    def logs(self) -> Path:
+        """One log file per process (`server.log`, `client-N.log`): `kubeflower run` (pods log to stdout)."""
+        return self.root / "logs"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Models saved during the run, to resume from (for the durability work: nothing writes it yet)."""
+        return self.root / "checkpoints"
+
+    @property
+    def app(self) -> Path:
+        """A user's Flower App's own working folder (for the bring-your-own-app work: nothing writes it yet)."""
+        return self.root / "app"
+
+    def results(self) -> tuple[Path, ...]:
+        """What a finished run leaves, as opposed to the logs and the working folders."""
+        return (self.metrics, self.final_model, self.plot)
+
 
 # Variables read by both entry points.
 ENV_JOB_NAME = "KUBEFLOWER_JOB_NAME"

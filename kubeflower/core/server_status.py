@@ -22,6 +22,7 @@ the two sides cannot drift. JSON shape (camelCase, every field always present):
 
 from __future__ import annotations
 
+import urllib.request
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,15 +32,19 @@ HISTORY_LIMIT = 1000
 """Rounds kept in `history`: enough for the curves, bounded so a long job's document stays small."""
 
 
-class RunPhase(str, Enum):
+# The one phase vocabulary: the job's (`status.phase`) and its run's (this document's). The server
+# reports Pending, Running, Succeeded or Failed; Suspended is the operator's alone. (A comment, not
+# a docstring: the CRD would carry a docstring as the field's description.)
+class Phase(str, Enum):
     PENDING = "Pending"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    SUSPENDED = "Suspended"
 
     @property
     def finished(self) -> bool:
-        return self in (RunPhase.SUCCEEDED, RunPhase.FAILED)
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
 
 
 class _Doc(BaseModel):
@@ -61,7 +66,7 @@ class RoundRecord(_Doc):
 
 
 class ServerStatus(_Doc):
-    phase: RunPhase = RunPhase.PENDING
+    phase: Phase = Phase.PENDING
     current_round: int = 0
     total_rounds: int = 0
     clients: ClientCounts = Field(default_factory=ClientCounts)
@@ -81,3 +86,24 @@ class ServerStatus(_Doc):
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True)
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout: float) -> bytes:
+    """GET a URL of the job's own network (its server's Service, loopback); raises OSError.
+
+    Never through HTTP(S)_PROXY: a proxy outside the cluster cannot reach a Service or loopback.
+    """
+    with _DIRECT.open(url, timeout=timeout) as response:
+        return bytes(response.read())
+
+
+def fetch(url: str, timeout: float) -> ServerStatus:
+    """The status document at `url`, the one way every reader gets it.
+
+    Raises OSError when it cannot be read, ValueError when it is not a status document (it comes
+    from a pod: untrusted).
+    """
+    return ServerStatus.model_validate_json(http_get(url, timeout))

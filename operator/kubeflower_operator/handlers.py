@@ -16,8 +16,10 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from pydantic import ValidationError
 
 from kubeflower.core import api, contract
+from kubeflower.core.api import FederatedTrainingJobStatus
 from kubeflower.core.validation import JobInvalid, parse_job
 from kubeflower_operator import builders, reconcile
 from kubeflower_operator.children import Children
@@ -129,17 +131,29 @@ def reconcile_job(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo:
         # from has not seen it yet, so plan from what we wrote, not from the stale body.
         seen_version, written = memo.get("written", (None, None))
         current = written if seen_version == meta["resourceVersion"] else dict(status)
-        plan = _plan(body, current, memo, indexes)
+        plan = _plan(body, _typed_status(current, meta), memo, indexes)
         _apply(plan, body, memo)
-        memo.written = (meta["resourceVersion"], plan.status)
-    for key, value in plan.status.items():
+        desired = plan.status.wire()
+        memo.written = (meta["resourceVersion"], desired)
+    for key, value in desired.items():
         if current.get(key) != value:
             patch.status[key] = value
-    for gone in set(current) - set(plan.status):
+    for gone in set(current) - set(desired):
         patch.status[gone] = None
 
 
-def _plan(body: kopf.Body, current: dict[str, Any], memo: kopf.Memo, indexes: dict[str, Any]) -> reconcile.Plan:
+def _typed_status(current: dict[str, Any], meta: Any) -> FederatedTrainingJobStatus:
+    """The status as last written; one broken by hand (it is writable) is planned afresh."""
+    try:
+        return FederatedTrainingJobStatus.model_validate(current)
+    except ValidationError as exc:
+        log.warning("%s/%s: its status is not ours (%s); planning it afresh", meta["namespace"], meta["name"], exc)
+        return FederatedTrainingJobStatus()
+
+
+def _plan(
+    body: kopf.Body, current: FederatedTrainingJobStatus, memo: kopf.Memo, indexes: dict[str, Any]
+) -> reconcile.Plan:
     meta = body["metadata"]
     now = datetime.now(UTC)
     generation = int(meta.get("generation", 1))
@@ -151,7 +165,7 @@ def _plan(body: kopf.Body, current: dict[str, Any], memo: kopf.Memo, indexes: di
     key = (meta["namespace"], meta["name"])
     expected: dict[str, Child] = memo.setdefault("expected", {})
     server = _observe(key, indexes, expected, Poll()).children.get("Deployment")
-    if server and server.ready_replicas >= 1 and not current.get("completionTime"):
+    if server and server.ready_replicas >= 1 and current.completion_time is None:
         url = status_url(settings, meta["name"], meta["namespace"])
         memo.poll = poll(url, memo.get("poll", Poll()), settings.poll_timeout)
     else:

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
-
-from pydantic import ValidationError
 
 from kubeflower.core import contract
-from kubeflower.core.server_status import ServerStatus
+from kubeflower.core.server_status import fetch
 from kubeflower_operator.observed import Poll
 from kubeflower_operator.settings import Settings
 
@@ -21,9 +17,7 @@ def status_url(settings: Settings, name: str, namespace: str) -> str:
 def poll(url: str, previous: Poll, timeout: float) -> Poll:
     """The next Poll: the document, or the error and since when reads have been failing."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            document = ServerStatus.model_validate_json(response.read())
-        return Poll(document=document)
-    except (OSError, urllib.error.URLError, ValidationError, ValueError) as exc:
+        return Poll(document=fetch(url, timeout))
+    except (OSError, ValueError) as exc:  # unreachable, an HTTP error; not a status document
         since = previous.failing_since if previous.failing_since is not None else time.time()
         return Poll(document=None, error=f"{type(exc).__name__}: {exc}", failing_since=since)

@@ -11,10 +11,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
-from kubeflower.core.api import CleanPolicy, FederatedTrainingJob, Phase
-from kubeflower.core.server_status import RunPhase, ServerStatus
+from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, JobMetrics
+from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
+from kubeflower.core.server_status import Phase, ServerStatus
 from kubeflower_operator import builders
 from kubeflower_operator.observed import CONFIG_HASH, Child, Observed
 from kubeflower_operator.settings import Settings
@@ -38,8 +39,8 @@ class Plan:
     update: list[Manifest] = field(default_factory=list)
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(kind, name) of children to remove."""
-    status: dict[str, Any] = field(default_factory=dict)
-    """The whole desired status, wire format; the handler patches only what differs."""
+    status: JobStatus = field(default_factory=JobStatus)
+    """The whole desired status; the handler patches only the fields that differ (`JobStatus.wire`)."""
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
 
@@ -66,20 +67,20 @@ def parse_timestamp(value: str) -> datetime:
 
 
 def _condition(
-    previous: list[dict[str, Any]], type_: str, ok: bool, reason: str, message: str, generation: int, now: datetime
-) -> dict[str, Any]:
+    previous: list[Condition], type_: str, ok: bool, reason: str, message: str, generation: int, now: datetime
+) -> Condition:
     """A metav1.Condition whose lastTransitionTime moves only when its status changes."""
-    status = "True" if ok else "False"
-    old = next((c for c in previous if c.get("type") == type_), None)
-    since = old["lastTransitionTime"] if old and old.get("status") == status else timestamp(now)
-    return {
-        "type": type_,
-        "status": status,
-        "observedGeneration": generation,
-        "lastTransitionTime": since,
-        "reason": reason,
-        "message": message,
-    }
+    status: Literal["True", "False"] = "True" if ok else "False"
+    old = next((c for c in previous if c.type == type_), None)
+    since = old.last_transition_time if old and old.status == status else timestamp(now)
+    return Condition(
+        type=type_,
+        status=status,
+        observed_generation=generation,
+        last_transition_time=since,
+        reason=reason,
+        message=message,
+    )
 
 
 def _round_events(previous_round: int, document: ServerStatus) -> list[Event]:
@@ -98,104 +99,186 @@ def _round_events(previous_round: int, document: ServerStatus) -> list[Event]:
     return events
 
 
-def invalid_plan(status: dict[str, Any], generation: int, message: str, now: datetime) -> Plan:
+def invalid_plan(previous: JobStatus, generation: int, message: str, now: datetime) -> Plan:
     """A spec that failed validation: Failed with the fields named, and no children at all."""
-    new = {
-        **status,
-        "observedGeneration": generation,
-        "phase": Phase.FAILED.value,
-        "reason": "ValidationFailed",
-        "message": message,
-        "conditions": [
-            _condition(status.get("conditions") or [], "Failed", True, "ValidationFailed", message, generation, now)
-        ],
-    }
-    events = (
-        []
-        if status.get("reason") == "ValidationFailed" and status.get("message") == message
-        else [Event("Warning", "ValidationFailed", message)]
+    status = previous.model_copy(
+        update={
+            "observed_generation": generation,
+            "phase": Phase.FAILED,
+            "reason": "ValidationFailed",
+            "message": message,
+            "conditions": [
+                _condition(previous.conditions or [], "Failed", True, "ValidationFailed", message, generation, now)
+            ],
+        }
     )
-    return Plan(status=new, events=events)
+    repeated = previous.reason == "ValidationFailed" and previous.message == message
+    return Plan(status=status, events=[] if repeated else [Event("Warning", "ValidationFailed", message)])
 
 
 def plan(
     job: FederatedTrainingJob,
     generation: int,
-    status: dict[str, Any],
+    previous: JobStatus,
     observed: Observed,
     now: datetime,
     settings: Settings,
 ) -> Plan:
-    """Everything to do for a valid job, from what is observed now."""
-    spec = job.spec
+    """Everything to do for a valid job, from what is observed now: progress, verdict, children,
+    conditions, each its own step."""
     out = Plan()
-    name = job.metadata.name
-    children = observed.children
-    server = children.get("Deployment")
-    clients = children.get("StatefulSet")
-    previous_conditions = status.get("conditions") or []
-    new: dict[str, Any] = dict(status)
-    new["observedGeneration"] = generation
-    new["totalRounds"] = spec.rounds
-    new["serverAddress"] = builders.superlink_address(job)
-    new["selector"] = builders.label_selector(name, builders.CLIENTS)
-    new.setdefault("startTime", timestamp(now))
-    new.setdefault("currentRound", 0)
-    restarts_before = int(status.get("serverRestarts") or 0)
-    new["serverRestarts"] = max(observed.server_restarts, restarts_before)
+    status, out.events = progress(job, generation, previous, observed, now)
+    if status.completion_time is None:
+        decided = verdict(job, status, observed, now, settings)
+        if decided is not None:
+            status = finish(status, decided, now)
+            kind = "Normal" if decided.phase == Phase.SUCCEEDED else "Warning"
+            out.events.append(Event(kind, decided.reason, decided.message))
+    status = children_step(job, status, observed, now, settings, out)
+    server = observed.children.get("Deployment")
+    server_ready = bool(server and server.ready_replicas >= 1)
+    desired_clients = 0 if status.completion_time else builders.client_replicas(job)
+    found = conditions(previous.conditions or [], status, server_ready, desired_clients, generation, now)
+    out.status = status.model_copy(update={"conditions": found})
+    return out
 
-    desired = {m["kind"]: m for m in desired_children(job, settings)}
-    finished_at = status.get("completionTime")
-    document = observed.poll.document
 
-    if new["serverRestarts"] > restarts_before and not finished_at:
-        out.events.append(
+def progress(
+    job: FederatedTrainingJob, generation: int, previous: JobStatus, observed: Observed, now: datetime
+) -> tuple[JobStatus, list[Event]]:
+    """The job's counters and its rounds, from the server's status document (Warning on a restart,
+    one RoundCompleted per round not yet reported)."""
+    spec = job.spec
+    events: list[Event] = []
+    restarts_before = previous.server_restarts or 0
+    restarts = max(observed.server_restarts, restarts_before)
+    finished = previous.completion_time is not None
+    update: dict[str, Any] = {
+        "observed_generation": generation,
+        "total_rounds": spec.rounds,
+        "server_address": builders.superlink_address(job),
+        "selector": builders.label_selector(job.metadata.name, builders.CLIENTS),
+        "start_time": previous.start_time or timestamp(now),
+        "current_round": previous.current_round or 0,
+        "server_restarts": restarts,
+    }
+    if restarts > restarts_before and not finished:
+        events.append(
             Event(
                 "Warning",
                 "ServerRestarted",
                 (
-                    f"the server restarted ({new['serverRestarts']} of "
+                    f"the server restarted ({restarts} of "
                     f"runPolicy.backoffLimit={spec.run_policy.backoff_limit} tolerated); "
                     "Flower keeps a run in the SuperLink's memory, so the run starts over from round 1"
                 ),
             )
         )
-
-    # 1. Progress from the server's status document.
-    if document is not None and not finished_at:
-        out.events += _round_events(int(status.get("currentRound") or 0), document)
-        new["currentRound"] = document.current_round
+    document = observed.poll.document
+    if document is not None and not finished:
+        events += _round_events(previous.current_round or 0, document)
+        update["current_round"] = document.current_round
         if document.metrics:
-            new["metrics"] = {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in document.metrics.items()}
+            update["metrics"] = JobMetrics.model_validate(
+                {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in document.metrics.items()}
+            )
+    return previous.model_copy(update=update), events
 
-    # 2. Has the job finished (or must it fail)?
-    verdict = None if finished_at else _verdict(job, new, observed, now, settings)
-    if verdict is not None:
-        phase, reason, message = verdict
-        finished_at = timestamp(now)
-        new.update(phase=phase.value, reason=reason, message=message, completionTime=finished_at)
-        out.events.append(Event("Normal" if phase == Phase.SUCCEEDED else "Warning", reason, message))
 
+class Verdict(NamedTuple):
+    phase: Phase
+    reason: str
+    message: str
+
+
+def finish(status: JobStatus, decided: Verdict, now: datetime) -> JobStatus:
+    return status.model_copy(
+        update={
+            "phase": decided.phase,
+            "reason": decided.reason,
+            "message": decided.message,
+            "completion_time": timestamp(now),
+        }
+    )
+
+
+def verdict(
+    job: FederatedTrainingJob, status: JobStatus, observed: Observed, now: datetime, settings: Settings
+) -> Verdict | None:
+    """(phase, reason, message) when the job has just finished, else None."""
+    policy = job.spec.run_policy
+    document = observed.poll.document
+    restarts = status.server_restarts or 0
+    if document is not None and document.phase == Phase.SUCCEEDED:
+        accuracy = document.metrics.get("accuracy")
+        detail = f", accuracy {accuracy:.4f}" if accuracy is not None else ""
+        return Verdict(Phase.SUCCEEDED, "RunSucceeded", f"all {document.total_rounds} rounds completed{detail}")
+    if document is not None and document.phase == Phase.FAILED:
+        return Verdict(Phase.FAILED, "RunFailed", document.message or "the Flower run failed")
+    if restarts > policy.backoff_limit:
+        return Verdict(
+            Phase.FAILED,
+            "BackoffLimitExceeded",
+            f"the server restarted {restarts} times, more than runPolicy.backoffLimit={policy.backoff_limit}",
+        )
+    poll = observed.poll
+    if poll.failing_since is not None and now.timestamp() - poll.failing_since > settings.poll_failure_tolerance:
+        return Verdict(
+            Phase.FAILED,
+            "StatusUnreachable",
+            f"the server's status endpoint failed for more than {settings.poll_failure_tolerance:g}s: {poll.error}",
+        )
+    deadline = policy.active_deadline_seconds
+    started = parse_timestamp(status.start_time) if status.start_time else now
+    if deadline is not None and not policy.suspend and now > started + timedelta(seconds=deadline):
+        return Verdict(
+            Phase.FAILED, "DeadlineExceeded", f"the job ran longer than runPolicy.activeDeadlineSeconds={deadline}"
+        )
+    return None
+
+
+def children_step(
+    job: FederatedTrainingJob, status: JobStatus, observed: Observed, now: datetime, settings: Settings, out: Plan
+) -> JobStatus:
+    """What to create, update or delete (and the job itself, once its TTL has passed); the client
+    counts and, while the job runs, its phase."""
+    spec = job.spec
+    children = observed.children
+    server, clients = children.get("Deployment"), children.get("StatefulSet")
+    server_ready = bool(server and server.ready_replicas >= 1)
+    finished_at = status.completion_time
     ready_clients = clients.ready_replicas if clients else 0
     desired_clients = 0 if finished_at else builders.client_replicas(job)
-    new["replicas"] = ready_clients
-    new["clients"] = f"{ready_clients}/{desired_clients}"
-    new["round"] = f"{new['currentRound']}/{spec.rounds}"
-
-    server_ready = bool(server and server.ready_replicas >= 1)
+    update: dict[str, Any] = {
+        "replicas": ready_clients,
+        "clients": f"{ready_clients}/{desired_clients}",
+        "round": f"{status.current_round or 0}/{spec.rounds}",
+    }
     if finished_at:
         _finished_children(job, children, out)
         ttl = spec.run_policy.ttl_seconds_after_finished
         if ttl is not None and now >= parse_timestamp(finished_at) + timedelta(seconds=ttl):
             out.delete_job = True
     else:
+        desired = {m["kind"]: m for m in desired_children(job, settings)}
         _running_children(desired, children, server_ready, out)
-        new["phase"], new["reason"], new["message"] = _phase(job, server, clients, document)
+        update["phase"], update["reason"], update["message"] = _phase(job, server, clients, observed.poll.document)
+    return status.model_copy(update=update)
 
-    phase = Phase(new["phase"])
-    conditions = [
+
+def conditions(
+    previous: list[Condition],
+    status: JobStatus,
+    server_ready: bool,
+    desired_clients: int,
+    generation: int,
+    now: datetime,
+) -> list[Condition]:
+    """ServerReady, ClientsReady, and the phase's own condition when it is final or suspended."""
+    ready_clients = status.replicas or 0
+    found = [
         _condition(
-            previous_conditions,
+            previous,
             "ServerReady",
             server_ready,
             "ServerReady" if server_ready else "ServerNotReady",
@@ -204,7 +287,7 @@ def plan(
             now,
         ),
         _condition(
-            previous_conditions,
+            previous,
             "ClientsReady",
             desired_clients > 0 and ready_clients >= desired_clients,
             "ClientsReady",
@@ -213,68 +296,25 @@ def plan(
             now,
         ),
     ]
-    for type_ in (Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED):
-        if phase == type_:
-            conditions.append(
-                _condition(previous_conditions, type_.value, True, new["reason"], new["message"], generation, now)
-            )
-    new["conditions"] = conditions
-    out.status = new
-    return out
-
-
-def _verdict(
-    job: FederatedTrainingJob, status: dict[str, Any], observed: Observed, now: datetime, settings: Settings
-) -> tuple[Phase, str, str] | None:
-    """(phase, reason, message) when the job has just finished, else None."""
-    policy = job.spec.run_policy
-    document = observed.poll.document
-    if document is not None and document.phase == RunPhase.SUCCEEDED:
-        accuracy = document.metrics.get("accuracy")
-        detail = f", accuracy {accuracy:.4f}" if accuracy is not None else ""
-        return Phase.SUCCEEDED, "RunSucceeded", f"all {document.total_rounds} rounds completed{detail}"
-    if document is not None and document.phase == RunPhase.FAILED:
-        return Phase.FAILED, "RunFailed", document.message or "the Flower run failed"
-    if status["serverRestarts"] > policy.backoff_limit:
-        return (
-            Phase.FAILED,
-            "BackoffLimitExceeded",
-            (
-                f"the server restarted {status['serverRestarts']} times, "
-                f"more than runPolicy.backoffLimit={policy.backoff_limit}"
-            ),
+    if status.phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED):
+        found.append(
+            _condition(previous, status.phase.value, True, status.reason or "", status.message or "", generation, now)
         )
-    poll = observed.poll
-    if poll.failing_since is not None and now.timestamp() - poll.failing_since > settings.poll_failure_tolerance:
-        return (
-            Phase.FAILED,
-            "StatusUnreachable",
-            (f"the server's status endpoint failed for more than {settings.poll_failure_tolerance:g}s: {poll.error}"),
-        )
-    deadline = policy.active_deadline_seconds
-    if deadline is not None and not policy.suspend:
-        started = parse_timestamp(status["startTime"])
-        if now > started + timedelta(seconds=deadline):
-            return (
-                Phase.FAILED,
-                "DeadlineExceeded",
-                f"the job ran longer than runPolicy.activeDeadlineSeconds={deadline}",
-            )
-    return None
+    return found
 
 
 def _phase(
     job: FederatedTrainingJob, server: Child | None, clients: Child | None, document: ServerStatus | None
-) -> tuple[str, str, str]:
+) -> tuple[Phase, str, str]:
     if job.spec.run_policy.suspend:
-        return Phase.SUSPENDED.value, "Suspended", "runPolicy.suspend is true: the federation is scaled to zero"
+        return Phase.SUSPENDED, "Suspended", "runPolicy.suspend is true: the federation is scaled to zero"
     if not server or server.ready_replicas < 1:
-        return Phase.PENDING.value, "WaitingForServer", "waiting for the server pod to be ready"
+        return Phase.PENDING, "WaitingForServer", "waiting for the server pod to be ready"
     if not clients:
-        return Phase.PENDING.value, "CreatingClients", "the server is ready; creating the clients"
+        return Phase.PENDING, "CreatingClients", "the server is ready; creating the clients"
     if document is not None and document.message:
-        return Phase.RUNNING.value, "Running", document.message
-    return Phase.RUNNING.value, "Running", "the federation is running"
+        return Phase.RUNNING, "Running", document.message
+    return Phase.RUNNING, "Running", "the federation is running"
 
 
 def _running_children(desired: dict[str, Manifest], children: dict[str, Child], server_ready: bool, out: Plan) -> None:

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from kubeflower.core import contract
-from kubeflower.core.server_status import RunPhase, ServerStatus
+from kubeflower.core.server_status import Phase, ServerStatus
 from kubeflower.core.validation import load_job
 from kubeflower.local import host_cpu_share, local_commands
 from kubeflower_workload import models, processes
@@ -53,7 +53,7 @@ def test_the_demo_job_trains_and_writes_its_results(demo: tuple[subprocess.Compl
     result, output = demo
     assert result.returncode == 0, result.stdout + result.stderr
     status = ServerStatus.model_validate_json((output / "metrics.json").read_text())
-    assert status.phase == RunPhase.SUCCEEDED and status.current_round == 3
+    assert status.phase == Phase.SUCCEEDED and status.current_round == 3
     assert [r.round for r in status.history] == [1, 2, 3]
     assert status.metrics["accuracy"] >= 0.80
     assert (output / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -107,7 +107,7 @@ def test_server_status_and_metrics_during_and_after_a_run(
                 time.sleep(0.5)
                 continue
             seen.append(status)
-            if status.phase == RunPhase.RUNNING and 1 <= status.current_round < 3:  # the run cannot end meanwhile
+            if status.phase == Phase.RUNNING and 1 <= status.current_round < 3:  # the run cannot end meanwhile
                 metrics = _get(f"{base}/metrics")
                 assert any(
                     f'kubeflower_round{{job="digits-fedavg"}} {r}' in metrics
@@ -132,8 +132,8 @@ def test_server_status_and_metrics_during_and_after_a_run(
                 break
             time.sleep(0.5)
         final = seen[-1]
-        assert final.phase == RunPhase.SUCCEEDED, final.message
-        assert any(s.phase == RunPhase.RUNNING and 0 < s.current_round < 3 for s in seen), "no status seen mid-run"
+        assert final.phase == Phase.SUCCEEDED, final.message
+        assert any(s.phase == Phase.RUNNING and 0 < s.current_round < 3 for s in seen), "no status seen mid-run"
         assert final.clients.connected == 2 and final.finish_time is not None
         assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == json.loads(final.to_json())
         time.sleep(1)  # the final state keeps being served
@@ -230,7 +230,7 @@ def test_a_bad_run_config_fails_the_job_with_flowers_message(tmp_path: Path, kub
     assert result.returncode == 1
     assert "Key 'stpe' is not present in the main dictionary" in result.stdout
     status = ServerStatus.model_validate_json((tmp_path / "out" / "metrics.json").read_text())
-    assert status.phase == RunPhase.FAILED and "stpe" in status.message
+    assert status.phase == Phase.FAILED and "stpe" in status.message
 
 
 def test_an_exception_in_the_app_fails_the_job_with_flowers_message(tmp_path: Path, kubeflower_run: Any) -> None:

@@ -67,7 +67,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     output = os.environ.get(contract.ENV_OUTPUT_DIR)
     if output:
-        path = Path(output) / contract.MODEL_FILE
+        path = contract.OutputFolder(Path(output)).final_model
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(arrays.to_torch_state_dict(), path)
         log(INFO, "final model (%s, state_dict) written to %s", task.model, path)

@@ -18,7 +18,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from kubeflower.core.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
+from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
 from kubeflower_workload.control import RunState
 
 EVENT_PREFIX = "KUBEFLOWER_ROUND "
@@ -39,16 +39,16 @@ def with_run(status: ServerStatus, run: RunState, connected: int, now: str) -> S
     expected = status.clients.expected
     update: dict[str, object] = {"clients": ClientCounts(connected=connected, expected=expected)}
     if run.status in ("pending", "starting"):
-        update |= {"phase": RunPhase.PENDING, "message": "run submitted; waiting for the ServerApp to start"}
+        update |= {"phase": Phase.PENDING, "message": "run submitted; waiting for the ServerApp to start"}
     elif run.status == "running":
         waiting = f"waiting for clients: {connected}/{expected} connected" if connected < expected else ""
-        update |= {"phase": RunPhase.RUNNING, "message": waiting}
+        update |= {"phase": Phase.RUNNING, "message": waiting}
     elif run.finished:
         if run.sub_status == "completed":
-            update |= {"phase": RunPhase.SUCCEEDED, "message": ""}
+            update |= {"phase": Phase.SUCCEEDED, "message": ""}
         else:
             reason = run.details or f"the run ended as {run.sub_status or 'unknown'}"
-            update |= {"phase": RunPhase.FAILED, "message": reason}
+            update |= {"phase": Phase.FAILED, "message": reason}
         update["finish_time"] = now
     return status.model_copy(update=update)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO
 
 from kubeflower.core import contract
-from kubeflower.core.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
+from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus, http_get
 from kubeflower_workload import processes, progress, status_server
 from kubeflower_workload.control import Control, ControlError, RunState, build_fab
 
@@ -292,7 +292,7 @@ class Supervisor:
                 LOG.error("the SuperLink exited with code %s while starting", superlink.returncode)
                 return False
             try:
-                status_server.get(url, timeout=2)
+                http_get(url, timeout=2)
                 self.superlink_healthy = True
             except OSError:
                 pass
@@ -309,13 +309,13 @@ class Supervisor:
         status = progress.with_run(
             current, state, current.clients.connected if connected is None else connected, _now()
         )
-        output = self.settings.output_dir / contract.METRICS_FILE
+        output = contract.OutputFolder(self.settings.output_dir).metrics
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_suffix(".tmp")
         tmp.write_text(status.to_json())
         tmp.replace(output)
         self.board.apply(lambda _: status)
-        outcome = f"failed: {status.message}" if status.phase == RunPhase.FAILED else "succeeded"
+        outcome = f"failed: {status.message}" if status.phase == Phase.FAILED else "succeeded"
         LOG.info(
             "run %s after %d/%d rounds (metrics %s); %s",
             outcome,

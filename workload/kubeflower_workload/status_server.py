@@ -8,11 +8,10 @@ entry point stays small next to the SuperLink.
 from __future__ import annotations
 
 import threading
-import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from kubeflower.core.server_status import RunPhase, ServerStatus
+from kubeflower.core.server_status import Phase, ServerStatus
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -28,7 +27,7 @@ def prometheus_text(status: ServerStatus, job: str) -> str:
         (
             "kubeflower_run_phase",
             "1 for the run's current phase, 0 for the others.",
-            [(f'{label},phase="{p.value}"', float(status.phase == p)) for p in RunPhase],
+            [(f'{label},phase="{p.value}"', float(status.phase == p)) for p in Phase],
         ),
     ]
     for key in ("loss", "accuracy"):
@@ -76,15 +75,6 @@ def serve(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="status-http", daemon=True).start()
     return server
-
-
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def get(url: str, timeout: float) -> bytes:
-    """GET a loopback URL (raises OSError), never through HTTP(S)_PROXY, which would swallow it."""
-    with _DIRECT.open(url, timeout=timeout) as response:
-        return bytes(response.read())
 
 
 def _escape(value: str) -> str:
