@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kubeflower.core import contract
+from kubeflower.core import contract, environment
 from kubeflower.core.api import FederatedTrainingJob
 from kubeflower.core.server_status import Phase, ServerStatus, fetch
 from kubeflower.core.validation import load_job
@@ -122,7 +122,7 @@ def local_commands(
     superlink_port, status_port, *supernode_ports = processes.free_ports(2 + job.spec.clients.replicas)
     data_dir = str(datasets.data_dir())
     server_env = pod_environment(
-        server, f"{builders.server_name(job.metadata.name)}-local", namespace, host_cpu_share(1)
+        server, f"{environment.server_name(job.metadata.name)}-local", namespace, host_cpu_share(1)
     ) | {
         contract.ENV_SUPERLINK_PORT: str(superlink_port),
         contract.ENV_STATUS_PORT: str(status_port),

@@ -2,33 +2,23 @@
 
 The operator creates what these return (after `kopf.adopt`), `kubeflower render` prints it, and
 `kubeflower run` reads the containers' commands and environment from it: this module is the one
-description of what a job's pods run. Every pod meets the "restricted" Pod Security Standard.
+description of what a job's pods run (their environment's values: `kubeflower.core.environment`).
+Every pod meets the "restricted" Pod Security Standard.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from kubeflower.core import contract
+from kubeflower.core import contract, environment
 from kubeflower.core.api import EnvVar, FederatedTrainingJob, PodSettings, ServiceType
-from kubeflower.core.runconfig import run_config
+from kubeflower.core.environment import CLIENTS, SERVER, clients_name, server_name
 from kubeflower_operator.settings import Settings
 
 Manifest = dict[str, Any]
 
-SERVER = "server"
-CLIENTS = "clients"
 CLIENT_CONTAINER = "client"
 MANAGED_BY = "kubeflower-operator"
-
-
-def server_name(job_name: str) -> str:
-    return f"{job_name}-{SERVER}"
-
-
-def clients_name(job_name: str) -> str:
-    return f"{job_name}-{CLIENTS}"
 
 
 def selector_labels(job_name: str, component: str) -> dict[str, str]:
@@ -48,11 +38,6 @@ def labels(job_name: str, component: str) -> dict[str, str]:
 def label_selector(job_name: str, component: str) -> str:
     """The selector string (`kubectl get -l`, the scale subresource's status.selector)."""
     return ",".join(f"{k}={v}" for k, v in selector_labels(job_name, component).items())
-
-
-def superlink_address(job: FederatedTrainingJob) -> str:
-    """The server Service's DNS name and Flower port, as clients in the cluster reach it."""
-    return f"{server_name(job.metadata.name)}.{job.metadata.namespace or 'default'}.svc:{contract.SUPERLINK_PORT}"
 
 
 def _metadata(job: FederatedTrainingJob, name: str, component: str) -> Manifest:
@@ -129,28 +114,12 @@ def _pod_spec(container: Manifest, settings: PodSettings, app: Settings) -> Mani
     return spec
 
 
-def server_env(job: FederatedTrainingJob) -> dict[str, str]:
-    spec = job.spec
-    env = {
-        contract.ENV_JOB_NAME: job.metadata.name,
-        contract.ENV_RUN_CONFIG: json.dumps(run_config(spec), sort_keys=True),
-        contract.ENV_ROUNDS: str(spec.rounds),
-        contract.ENV_MIN_CLIENTS: str(spec.min_available_clients),
-        contract.ENV_SUPERLINK_PORT: str(contract.SUPERLINK_PORT),
-        contract.ENV_STATUS_PORT: str(contract.STATUS_PORT),
-        contract.ENV_OUTPUT_DIR: contract.OUTPUT_DIR,
-        contract.ENV_DATA_DIR: contract.DATA_DIR,
-        **contract.FLOWER_ENV,
-    }
-    if spec.app is not None:
-        env[contract.ENV_APP_PATH] = spec.app.path
-    return env
-
-
 def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest:
     """One server pod. `Recreate`: two SuperLinks for one job must never overlap."""
     name = server_name(job.metadata.name)
-    container = _container(job, SERVER, ["kubeflower-server"], _env(server_env(job)), job.spec.server, settings)
+    container = _container(
+        job, SERVER, ["kubeflower-server"], _env(environment.server_environment(job)), job.spec.server, settings
+    )
     container["ports"] = [
         {"name": "flower", "containerPort": contract.SUPERLINK_PORT, "protocol": "TCP"},
         {"name": "status", "containerPort": contract.STATUS_PORT, "protocol": "TCP"},
@@ -219,14 +188,9 @@ def server_network_policy(job: FederatedTrainingJob) -> Manifest | None:
 
 
 def client_env(job: FederatedTrainingJob) -> list[Manifest]:
-    values = {
-        contract.ENV_JOB_NAME: job.metadata.name,
-        contract.ENV_SUPERLINK: superlink_address(job),
-        contract.ENV_NUM_PARTITIONS: str(job.spec.clients.replicas),
-        contract.ENV_SUPERNODE_PORT: str(contract.SUPERNODE_PORT),
-        contract.ENV_DATA_DIR: contract.DATA_DIR,
-        **contract.FLOWER_ENV,
-    }
+    """The client environment's entries: the job's values, and the pod's name and CPUs from the
+    downward API."""
+    values = environment.client_environment(job)
     pod_name = {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     env = [pod_name, *_env(values)]
     if contract.ENV_THREADS not in {e.name for e in job.spec.clients.env or []}:  # the user's value wins

@@ -18,7 +18,7 @@ import kopf
 from kubernetes import client, config
 from pydantic import ValidationError
 
-from kubeflower.core import api, contract
+from kubeflower.core import api, contract, environment
 from kubeflower.core.api import FederatedTrainingJobStatus
 from kubeflower.core.validation import JobInvalid, parse_job
 from kubeflower_operator import builders, reconcile
@@ -89,7 +89,7 @@ kopf.index("", "v1", "services", labels=MANAGED, id="services")(_child_index)
 kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED, id="networkpolicies")(_child_index)
 
 
-@kopf.index("", "v1", "pods", labels={**MANAGED, contract.COMPONENT_LABEL: builders.SERVER})
+@kopf.index("", "v1", "pods", labels={**MANAGED, contract.COMPONENT_LABEL: environment.SERVER})
 def server_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], int]:
     key = _job_key(body)
     return {key: restart_count(body)} if key else {}

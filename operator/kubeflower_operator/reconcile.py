@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
+from kubeflower.core import environment
 from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, JobMetrics
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, ServerStatus
@@ -156,8 +157,8 @@ def progress(
     update: dict[str, Any] = {
         "observed_generation": generation,
         "total_rounds": spec.rounds,
-        "server_address": builders.superlink_address(job),
-        "selector": builders.label_selector(job.metadata.name, builders.CLIENTS),
+        "server_address": environment.superlink_address(job),
+        "selector": builders.label_selector(job.metadata.name, environment.CLIENTS),
         "start_time": previous.start_time or timestamp(now),
         "current_round": previous.current_round or 0,
         "server_restarts": restarts,

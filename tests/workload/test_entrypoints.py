@@ -53,7 +53,7 @@ def test_client_settings_errors(env: dict[str, str], message: str) -> None:
 
 
 def test_server_settings_from_the_builders_environment() -> None:
-    from kubeflower_operator.builders import server_env
+    from kubeflower.core.environment import server_environment as server_env
 
     model = FederatedTrainingJob.model_validate(job("digits", namespace="ns"))
     settings = server.Settings.from_env(server_env(model))
