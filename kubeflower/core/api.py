@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -21,10 +21,9 @@ from pydantic_core import PydanticCustomError
 
 from kubeflower.core.server_status import Phase
 
-GROUP = "kubeflower.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "FederatedTrainingJob"
+API_VERSION: Final = "kubeflower.io/v1alpha1"
+GROUP, VERSION = API_VERSION.split("/")
+KIND: Final = "FederatedTrainingJob"
 PLURAL = "federatedtrainingjobs"
 SINGULAR = "federatedtrainingjob"
 SHORT_NAMES = ["ftj"]
@@ -441,8 +440,8 @@ class FederatedTrainingJobStatus(ApiModel):
 class FederatedTrainingJob(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
-    api_version: Literal["kubeflower.io/v1alpha1"] = "kubeflower.io/v1alpha1"  # API_VERSION (a test checks)
-    kind: Literal["FederatedTrainingJob"] = "FederatedTrainingJob"  # KIND
+    api_version: Literal["kubeflower.io/v1alpha1"] = API_VERSION  # mypy checks the two agree
+    kind: Literal["FederatedTrainingJob"] = KIND
     metadata: ObjectMeta
     spec: FederatedTrainingJobSpec
     status: FederatedTrainingJobStatus | None = None
