@@ -3,13 +3,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kubeflower-installed
-# Scripts, not `python -m`: `-m` puts the working directory first on sys.path, where this repo's
-# operator/ would shadow the standard library's `operator` module.
+# operator/ and workload/ are not packages themselves (they hold kubeflower_operator and
+# kubeflower_workload), so `python -m` from here keeps the standard library's `operator`.
 PIP := $(VENV)/bin/pip
 PYTEST := $(VENV)/bin/pytest
 APT_PACKAGES := iproute2 procps
 
-.PHONY: setup system test test-unit demo crd bench clean images lock engine-stop
+.PHONY: setup system lint test test-in-engine test-unit demo crd bench clean images lock engine-stop
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,13 @@ system:
 	   else sudo apt-get update -q && sudo apt-get install -y -q $$missing; fi; fi
 
 setup: $(STAMP) system
+
+# Formatter, linter, strict type checks of the packages, import contracts (pyproject.toml).
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The whole suite, the image tests included: the project's own Docker engine (scripts/engine.sh:
 # Debian's docker.io, a private data root and socket under .engine/) is started for the run and
@@ -60,7 +67,7 @@ crd: setup
 	$(VENV)/bin/kubeflower crd > crds/federatedtrainingjobs.kubeflower.io.yaml
 
 bench: setup
-	$(PY) bench/operator_scale.py
+	$(PY) -m bench.operator_scale
 	$(PY) bench/round_overhead.py
 
 clean: engine-stop

@@ -1,6 +1,6 @@
 """How the operator copes with many jobs at once, against the Kubernetes API test server.
 
-    .venv/bin/python bench/operator_scale.py [--jobs 100] [--jobs 1000]
+    .venv/bin/python -m bench.operator_scale [--jobs 100] [--jobs 1000]   (from the repository root)
 
 Creates N jobs at once and prints:
 - seconds until every job has its server children (Deployment, Service, NetworkPolicy) and a phase;
@@ -24,11 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from testbed.jobs import job
+from testbed.kubeserver import KubeServer
 
-from tests.jobs import job  # noqa: E402
-from tests.kubeserver import KubeServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 NAMESPACE = "bench"
 
@@ -55,7 +54,7 @@ def _wait(what: str, probe, timeout: float) -> float:  # type: ignore[no-untyped
 
 
 def run(jobs: int, interval: float) -> None:
-    with KubeServer() as kube:
+    with KubeServer() as kube, tempfile.TemporaryFile() as log:
         kube.kubectl("apply", "-f", str(ROOT / "crds"), "--validate=false")
         kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
         env = {
@@ -64,14 +63,26 @@ def run(jobs: int, interval: float) -> None:
             "KUBEFLOWER_RECONCILE_INTERVAL": str(interval),
             "KUBEFLOWER_STATUS_URL": "http://127.0.0.1:9/{namespace}/{name}/status",
         }
-        log = tempfile.TemporaryFile()
         operator = subprocess.Popen(
-            [str(Path(sys.executable).with_name("kopf")), "run", "--standalone", "--all-namespaces", "--quiet",
-             "-m", "kubeflower.operator.handlers"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                str(Path(sys.executable).with_name("kopf")),
+                "run",
+                "--standalone",
+                "--all-namespaces",
+                "--quiet",
+                "-m",
+                "kubeflower_operator.handlers",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
-            _wait("the operator to start watching", lambda: any(r.is_watch and "federatedtrainingjobs" in r.path for r in kube.requests), 60)
+            _wait(
+                "the operator to start watching",
+                lambda: any(r.is_watch and "federatedtrainingjobs" in r.path for r in kube.requests),
+                60,
+            )
             time.sleep(1)
             before = _operator_requests(kube)
             names = [f"job-{i:04d}" for i in range(jobs)]
@@ -81,7 +92,11 @@ def run(jobs: int, interval: float) -> None:
 
             def servers_done() -> bool:
                 deployments = {d["metadata"]["name"] for d in kube.list("apps/v1", "deployments", NAMESPACE)}
-                phased = [j for j in kube.list("kubeflower.io/v1alpha1", "federatedtrainingjobs", NAMESPACE) if (j.get("status") or {}).get("phase")]
+                phased = [
+                    j
+                    for j in kube.list("kubeflower.io/v1alpha1", "federatedtrainingjobs", NAMESPACE)
+                    if (j.get("status") or {}).get("phase")
+                ]
                 return len(deployments) == jobs and len(phased) == jobs
 
             _wait("server children and a phase", servers_done, 600)
@@ -89,7 +104,9 @@ def run(jobs: int, interval: float) -> None:
             requests_servers = _operator_requests(kube) - before
 
             for name in names:
-                kube.patch_status("apps/v1", "deployments", NAMESPACE, f"{name}-server", {"replicas": 1, "readyReplicas": 1})
+                kube.patch_status(
+                    "apps/v1", "deployments", NAMESPACE, f"{name}-server", {"replicas": 1, "readyReplicas": 1}
+                )
             ready_at = time.monotonic()
             _wait("client StatefulSets", lambda: len(kube.list("apps/v1", "statefulsets", NAMESPACE)) == jobs, 600)
             t_clients = time.monotonic() - ready_at
@@ -122,7 +139,9 @@ def run(jobs: int, interval: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, action="append", help="jobs created at once (repeatable); default 100")
-    parser.add_argument("--interval", type=float, default=5.0, help="the operator's reconcile interval (default 5, as deployed)")
+    parser.add_argument(
+        "--interval", type=float, default=5.0, help="the operator's reconcile interval (default 5, as deployed)"
+    )
     args = parser.parse_args()
     for jobs in args.jobs or [100]:
         run(jobs, args.interval)

@@ -7,7 +7,7 @@ Each repeat runs the same job (digits, the clients, the seed) three ways on loop
    defaults, running `bench/stock_app`: the same task written the way Flower's template writes an
    app (eager imports, torch.optim, separate train and evaluate messages, `FedAvg.start`);
 2. built-in: the same processes by hand, with the built-in app and the settings that KubeFlower's
-   client pods get (the SuperExec poll, torch threads: `kubeflower.workload.processes`, `kubeflower.local`);
+   client pods get (the SuperExec poll, torch threads: `kubeflower_workload.processes`, `kubeflower.local`);
 3. `kubeflower run`: the built-in app under KubeFlower's own entry points.
 Only Flower's telemetry and update checks are off in all three (this machine cannot phone home).
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -41,17 +40,15 @@ from statistics import median
 
 import yaml
 
+from kubeflower.core import contract
+from kubeflower.core.runconfig import run_config
+from kubeflower.core.server_status import RoundRecord, ServerStatus, http_get
+from kubeflower.core.validation import load_job
+from kubeflower.local import host_cpu_share
+from kubeflower_workload import processes, progress
+from kubeflower_workload.server import BUILTIN_APP
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kubeflower import contract  # noqa: E402
-from kubeflower.local import host_cpu_share  # noqa: E402
-from kubeflower.runconfig import run_config  # noqa: E402
-from kubeflower.server_status import RoundRecord, ServerStatus  # noqa: E402
-from kubeflower.validation import load_job  # noqa: E402
-from kubeflower.workload import processes, progress, status_server  # noqa: E402
-from kubeflower.workload.server import BUILTIN_APP  # noqa: E402
-
 BIN = Path(sys.executable).parent
 STOCK_APP = ROOT / "bench" / "stock_app"
 TARGET_ACCURACY = 0.90
@@ -93,8 +90,10 @@ class Result:
 
     def line(self) -> str:
         reached = f"{self.seconds_to_target:.1f} s" if self.seconds_to_target is not None else "not reached"
-        return (f"{self.name:15} {self.seconds_per_round:6.2f} s/round  {self.total_seconds:6.1f} s in all  "
-                f"final accuracy {self.accuracy:.4f}  {TARGET_ACCURACY:.2f} after {reached}")
+        return (
+            f"{self.name:15} {self.seconds_per_round:6.2f} s/round  {self.total_seconds:6.1f} s in all  "
+            f"final accuracy {self.accuracy:.4f}  {TARGET_ACCURACY:.2f} after {reached}"
+        )
 
 
 def _memory(pid: int) -> tuple[float, float]:
@@ -147,7 +146,10 @@ def with_kubeflower(job_file: Path, work: Path, env: dict[str, str]) -> tuple[Re
     started = time.monotonic()
     run = subprocess.Popen(
         [str(BIN / "kubeflower"), "run", str(job_file), "--output", str(work / "kubeflower")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     watch = MemoryWatch(run.pid)
     watch.start()
@@ -192,7 +194,7 @@ def _wait_for_superlink(superlink: subprocess.Popen[bytes], port: int, log: Path
     deadline = time.monotonic() + timeout
     while True:
         try:
-            status_server.get(f"http://127.0.0.1:{port}/health", timeout=2)
+            http_get(f"http://127.0.0.1:{port}/health", timeout=2)
             return
         except OSError:
             if superlink.poll() is not None or time.monotonic() > deadline:
@@ -200,8 +202,9 @@ def _wait_for_superlink(superlink: subprocess.Popen[bytes], port: int, log: Path
             time.sleep(0.2)
 
 
-def by_hand(name: str, app: Path, config: dict, replicas: int, work: Path, server_env: dict[str, str],
-            node_env: dict[str, str]) -> Result:
+def by_hand(
+    name: str, app: Path, config: dict, replicas: int, work: Path, server_env: dict[str, str], node_env: dict[str, str]
+) -> Result:
     """`flower-superlink`, the SuperNodes and `flwr run`, as a user starts them from Flower's docs."""
     result = Result(name)
     work.mkdir()
@@ -216,17 +219,38 @@ def by_hand(name: str, app: Path, config: dict, replicas: int, work: Path, serve
     cli_env = {**server_env, "FLWR_HOME": str(home)}
     superlink_log = work / "superlink.log"
     started = time.monotonic()
-    started_processes = [processes.start(
-        [str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(superlink_port),
-         "--disable-runtime-dependency-installation"],
-        {**cli_env, "FLWR_LOG_LEVEL": "DEBUG"},  # one access-log line per request
-        superlink_log)]
+    started_processes = [
+        processes.start(
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(superlink_port),
+                "--disable-runtime-dependency-installation",
+            ],
+            {**cli_env, "FLWR_LOG_LEVEL": "DEBUG"},  # one access-log line per request
+            superlink_log,
+        )
+    ]
     for partition in range(replicas):
-        started_processes.append(processes.start(
-            [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
-             "--port", str(supernode_ports[partition]),
-             "--node-config", f"partition-id={partition} num-partitions={replicas}"],
-            {**node_env, "FLWR_HOME": str(work / f"node-{partition}")}, work / f"supernode-{partition}.log"))
+        started_processes.append(
+            processes.start(
+                [
+                    str(BIN / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{superlink_port}",
+                    "--port",
+                    str(supernode_ports[partition]),
+                    "--node-config",
+                    f"partition-id={partition} num-partitions={replicas}",
+                ],
+                {**node_env, "FLWR_HOME": str(work / f"node-{partition}")},
+                work / f"supernode-{partition}.log",
+            )
+        )
     try:
         _wait_for_superlink(started_processes[0], superlink_port, superlink_log)
         _wait_for_nodes(started_processes[0], superlink_log, replicas)
@@ -235,12 +259,20 @@ def by_hand(name: str, app: Path, config: dict, replicas: int, work: Path, serve
         submitted_at = time.time()
         submitted = subprocess.run(
             [str(BIN / "flwr"), "run", str(app), "bench", "--run-config", str(overrides), "--format", "json"],
-            env=cli_env, capture_output=True, text=True, check=True,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         run_id = json.loads(submitted.stdout)["run-id"]
         parser = progress.LogProgress()
-        stream = subprocess.Popen([str(BIN / "flwr"), "log", run_id, "bench", "--stream"],
-                                  env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        stream = subprocess.Popen(
+            [str(BIN / "flwr"), "log", run_id, "bench", "--stream"],
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert stream.stdout is not None
         for line in stream.stdout:
             for record in parser.feed(line, time.monotonic()):
@@ -284,7 +316,9 @@ def _stock_config(config: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--job", type=Path, default=ROOT / "examples" / "digits-fedavg.yaml")
-    parser.add_argument("--rounds", type=int, default=5, help="override the job's rounds (more rounds, steadier figures)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="override the job's rounds (more rounds, steadier figures)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="repeats of the three runs; medians are compared")
     args = parser.parse_args()
     processes.become_subreaper()
@@ -320,16 +354,22 @@ def main() -> int:
                 print(result.line(), flush=True)
     print()
     per_round = {name: median(r.seconds_per_round for r in done) for name, done in runs.items()}
-    print(f"seconds per round (medians): stock {per_round['stock']:.2f}, built-in {per_round['built-in']:.2f}, "
-          f"kubeflower run {per_round['kubeflower run']:.2f}")
+    print(
+        f"seconds per round (medians): stock {per_round['stock']:.2f}, built-in {per_round['built-in']:.2f}, "
+        f"kubeflower run {per_round['kubeflower run']:.2f}"
+    )
     print(f"built-in / stock: {per_round['built-in'] / per_round['stock']:.3f} (target <= 0.40)")
-    print(f"kubeflower run / built-in by hand: {per_round['kubeflower run'] / per_round['built-in']:.3f} (target <= 1.05)")
+    print(
+        f"kubeflower run / built-in by hand: {per_round['kubeflower run'] / per_round['built-in']:.3f} (target <= 1.05)"
+    )
     gaps = [abs(b.accuracy - s.accuracy) * 100 for b, s in zip(runs["built-in"], runs["stock"], strict=True)]
     print(f"final accuracy, built-in vs stock on the same seed: at most {max(gaps):.2f} points apart (target <= 1)")
     for name, done in runs.items():
         reached = [r.seconds_to_target for r in done if r.seconds_to_target is not None]
-        print(f"{TARGET_ACCURACY:.2f} accuracy, {name}: {len(reached)}/{len(done)} runs"
-              + (f", after {median(reached):.1f} s (median, from launch)" if reached else ""))
+        print(
+            f"{TARGET_ACCURACY:.2f} accuracy, {name}: {len(reached)}/{len(done)} runs"
+            + (f", after {median(reached):.1f} s (median, from launch)" if reached else "")
+        )
     for name in ("stock", "built-in"):
         last = runs[name][-1]
         assert last.idle is not None and last.running is not None
@@ -339,7 +379,8 @@ def main() -> int:
     print(
         f"memory, peak RSS / peak PSS: server entry point {max(m.peak_rss.get(server, 0) for m in memory):.0f} / "
         f"{max(m.peak_pss.get(server, 0) for m in memory):.0f} MB, SuperLink "
-        f"{max(m.peak_rss.get(superlink, 0) for m in memory):.0f} / {max(m.peak_pss.get(superlink, 0) for m in memory):.0f} MB"
+        f"{max(m.peak_rss.get(superlink, 0) for m in memory):.0f} / "
+        f"{max(m.peak_pss.get(superlink, 0) for m in memory):.0f} MB"
         " (target: the entry point within 50 MB)"
     )
     return 0

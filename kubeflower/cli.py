@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from kubeflower.validation import JobInvalid, load_documents, parse_job
+from kubeflower.core.validation import JobInvalid, load_documents, parse_job
 
 
 class _NoAliases(yaml.SafeDumper):
@@ -49,8 +49,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from kubeflower.operator.reconcile import desired_children
-    from kubeflower.operator.settings import Settings
+    from kubeflower_operator.reconcile import desired_children
+    from kubeflower_operator.settings import Settings
 
     settings = Settings.from_env()
     rendered: list[object] = []
@@ -64,7 +64,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _crd(args: argparse.Namespace) -> int:
-    from kubeflower.crd import crd
+    from kubeflower.core.crd import crd
 
     print(dump_all([crd()]), end="")
     return 0

@@ -2,7 +2,7 @@
 
 The processes are the pods' own: the server entry point and one client entry point per replica,
 with the commands and environment the operator's builders put into the pod specs
-(`kubeflower.operator.builders`, the one description of that contract). Only what must differ on
+(`kubeflower_operator.builders`, the one description of that contract). Only what must differ on
 one host is overridden: loopback addresses and free ports, and the output, data and FLWR_HOME
 folders. Progress is read from the server's own GET /status, as the operator reads it.
 
@@ -28,18 +28,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kubeflower import contract
-from kubeflower.api import FederatedTrainingJob
-from kubeflower.operator import builders
-from kubeflower.operator.settings import Settings
-from kubeflower.server_status import RunPhase, ServerStatus
-from kubeflower.validation import load_job
-from kubeflower.workload import datasets, processes, status_server
+from kubeflower.core import contract, environment
+from kubeflower.core.api import FederatedTrainingJob
+from kubeflower.core.server_status import Phase, ServerStatus, fetch
+from kubeflower.core.validation import load_job
+from kubeflower_operator import builders
+from kubeflower_operator.settings import Settings
+from kubeflower_workload import datasets, processes
 
 STATUS_POLL = 0.5
 STOP_GRACE = 10.0
 SERVER_START_TIMEOUT = 60.0
-PLOT_FILE = "metrics.png"
 
 
 class LocalRunError(Exception):
@@ -60,8 +59,8 @@ def run_job(path: Path, output: Path | None) -> int:
     job = load_job(path)
     output = (output or Path("runs") / job.metadata.name).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    for stale in (contract.METRICS_FILE, contract.MODEL_FILE, PLOT_FILE):  # a previous run's results
-        (output / stale).unlink(missing_ok=True)
+    for stale in contract.OutputFolder(output).results():  # a previous run's results
+        stale.unlink(missing_ok=True)
     console = Console(soft_wrap=True)  # messages and paths whole, in a terminal and in a log file
     processes.become_subreaper()
     # SIGINT too: a process started in the background by a script inherits SIGINT ignored, and
@@ -80,7 +79,7 @@ def run_job(path: Path, output: Path | None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     _report(status, output, console)
-    return 0 if status.phase == RunPhase.SUCCEEDED else 1
+    return 0 if status.phase == Phase.SUCCEEDED else 1
 
 
 def pod_environment(container: dict[str, Any], pod_name: str, namespace: str, cpus: int) -> dict[str, str]:
@@ -112,7 +111,9 @@ def host_cpu_share(sharers: int) -> int:
     return max(1, (os.cpu_count() or 1) // sharers)
 
 
-def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home: Path) -> list[tuple[str, list[str], dict[str, str]]]:
+def local_commands(
+    job: FederatedTrainingJob, job_dir: Path, output: Path, home: Path
+) -> list[tuple[str, list[str], dict[str, str]]]:
     """(name, command, environment) of the server and of each client, as they run on this host."""
     namespace = job.metadata.namespace or "default"
     server = _container(builders.server_deployment(job, Settings()))
@@ -120,7 +121,9 @@ def local_commands(job: FederatedTrainingJob, job_dir: Path, output: Path, home:
     client = _container(clients_manifest)
     superlink_port, status_port, *supernode_ports = processes.free_ports(2 + job.spec.clients.replicas)
     data_dir = str(datasets.data_dir())
-    server_env = pod_environment(server, f"{builders.server_name(job.metadata.name)}-local", namespace, host_cpu_share(1)) | {
+    server_env = pod_environment(
+        server, f"{environment.server_name(job.metadata.name)}-local", namespace, host_cpu_share(1)
+    ) | {
         contract.ENV_SUPERLINK_PORT: str(superlink_port),
         contract.ENV_STATUS_PORT: str(status_port),
         contract.ENV_BIND_HOST: "127.0.0.1",
@@ -158,7 +161,7 @@ def _federation(job: FederatedTrainingJob, job_dir: Path, output: Path) -> Itera
     try:
         commands = local_commands(job, job_dir, output, home)
         for name, command, env in commands:
-            log = output / "logs" / f"{name}.log"
+            log = contract.OutputFolder(output).logs / f"{name}.log"
             log.unlink(missing_ok=True)
             members.append(Member(name, processes.start(command, processes.child_env(env), log), log))
         status_port = commands[0][2][contract.ENV_STATUS_PORT]
@@ -233,11 +236,12 @@ def _report(status: ServerStatus, output: Path, console: Console) -> None:
         )
     console.print(table)
     if status.history:
-        _plot(status, output / PLOT_FILE)
-    if status.phase != RunPhase.SUCCEEDED:
+        _plot(status, contract.OutputFolder(output).plot)
+    if status.phase != Phase.SUCCEEDED:
         console.print(f"[red]job failed:[/red] {status.message}")
-    produced = [name for name in (contract.METRICS_FILE, contract.MODEL_FILE, PLOT_FILE) if (output / name).exists()]
-    console.print(f"results in {output}: {', '.join(produced) or 'nothing'}; logs in {output / 'logs'}")
+    folder = contract.OutputFolder(output)
+    produced = [path.name for path in folder.results() if path.exists()]
+    console.print(f"results in {output}: {', '.join(produced) or 'nothing'}; logs in {folder.logs}")
 
 
 def _plot(status: ServerStatus, path: Path) -> None:
@@ -252,7 +256,9 @@ def _plot(status: ServerStatus, path: Path) -> None:
     for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         axes.plot(rounds, [r.metrics.get(key, float("nan")) for r in status.history], marker="o", label="evaluate")
         if key == "loss":
-            axes.plot(rounds, [r.train_metrics.get(key, float("nan")) for r in status.history], marker="o", label="train")
+            axes.plot(
+                rounds, [r.train_metrics.get(key, float("nan")) for r in status.history], marker="o", label="train"
+            )
             axes.legend()
         axes.set_xlabel("round")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -265,13 +271,14 @@ def _plot(status: ServerStatus, path: Path) -> None:
 
 def _fetch(url: str) -> ServerStatus | None:
     try:
-        return ServerStatus.model_validate_json(status_server.get(url, timeout=2))
+        return fetch(url, timeout=2)
     except (OSError, ValueError):
         return None
 
 
 def _container(manifest: dict[str, Any]) -> dict[str, Any]:
-    return manifest["spec"]["template"]["spec"]["containers"][0]
+    container: dict[str, Any] = manifest["spec"]["template"]["spec"]["containers"][0]
+    return container
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -48,9 +48,23 @@ def uv() -> str:
 def compile_lock(extra: str, index: str, *extra_args: str) -> str:
     """uv's hashed lock of one extra of the project, as text."""
     return subprocess.run(
-        [uv(), "pip", "compile", str(ROOT / "pyproject.toml"), "--extra", extra, "--generate-hashes",
-         "--index-url", index, "--no-header", *TARGET, *extra_args],
-        check=True, stdout=subprocess.PIPE, text=True,
+        [
+            uv(),
+            "pip",
+            "compile",
+            str(ROOT / "pyproject.toml"),
+            "--extra",
+            extra,
+            "--generate-hashes",
+            "--index-url",
+            index,
+            "--no-header",
+            *TARGET,
+            *extra_args,
+        ],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**__import__("os").environ, "UV_SYSTEM_CERTS": "1"},
     ).stdout
 
@@ -81,23 +95,32 @@ def cpu_index_answers() -> bool:
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    write("operator.txt", "The operator image's dependencies (the `operator` extra).",
-          list(blocks(compile_lock("operator", PYPI)).values()))
+    write(
+        "operator.txt",
+        "The operator image's dependencies (the `operator` extra).",
+        list(blocks(compile_lock("operator", PYPI)).values()),
+    )
     workload = blocks(compile_lock("workload", PYPI))
     torch_side = {n: b for n, b in workload.items() if n in TORCH or CUDA_ONLY.match(n)}
-    write("workload.txt", "The workload image's dependencies but torch, torchvision and CUDA's libraries.",
-          [b for n, b in workload.items() if n not in torch_side])
-    write("torch-cuda.txt", f"torch, torchvision and their CUDA libraries, from {PYPI}.",
-          list(torch_side.values()))
+    write(
+        "workload.txt",
+        "The workload image's dependencies but torch, torchvision and CUDA's libraries.",
+        [b for n, b in workload.items() if n not in torch_side],
+    )
+    write("torch-cuda.txt", f"torch, torchvision and their CUDA libraries, from {PYPI}.", list(torch_side.values()))
     if cpu_index_answers():
-        cpu = blocks(compile_lock("workload", CPU_INDEX, "--extra-index-url", PYPI, "--index-strategy",
-                                  "unsafe-best-match"))
-        write("torch-cpu.txt", f"torch and torchvision, CPU builds, from {CPU_INDEX}.",
-              [cpu[n] for n in TORCH])
+        cpu = blocks(
+            compile_lock("workload", CPU_INDEX, "--extra-index-url", PYPI, "--index-strategy", "unsafe-best-match")
+        )
+        write("torch-cpu.txt", f"torch and torchvision, CPU builds, from {CPU_INDEX}.", [cpu[n] for n in TORCH])
     else:
         pins = [f"{n}=={re.search(r'==([^ ]+)', workload[n]).group(1)}+cpu" for n in TORCH]  # type: ignore[union-attr]
-        write("torch-cpu.txt", f"torch and torchvision, CPU builds, from {CPU_INDEX}; that index did not "
-              "answer when this was made, so these are pinned by version only.", pins)
+        write(
+            "torch-cpu.txt",
+            f"torch and torchvision, CPU builds, from {CPU_INDEX}; that index did not "
+            "answer when this was made, so these are pinned by version only.",
+            pins,
+        )
 
 
 if __name__ == "__main__":

@@ -1,40 +1,25 @@
-"""Shared test plumbing: the operator under KopfRunner, and waiting without fixed sleeps."""
+"""Shared test plumbing: the operator under KopfRunner (waiting and the cluster view: `testbed.cluster`)."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 from unittest import mock
 
 # The reconcile timer's interval is fixed when the handlers module is imported: keep tests brisk.
 os.environ.setdefault("KUBEFLOWER_RECONCILE_INTERVAL", "0.3")
 
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T], timeout: float, what: str) -> T:
-    """The first truthy value of probe(), or a failure naming what never happened."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
 
 @contextmanager
 def running_operator(kube: Any, **env: str) -> Iterator[Any]:
-    """The real operator (kubeflower.operator.handlers) logged in through the server's kubeconfig."""
+    """The real operator (kubeflower_operator.handlers) logged in through the server's kubeconfig."""
     from kopf.testing import KopfRunner
 
     settings = {"KUBECONFIG": str(kube.kubeconfig), **env}
     with mock.patch.dict(os.environ, settings):
-        args = ["run", "--standalone", "--all-namespaces", "-m", "kubeflower.operator.handlers"]
+        args = ["run", "--standalone", "--all-namespaces", "-m", "kubeflower_operator.handlers"]
         with KopfRunner(args, timeout=30) as runner:
             yield runner
     assert runner.exception is None, runner.output

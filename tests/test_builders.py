@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from kubeflower import contract
-from kubeflower.operator import builders
-from kubeflower.operator.reconcile import desired_children
-from kubeflower.operator.settings import Settings
-from kubeflower.validation import parse_job
-from tests.jobs import job
+from kubeflower.core import contract
+from kubeflower.core.validation import parse_job
+from kubeflower_operator import builders
+from kubeflower_operator.reconcile import desired_children
+from kubeflower_operator.settings import Settings
+from testbed.jobs import job
 from tests.pss import restricted_violations
 
 SETTINGS = Settings()
@@ -92,10 +92,12 @@ def test_torch_threads_follow_the_client_containers_cpu_limit_unless_the_user_se
     ]:
         limited = builders.client_statefulset(parse_job(job(clients={"resources": resources})), SETTINGS)
         assert env_of(limited)[contract.ENV_THREADS]["resourceFieldRef"]["resource"] == read, resources
-    mine = builders.client_statefulset(parse_job(job(clients={"env": [{"name": contract.ENV_THREADS, "value": "4"}]})), SETTINGS)
-    assert [e for e in mine["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == contract.ENV_THREADS] == [
-        {"name": contract.ENV_THREADS, "value": "4"}
-    ]
+    mine = builders.client_statefulset(
+        parse_job(job(clients={"env": [{"name": contract.ENV_THREADS, "value": "4"}]})), SETTINGS
+    )
+    assert [
+        e for e in mine["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == contract.ENV_THREADS
+    ] == [{"name": contract.ENV_THREADS, "value": "4"}]
 
 
 @pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
@@ -126,7 +128,9 @@ def test_suspend_scales_to_zero_and_image_defaults_from_settings() -> None:
     parsed = parse_job(job(runPolicy={"suspend": True}))
     assert builders.server_deployment(parsed, SETTINGS)["spec"]["replicas"] == 0
     assert builders.client_statefulset(parsed, SETTINGS)["spec"]["replicas"] == 0
-    container = builders.server_deployment(parsed, Settings(image="registry/wl:9"))["spec"]["template"]["spec"]["containers"][0]
+    container = builders.server_deployment(parsed, Settings(image="registry/wl:9"))["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     assert container["image"] == "registry/wl:9"
 
 

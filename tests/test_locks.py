@@ -18,8 +18,9 @@ LOCKS = REPO / "requirements"
 def locked(name: str) -> dict[str, str]:
     """{package: version} of a lock file (local version labels such as +cpu dropped)."""
     text = (LOCKS / name).read_text()
-    return {m[0].lower().replace("_", "-"): m[1].split("+")[0]
-            for m in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)}
+    return {
+        m[0].lower().replace("_", "-"): m[1].split("+")[0] for m in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)
+    }
 
 
 def requirements(extra: str | None) -> list[tuple[str, str | None]]:
@@ -32,17 +33,22 @@ def requirements(extra: str | None) -> list[tuple[str, str | None]]:
     return found
 
 
-@pytest.mark.parametrize(("extra", "locks"), [
-    ("operator", ["operator.txt"]),
-    ("workload", ["workload.txt", "torch-cuda.txt"]),
-    ("workload", ["workload.txt", "torch-cpu.txt"]),
-])
+@pytest.mark.parametrize(
+    ("extra", "locks"),
+    [
+        ("operator", ["operator.txt"]),
+        ("workload", ["workload.txt", "torch-cuda.txt"]),
+        ("workload", ["workload.txt", "torch-cpu.txt"]),
+    ],
+)
 def test_every_dependency_is_locked_at_its_pinned_version(extra: str, locks: list[str]) -> None:
     versions = {k: v for lock in locks for k, v in locked(lock).items()}
     for name, pin in [*requirements(None), *requirements(extra)]:
         assert name in versions, f"{name} is missing from {locks}: run `make lock`"
         if pin:
-            assert versions[name] == pin, f"{name}: pyproject pins {pin}, {locks} lock {versions[name]}: run `make lock`"
+            assert versions[name] == pin, (
+                f"{name}: pyproject pins {pin}, {locks} lock {versions[name]}: run `make lock`"
+            )
 
 
 def test_locks_from_pypi_carry_hashes() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kubeflower.operator.observed import CONFIG_HASH, Child, Observed, Poll, restart_count, summarize
-from kubeflower.operator.reconcile import desired_children, invalid_plan, plan
-from kubeflower.operator.settings import Settings
-from kubeflower.server_status import RoundRecord, RunPhase, ServerStatus
-from kubeflower.validation import parse_job
-from tests.jobs import job
+from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
+from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
+from kubeflower.core.validation import parse_job
+from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, Poll, restart_count, summarize
+from kubeflower_operator.reconcile import Plan, desired_children, invalid_plan, plan
+from kubeflower_operator.settings import Settings
+from testbed.jobs import job
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 SETTINGS = Settings(poll_failure_tolerance=60)
@@ -27,7 +28,7 @@ def children(parsed: Any, *, ready: bool = True, clients: bool = True, ready_cli
     return found
 
 
-def document(rounds_done: int, phase: RunPhase = RunPhase.RUNNING, total: int = 3, message: str = "") -> ServerStatus:
+def document(rounds_done: int, phase: Phase = Phase.RUNNING, total: int = 3, message: str = "") -> ServerStatus:
     doc = ServerStatus(phase=phase, total_rounds=total, message=message)
     for r in range(1, rounds_done + 1):
         doc = doc.with_round(RoundRecord(round=r, metrics={"loss": 1.0 / r, "accuracy": 0.5 + r / 10}, replies=2))
@@ -36,28 +37,30 @@ def document(rounds_done: int, phase: RunPhase = RunPhase.RUNNING, total: int = 
 
 def test_new_job_gets_the_server_first_and_pending() -> None:
     parsed = parse_job(job(namespace="default"))
-    result = plan(parsed, 1, {}, Observed(), NOW, SETTINGS)
+    result = plan(parsed, 1, JobStatus(), Observed(), NOW, SETTINGS)
     assert [m["kind"] for m in result.create] == ["Deployment", "Service", "NetworkPolicy"]
-    assert result.status["phase"] == "Pending" and result.status["reason"] == "WaitingForServer"
-    assert result.status["round"] == "0/3" and result.status["clients"] == "0/2"
-    assert result.status["observedGeneration"] == 1
-    conditions = {c["type"]: c for c in result.status["conditions"]}
+    assert result.status.wire()["phase"] == "Pending" and result.status.wire()["reason"] == "WaitingForServer"
+    assert result.status.wire()["round"] == "0/3" and result.status.wire()["clients"] == "0/2"
+    assert result.status.wire()["observedGeneration"] == 1
+    conditions = {c["type"]: c for c in result.status.wire()["conditions"]}
     assert conditions["ServerReady"]["status"] == "False" and conditions["ServerReady"]["observedGeneration"] == 1
 
 
 def test_clients_come_once_the_server_is_ready() -> None:
     parsed = parse_job(job(namespace="default"))
-    not_ready = plan(parsed, 1, {}, Observed(children=children(parsed, ready=False, clients=False)), NOW, SETTINGS)
+    not_ready = plan(
+        parsed, 1, JobStatus(), Observed(children=children(parsed, ready=False, clients=False)), NOW, SETTINGS
+    )
     assert not_ready.create == []
-    ready = plan(parsed, 1, {}, Observed(children=children(parsed, clients=False)), NOW, SETTINGS)
+    ready = plan(parsed, 1, JobStatus(), Observed(children=children(parsed, clients=False)), NOW, SETTINGS)
     assert [m["kind"] for m in ready.create] == ["StatefulSet"]
-    assert ready.status["phase"] == "Pending" and ready.status["reason"] == "CreatingClients"
+    assert ready.status.wire()["phase"] == "Pending" and ready.status.wire()["reason"] == "CreatingClients"
 
 
 def test_a_steady_job_plans_nothing_and_the_same_status() -> None:
     parsed = parse_job(job(namespace="default"))
     observed = Observed(children=children(parsed), poll=Poll(document=document(1)))
-    first = plan(parsed, 1, {}, observed, NOW, SETTINGS)
+    first = plan(parsed, 1, JobStatus(), observed, NOW, SETTINGS)
     second = plan(parsed, 1, first.status, observed, NOW + timedelta(seconds=30), SETTINGS)
     assert (second.create, second.update, second.delete, second.events) == ([], [], [], [])
     assert second.status == first.status, "an unchanged world must not change the status"
@@ -66,9 +69,9 @@ def test_a_steady_job_plans_nothing_and_the_same_status() -> None:
 def test_rounds_metrics_and_one_event_per_round() -> None:
     parsed = parse_job(job(namespace="default"))
     observed = Observed(children=children(parsed), poll=Poll(document=document(2)))
-    result = plan(parsed, 1, {"currentRound": 0}, observed, NOW, SETTINGS)
-    assert result.status["phase"] == "Running" and result.status["round"] == "2/3"
-    assert result.status["metrics"] == {"loss": 0.5, "accuracy": 0.7}
+    result = plan(parsed, 1, JobStatus(current_round=0), observed, NOW, SETTINGS)
+    assert result.status.wire()["phase"] == "Running" and result.status.wire()["round"] == "2/3"
+    assert result.status.wire()["metrics"] == {"loss": 0.5, "accuracy": 0.7}
     assert [e.reason for e in result.events] == ["RoundCompleted", "RoundCompleted"]
     assert "round 2/3" in result.events[1].message and "accuracy=0.7" in result.events[1].message
     again = plan(parsed, 1, result.status, observed, NOW, SETTINGS)
@@ -77,68 +80,96 @@ def test_rounds_metrics_and_one_event_per_round() -> None:
 
 def test_status_metrics_keep_four_significant_digits() -> None:
     parsed = parse_job(job(namespace="default"))
-    doc = ServerStatus(total_rounds=3).with_round(RoundRecord(round=1, metrics={"accuracy": 0.9777777777777777, "loss": 0.000123456}))
-    result = plan(parsed, 1, {}, Observed(children=children(parsed), poll=Poll(document=doc)), NOW, SETTINGS)
-    assert result.status["metrics"] == {"accuracy": 0.9778, "loss": 0.0001235}
+    doc = ServerStatus(total_rounds=3).with_round(
+        RoundRecord(round=1, metrics={"accuracy": 0.9777777777777777, "loss": 0.000123456})
+    )
+    result = plan(parsed, 1, JobStatus(), Observed(children=children(parsed), poll=Poll(document=doc)), NOW, SETTINGS)
+    assert result.status.wire()["metrics"] == {"accuracy": 0.9778, "loss": 0.0001235}
 
 
 def test_success_removes_the_clients_keeps_the_server_then_ttl() -> None:
     parsed = parse_job(job(namespace="default", runPolicy={"ttlSecondsAfterFinished": 60}))
     found = children(parsed)
-    done = plan(parsed, 1, {"currentRound": 2}, Observed(children=found, poll=Poll(document=document(3, RunPhase.SUCCEEDED))), NOW, SETTINGS)
-    assert done.status["phase"] == "Succeeded" and done.status["completionTime"] == "2026-11-28T12:00:00Z"
+    done = plan(
+        parsed,
+        1,
+        JobStatus(current_round=2),
+        Observed(children=found, poll=Poll(document=document(3, Phase.SUCCEEDED))),
+        NOW,
+        SETTINGS,
+    )
+    assert done.status.wire()["phase"] == "Succeeded" and done.status.wire()["completionTime"] == "2026-11-28T12:00:00Z"
     assert done.delete == [("StatefulSet", "digits-fedavg-clients")]
     assert [e.reason for e in done.events] == ["RoundCompleted", "RunSucceeded"]
     assert not done.delete_job
-    later = plan(parsed, 1, done.status, Observed(children={k: v for k, v in found.items() if k != "StatefulSet"}), NOW + timedelta(seconds=61), SETTINGS)
-    assert later.delete_job and later.create == [] and later.status["phase"] == "Succeeded"
+    later = plan(
+        parsed,
+        1,
+        done.status,
+        Observed(children={k: v for k, v in found.items() if k != "StatefulSet"}),
+        NOW + timedelta(seconds=61),
+        SETTINGS,
+    )
+    assert later.delete_job and later.create == [] and later.status.wire()["phase"] == "Succeeded"
 
 
 def test_clean_policy_all_and_none() -> None:
     for policy, expected in (("All", {"Deployment", "Service", "NetworkPolicy", "StatefulSet"}), ("None", set())):
         parsed = parse_job(job(namespace="default", runPolicy={"cleanPolicy": policy}))
-        done = plan(parsed, 1, {}, Observed(children=children(parsed), poll=Poll(document=document(3, RunPhase.SUCCEEDED))), NOW, SETTINGS)
+        done = plan(
+            parsed,
+            1,
+            JobStatus(),
+            Observed(children=children(parsed), poll=Poll(document=document(3, Phase.SUCCEEDED))),
+            NOW,
+            SETTINGS,
+        )
         assert {k for k, _ in done.delete} == expected
 
 
 def test_run_failure_reported_by_the_server() -> None:
     parsed = parse_job(job(namespace="default"))
-    doc = document(1, RunPhase.FAILED, message="ServerApp raised ValueError: bad config")
-    failed = plan(parsed, 1, {}, Observed(children=children(parsed), poll=Poll(document=doc)), NOW, SETTINGS)
-    assert failed.status["phase"] == "Failed" and failed.status["reason"] == "RunFailed"
-    assert "bad config" in failed.status["message"]
+    doc = document(1, Phase.FAILED, message="ServerApp raised ValueError: bad config")
+    failed = plan(parsed, 1, JobStatus(), Observed(children=children(parsed), poll=Poll(document=doc)), NOW, SETTINGS)
+    assert failed.status.wire()["phase"] == "Failed" and failed.status.wire()["reason"] == "RunFailed"
+    assert "bad config" in failed.status.wire()["message"]
 
 
 def test_unreachable_status_is_tolerated_then_fails() -> None:
     parsed = parse_job(job(namespace="default"))
     found = children(parsed)
     failing = Poll(error="ConnectionRefusedError", failing_since=NOW.timestamp() - 30)
-    tolerated = plan(parsed, 1, {}, Observed(children=found, poll=failing), NOW, SETTINGS)
-    assert tolerated.status["phase"] == "Running"
+    tolerated = plan(parsed, 1, JobStatus(), Observed(children=found, poll=failing), NOW, SETTINGS)
+    assert tolerated.status.wire()["phase"] == "Running"
     failing = Poll(error="ConnectionRefusedError", failing_since=NOW.timestamp() - 61)
-    failed = plan(parsed, 1, {}, Observed(children=found, poll=failing), NOW, SETTINGS)
-    assert failed.status["reason"] == "StatusUnreachable" and "ConnectionRefusedError" in failed.status["message"]
+    failed = plan(parsed, 1, JobStatus(), Observed(children=found, poll=failing), NOW, SETTINGS)
+    assert (
+        failed.status.wire()["reason"] == "StatusUnreachable"
+        and "ConnectionRefusedError" in failed.status.wire()["message"]
+    )
 
 
 def test_backoff_limit_and_deadline() -> None:
     parsed = parse_job(job(namespace="default", runPolicy={"backoffLimit": 1, "activeDeadlineSeconds": 100}))
     found = children(parsed)
-    ok = plan(parsed, 1, {}, Observed(children=found, server_restarts=1), NOW, SETTINGS)
-    assert ok.status["phase"] == "Running"
+    ok = plan(parsed, 1, JobStatus(), Observed(children=found, server_restarts=1), NOW, SETTINGS)
+    assert ok.status.wire()["phase"] == "Running"
     assert [(e.type, e.reason) for e in ok.events] == [("Warning", "ServerRestarted")]
     assert "1 of runPolicy.backoffLimit=1" in ok.events[0].message
     assert plan(parsed, 1, ok.status, Observed(children=found, server_restarts=1), NOW, SETTINGS).events == []
-    over = plan(parsed, 1, {}, Observed(children=found, server_restarts=2), NOW, SETTINGS)
-    assert over.status["reason"] == "BackoffLimitExceeded"
-    late = plan(parsed, 1, {"startTime": "2026-11-28T11:58:00Z"}, Observed(children=found), NOW, SETTINGS)
-    assert late.status["reason"] == "DeadlineExceeded" and late.delete == [("StatefulSet", "digits-fedavg-clients")]
+    over = plan(parsed, 1, JobStatus(), Observed(children=found, server_restarts=2), NOW, SETTINGS)
+    assert over.status.wire()["reason"] == "BackoffLimitExceeded"
+    late = plan(parsed, 1, JobStatus(start_time="2026-11-28T11:58:00Z"), Observed(children=found), NOW, SETTINGS)
+    assert late.status.wire()["reason"] == "DeadlineExceeded" and late.delete == [
+        ("StatefulSet", "digits-fedavg-clients")
+    ]
 
 
 def test_scaling_updates_the_clients_but_never_the_server() -> None:
     parsed = parse_job(job(namespace="default"))
     found = children(parsed)
     scaled = parse_job(job(namespace="default", clients={"replicas": 5}))
-    result = plan(scaled, 2, {}, Observed(children=found), NOW, SETTINGS)
+    result = plan(scaled, 2, JobStatus(), Observed(children=found), NOW, SETTINGS)
     assert [(m["kind"], m["spec"]["replicas"]) for m in result.update] == [("StatefulSet", 5)]
     assert result.update[0]["metadata"]["annotations"][CONFIG_HASH] != found["StatefulSet"].config_hash
 
@@ -146,26 +177,29 @@ def test_scaling_updates_the_clients_but_never_the_server() -> None:
 def test_suspend_scales_both_to_zero() -> None:
     parsed = parse_job(job(namespace="default"))
     suspended = parse_job(job(namespace="default", runPolicy={"suspend": True}))
-    result = plan(suspended, 2, {}, Observed(children=children(parsed)), NOW, SETTINGS)
+    result = plan(suspended, 2, JobStatus(), Observed(children=children(parsed)), NOW, SETTINGS)
     assert sorted((m["kind"], m["spec"]["replicas"]) for m in result.update) == [("Deployment", 0), ("StatefulSet", 0)]
-    assert result.status["phase"] == "Suspended"
+    assert result.status.wire()["phase"] == "Suspended"
 
 
 def test_invalid_spec_fails_without_children_and_warns_once() -> None:
-    first = invalid_plan({}, 3, "spec.rounds: must be >= 1", NOW)
-    assert first.status["phase"] == "Failed" and first.status["reason"] == "ValidationFailed"
-    assert first.status["observedGeneration"] == 3 and first.create == []
+    first = invalid_plan(JobStatus(), 3, "spec.rounds: must be >= 1", NOW)
+    assert first.status.wire()["phase"] == "Failed" and first.status.wire()["reason"] == "ValidationFailed"
+    assert first.status.wire()["observedGeneration"] == 3 and first.create == []
     assert [e.type for e in first.events] == ["Warning"]
     assert invalid_plan(first.status, 3, "spec.rounds: must be >= 1", NOW).events == []
 
 
 def test_condition_transition_time_moves_only_on_change() -> None:
     parsed = parse_job(job(namespace="default"))
-    pending = plan(parsed, 1, {}, Observed(), NOW, SETTINGS)
+    pending = plan(parsed, 1, JobStatus(), Observed(), NOW, SETTINGS)
     later = NOW + timedelta(minutes=1)
     still = plan(parsed, 1, pending.status, Observed(), later, SETTINGS)
     ready = plan(parsed, 1, pending.status, Observed(children=children(parsed)), later, SETTINGS)
-    server = lambda p: next(c for c in p.status["conditions"] if c["type"] == "ServerReady")  # noqa: E731
+
+    def server(p: Plan) -> dict[str, Any]:
+        return next(c for c in p.status.wire()["conditions"] if c["type"] == "ServerReady")
+
     assert server(still)["lastTransitionTime"] == server(pending)["lastTransitionTime"]
     assert server(ready)["lastTransitionTime"] == "2026-11-28T12:01:00Z"
 

@@ -2,7 +2,7 @@
 rendered commands and environment, unchanged) -> the workload's status -> `kubectl get ftj`.
 
 Each test gets a fresh cluster (tests/e2e/conftest.py): the API test server, the pod runner
-(tests/podrunner) and the operator installed from deploy/ as a pod of its own. Waits are
+(testbed/podrunner) and the operator installed from deploy/ as a pod of its own. Waits are
 `wait_for` with generous timeouts; a Flower round costs 8-15 s on this kind of machine.
 """
 
@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import wait_for
-from tests.e2e.conftest import REPO, Cluster
-from tests.jobs import job
+from testbed.cluster import REPO, Cluster, wait_for
+from testbed.jobs import job
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +37,11 @@ def example(name: str, **run_policy: Any) -> dict[str, Any]:
 def running(cluster: Cluster, name: str, rounds_done: int = 1) -> dict[str, Any]:
     """Wait until the job is Running with all its clients and at least `rounds_done` rounds."""
     return cluster.wait_status(
-        name, lambda s: s.get("phase") == "Running" and s.get("currentRound", 0) >= rounds_done, RUN, f"round {rounds_done}")
+        name,
+        lambda s: s.get("phase") == "Running" and s.get("currentRound", 0) >= rounds_done,
+        RUN,
+        f"round {rounds_done}",
+    )
 
 
 def succeeded(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -59,11 +62,19 @@ def test_apply_the_digits_job_to_success_then_ttl(cluster: Cluster) -> None:
         assert status["metrics"]["accuracy"] > 0.8, status["metrics"]
 
         # The clients go (objects and processes), the server stays, serving its final status.
-        wait_for(lambda: not cluster.children("digits-fedavg")["StatefulSet"] and not cluster.pods("digits-fedavg", "clients"),
-                 GONE, "the clients' StatefulSet and pods removed")
+        wait_for(
+            lambda: (
+                not cluster.children("digits-fedavg")["StatefulSet"] and not cluster.pods("digits-fedavg", "clients")
+            ),
+            GONE,
+            "the clients' StatefulSet and pods removed",
+        )
         wait_for(lambda: not cluster.processes("digits-fedavg", "clients"), GONE, "the clients' processes ended")
-        row = wait_for(lambda: (r := cluster.kubectl("get", "ftj", "digits-fedavg").split("\n")[1].split())[3] == "0/0" and r,
-                       10, "no client left in the CLIENTS column")
+        row = wait_for(
+            lambda: (r := cluster.kubectl("get", "ftj", "digits-fedavg").split("\n")[1].split())[3] == "0/0" and r,
+            10,
+            "no client left in the CLIENTS column",
+        )
         assert row[:3] == ["digits-fedavg", "Succeeded", "3/3"], row
         assert len(cluster.pods("digits-fedavg", "server")) == 1 and cluster.processes("digits-fedavg", "server")
         document = cluster.server_document("digits-fedavg")
@@ -71,7 +82,11 @@ def test_apply_the_digits_job_to_success_then_ttl(cluster: Cluster) -> None:
         assert [r["replies"] for r in document["history"]] == [2, 2, 2], "every round trains on both clients"
         assert len(cluster.events("digits-fedavg", "RoundCompleted")) == 3
 
-        wait_for(lambda: any(" Succeeded " in line and " 0/0 " in line for line in watched), 30, "the end in `kubectl get -w`")
+        wait_for(
+            lambda: any(" Succeeded " in line and " 0/0 " in line for line in watched),
+            30,
+            "the end in `kubectl get -w`",
+        )
 
         # ttlSecondsAfterFinished: the job goes, and everything with it.
         wait_for(lambda: cluster.job("digits-fedavg") is None, 30, "the job deleted after its TTL (5 s)")
@@ -101,7 +116,7 @@ def test_delete_mid_run_removes_every_object_and_process(cluster: Cluster) -> No
 
 
 def test_operator_restart_mid_run_continues_without_duplicates(cluster: Cluster) -> None:
-    columns = "jsonpath={.status.phase}|{.status.currentRound}|{.status.startTime}{\"\\n\"}"
+    columns = 'jsonpath={.status.phase}|{.status.currentRound}|{.status.startTime}{"\\n"}'
     cluster.apply_documents("job", [job("phoenix", rounds=4)])
     with cluster.watching("ftj", "phoenix", "-o", columns) as watched:  # a named get needs the job to exist
         status = running(cluster, "phoenix", 1)
@@ -112,18 +127,32 @@ def test_operator_restart_mid_run_continues_without_duplicates(cluster: Cluster)
         cluster.scale_operator(0)
         wait_for(lambda: not cluster.operator_pods(), GONE, "the operator's pod gone")
         # The federation goes on without an operator: the server's own document shows it.
-        wait_for(lambda: (d := cluster.server_document("phoenix")) and d["currentRound"] > status["currentRound"],
-                 RUN, "a round finished while no operator runs")
+        wait_for(
+            lambda: (d := cluster.server_document("phoenix")) and d["currentRound"] > status["currentRound"],
+            RUN,
+            "a round finished while no operator runs",
+        )
         cluster.scale_operator(1)
         cluster.wait_operator_started()
 
         status = succeeded(cluster, "phoenix")
         assert status["round"] == "4/4" and status["serverRestarts"] == 0
-        wait_for(lambda: any(line.startswith("Succeeded|") for line in watched), 30, f"the end in `kubectl get -w`: {watched}")
-    again = {kind: sorted(o["metadata"]["uid"] for o in objs) for kind, objs in cluster.children("phoenix").items() if kind != "Pod"}
+        wait_for(
+            lambda: any(line.startswith("Succeeded|") for line in watched),
+            30,
+            f"the end in `kubectl get -w`: {watched}",
+        )
+    again = {
+        kind: sorted(o["metadata"]["uid"] for o in objs)
+        for kind, objs in cluster.children("phoenix").items()
+        if kind != "Pod"
+    }
     for kind in ("Deployment", "ReplicaSet", "Service", "NetworkPolicy"):
         assert again[kind] == uids[kind], f"{kind}: the same object throughout, never a second one"
-    created = {kind: cluster.kube.requests.count("POST", f"/namespaces/{cluster.ns}/{kind}") for kind in ("deployments", "statefulsets")}
+    created = {
+        kind: cluster.kube.requests.count("POST", f"/namespaces/{cluster.ns}/{kind}")
+        for kind in ("deployments", "statefulsets")
+    }
     assert created == {"deployments": 1, "statefulsets": 1}, created
     # A continuous status: phases only move forward, rounds never go back, one start time.
     rows = [line.split("|") for line in watched if line.strip("|")]  # the first: before any status
@@ -148,7 +177,9 @@ def _restarted(cluster: Cluster, pod_name: str) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         pod = cluster.kube.get("v1", "pods", cluster.ns, pod_name)
         statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or [{}]
-        return statuses[0] if statuses[0].get("restartCount") == 1 and "running" in statuses[0].get("state", {}) else None
+        return (
+            statuses[0] if statuses[0].get("restartCount") == 1 and "running" in statuses[0].get("state", {}) else None
+        )
 
     status = wait_for(check, 60, f"{pod_name} restarted")
     assert status["lastState"]["terminated"]["exitCode"] == 137, status
@@ -167,8 +198,15 @@ def test_a_killed_client_is_restarted_and_the_job_completes(cluster: Cluster) ->
 def test_a_killed_server_is_restarted_and_the_job_ends_with_a_verdict(cluster: Cluster) -> None:
     cluster.apply_documents("job", [job("phoenix-server", rounds=2)])
     # Mid-run: both clients connected, the first round training.
-    wait_for(lambda: (d := cluster.server_document("phoenix-server")) and d["phase"] == "Running" and d["clients"]["connected"] == 2,
-             RUN, "the run under way")
+    wait_for(
+        lambda: (
+            (d := cluster.server_document("phoenix-server"))
+            and d["phase"] == "Running"
+            and d["clients"]["connected"] == 2
+        ),
+        RUN,
+        "the run under way",
+    )
     (server,) = cluster.pods("phoenix-server", "server")
     _kill(cluster, server["metadata"]["name"])
     _restarted(cluster, server["metadata"]["name"])
@@ -176,7 +214,9 @@ def test_a_killed_server_is_restarted_and_the_job_ends_with_a_verdict(cluster: C
     wait_for(lambda: cluster.events("phoenix-server", "ServerRestarted"), 30, "the ServerRestarted event")
     assert "ServerRestarted" in cluster.kubectl("describe", "ftj", "phoenix-server")
     # backoffLimit 3 tolerates one restart: the new server starts the run over, and it ends.
-    status = cluster.wait_status("phoenix-server", lambda s: s.get("phase") in ("Succeeded", "Failed"), 2 * RUN, "a verdict")
+    status = cluster.wait_status(
+        "phoenix-server", lambda s: s.get("phase") in ("Succeeded", "Failed"), 2 * RUN, "a verdict"
+    )
     assert status["phase"] == "Succeeded" or (status["reason"] and status["message"]), status
 
 
@@ -201,7 +241,10 @@ def test_two_jobs_in_one_namespace_both_complete_apart(cluster: Cluster) -> None
             for obj in objects:
                 assert other not in obj["metadata"]["name"], (kind, obj["metadata"]["name"])
                 if kind in ("Deployment", "Service", "NetworkPolicy"):
-                    assert [r["uid"] for r in obj["metadata"]["ownerReferences"]] == [uids[name]], (kind, obj["metadata"])
+                    assert [r["uid"] for r in obj["metadata"]["ownerReferences"]] == [uids[name]], (
+                        kind,
+                        obj["metadata"],
+                    )
                 if kind in ("Deployment", "NetworkPolicy"):  # a Service's spec gets its clusterIP from the runner
                     assert obj["metadata"]["generation"] == 1, f"{kind} {obj['metadata']['name']} was changed"
         document = cluster.server_document(name)

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
-from tests.kubeserver import KubeServer
-from tests.podrunner import PodRunner, images, netns, podspec, policies, processes, services
-from tests.podrunner.labels import matches
-from tests.podrunner.pods import ALPHABET, template_hash
+from testbed.cluster import wait_for
+from testbed.kubeserver import KubeServer
+from testbed.podrunner import PodRunner, images, netns, podspec, policies, processes, services
+from testbed.podrunner.labels import matches
+from testbed.podrunner.pods import ALPHABET, template_hash
 
 WORKLOAD = "ghcr.io/kubeflower/workload:0.1.0"
 
@@ -51,9 +51,16 @@ def test_environment_downward_api_references_and_config_maps() -> None:
         ],
         "resources": {"limits": {"cpu": "1500m", "memory": "256Mi"}},
     }
-    objects = {("configmaps", "cm"): {"data": {"k": "v"}}, ("secrets", "s"): {"data": {"k": base64.b64encode(b"pw").decode()}}}
-    env = podspec.environment(pod([container]), container, images.WORKLOAD, lambda plural, ns, name: objects.get((plural, name)))
-    assert env["PATH"].startswith(str(Path(sys.prefix) / "bin")) and env["HOME"] == "/tmp" and env["HOSTNAME"] == "web-0"
+    objects = {
+        ("configmaps", "cm"): {"data": {"k": "v"}},
+        ("secrets", "s"): {"data": {"k": base64.b64encode(b"pw").decode()}},
+    }
+    env = podspec.environment(
+        pod([container]), container, images.WORKLOAD, lambda plural, ns, name: objects.get((plural, name))
+    )
+    assert (
+        env["PATH"].startswith(str(Path(sys.prefix) / "bin")) and env["HOME"] == "/tmp" and env["HOSTNAME"] == "web-0"
+    )
     assert (env["POD"], env["APP"], env["IP"]) == ("web-0", "web", "10.1.2.3")
     assert env["URL"] == "http://10.1.2.3:80/web-0/$(UNDEFINED)/$(POD)"
     assert (env["CPUS"], env["MEM"], env["KEY"], env["SECRET"]) == ("2", "256", "v", "pw")
@@ -62,18 +69,31 @@ def test_environment_downward_api_references_and_config_maps() -> None:
 
 
 def test_command_user_and_security_context() -> None:
-    container = {"name": "c", "command": ["kubeflower-server"], "args": ["--x=$(A)"], "env": [{"name": "A", "value": "1"}],
-                 "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                                     "capabilities": {"drop": ["ALL"]}},
-                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]}
-    spec = {"securityContext": {"runAsUser": 2000, "runAsGroup": 3000, "fsGroup": 4000}, "volumes": [{"name": "tmp", "emptyDir": {}}]}
+    container = {
+        "name": "c",
+        "command": ["kubeflower-server"],
+        "args": ["--x=$(A)"],
+        "env": [{"name": "A", "value": "1"}],
+        "securityContext": {
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    spec = {
+        "securityContext": {"runAsUser": 2000, "runAsGroup": 3000, "fsGroup": 4000},
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
     launch = podspec.launch(pod([container], **spec), container, images.WORKLOAD, lambda *_: None)
     assert launch.argv == ["kubeflower-server", "--x=1"]
     assert (launch.uid, launch.gid, launch.groups) == (2000, 3000, [3000, 4000])
     assert launch.read_only_root and launch.no_new_privileges and launch.drop_capabilities
     assert launch.mounts == [{"name": "tmp", "mountPath": "/tmp", "readOnly": False}]
     # Without command: the image's ENTRYPOINT, and args (or else its CMD).
-    operator = podspec.launch(pod([{"name": "o", "args": ["-n", "x"]}]), {"name": "o", "args": ["-n", "x"]}, images.OPERATOR, lambda *_: None)
+    operator = podspec.launch(
+        pod([{"name": "o", "args": ["-n", "x"]}]), {"name": "o", "args": ["-n", "x"]}, images.OPERATOR, lambda *_: None
+    )
     assert operator.argv == [*images.OPERATOR.entrypoint, "-n", "x"] and (operator.uid, operator.gid) == (10001, 10001)
     root = {"name": "r", "securityContext": {"runAsUser": 0, "runAsNonRoot": True}}
     with pytest.raises(podspec.ConfigError, match="runAsNonRoot"):
@@ -85,20 +105,27 @@ def test_command_user_and_security_context() -> None:
 
 def test_the_kubeflower_pods_are_read_as_their_images_say() -> None:
     """The operator's own rendering of a job's pods: every field the runner reads is modelled."""
-    from kubeflower.api import FederatedTrainingJob
-    from kubeflower.operator import builders
-    from kubeflower.operator.settings import Settings
-    from tests.jobs import job
+    from kubeflower.core.api import FederatedTrainingJob
+    from kubeflower_operator import builders
+    from kubeflower_operator.settings import Settings
+    from testbed.jobs import job
 
     model = FederatedTrainingJob.model_validate(job("digits", namespace="ns"))
     for manifest in (builders.server_deployment(model, Settings()), builders.client_statefulset(model, Settings())):
         template = manifest["spec"]["template"]
-        body = {"metadata": {"name": "digits-clients-1", "namespace": "ns", **template["metadata"]}, "spec": template["spec"]}
+        body = {
+            "metadata": {"name": "digits-clients-1", "namespace": "ns", **template["metadata"]},
+            "spec": template["spec"],
+        }
         (container,) = template["spec"]["containers"]
         launch = podspec.launch(body, container, images.find(container["image"]), lambda *_: None)
         assert launch.argv == container["command"] and launch.uid == 10001 and launch.read_only_root
-        assert {m["mountPath"] for m in launch.mounts} == {"/var/lib/kubeflower/output", "/var/lib/kubeflower/data",
-                                                          "/var/lib/kubeflower/flwr", "/tmp"}
+        assert {m["mountPath"] for m in launch.mounts} == {
+            "/var/lib/kubeflower/output",
+            "/var/lib/kubeflower/data",
+            "/var/lib/kubeflower/flwr",
+            "/tmp",
+        }
         for var in container["env"]:
             source = var.get("valueFrom", {})
             if "fieldRef" in source:
@@ -113,7 +140,7 @@ def test_the_kubeflower_pods_are_read_as_their_images_say() -> None:
 def _dockerfile_image(path: Path) -> dict[str, Any]:
     """ENV, ENTRYPOINT, CMD and USER of a Dockerfile's final stage (enough of the syntax for ours)."""
     text = path.read_text().replace("\\\n", " ")
-    stage = text[text.rindex("\nFROM "):]
+    stage = text[text.rindex("\nFROM ") :]
     found: dict[str, Any] = {"env": {}, "entrypoint": [], "cmd": [], "user": "0"}
     for line in stage.splitlines():
         word, _, rest = line.strip().partition(" ")
@@ -128,7 +155,9 @@ def _dockerfile_image(path: Path) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.parametrize(("dockerfile", "image"), [("Dockerfile.workload", images.WORKLOAD), ("Dockerfile.operator", images.OPERATOR)])
+@pytest.mark.parametrize(
+    ("dockerfile", "image"), [("Dockerfile.workload", images.WORKLOAD), ("Dockerfile.operator", images.OPERATOR)]
+)
 def test_the_images_mirror_their_dockerfiles(dockerfile: str, image: images.Image) -> None:
     built = _dockerfile_image(Path(__file__).resolve().parents[2] / dockerfile)
     env = {k: v.replace("/opt/kubeflower", sys.prefix) for k, v in built["env"].items()}
@@ -138,15 +167,23 @@ def test_the_images_mirror_their_dockerfiles(dockerfile: str, image: images.Imag
 
 def test_labels_services_and_names() -> None:
     assert matches({"app": "a"}, {"app": "a", "x": "y"}) and not matches({"app": "a"}, {"app": "b"})
-    assert matches({"matchLabels": {"a": "1"}, "matchExpressions": [{"key": "b", "operator": "In", "values": ["2"]}]}, {"a": "1", "b": "2"})
+    assert matches(
+        {"matchLabels": {"a": "1"}, "matchExpressions": [{"key": "b", "operator": "In", "values": ["2"]}]},
+        {"a": "1", "b": "2"},
+    )
     assert not matches({}, {"a": "1"}), "an empty selector selects nothing"
     server = pod([{"name": "s", "ports": [{"name": "flower", "containerPort": 9092}]}])
     server["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
     not_ready = json.loads(json.dumps(server))
     not_ready["metadata"]["name"], not_ready["status"] = "web-1", {"podIP": "10.1.2.4", "conditions": []}
-    service = {"metadata": {"name": "web", "namespace": "ns"},
-               "spec": {"selector": {"app": "web"}, "clusterIP": "10.1.2.254",
-                        "ports": [{"port": 80, "targetPort": "flower"}, {"port": 81}]}}
+    service = {
+        "metadata": {"name": "web", "namespace": "ns"},
+        "spec": {
+            "selector": {"app": "web"},
+            "clusterIP": "10.1.2.254",
+            "ports": [{"port": 80, "targetPort": "flower"}, {"port": 81}],
+        },
+    }
     assert services.endpoints(service, [server, not_ready]) == {80: [("10.1.2.3", 9092)], 81: [("10.1.2.3", 81)]}
     hosts = services.hosts_file("10.1.2.9", "client-0", "ns", [service], [server])
     assert "10.1.2.9\tclient-0\n" in hosts and "10.1.2.254\tweb.ns.svc.cluster.local web.ns.svc web.ns web\n" in hosts
@@ -157,8 +194,11 @@ def test_labels_services_and_names() -> None:
 
 def test_network_policies_admit_by_pod_namespace_port_and_block() -> None:
     def a_pod(name: str, ns: str, labels: dict[str, str], ip: str) -> dict[str, Any]:
-        return {"metadata": {"name": name, "namespace": ns, "labels": labels},
-                "spec": {"containers": [{"ports": [{"name": "flower", "containerPort": 9092}]}]}, "status": {"podIP": ip}}
+        return {
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"containers": [{"ports": [{"name": "flower", "containerPort": 9092}]}]},
+            "status": {"podIP": ip},
+        }
 
     server = a_pod("s", "a", {"role": "server"}, "10.0.0.2")
     client = a_pod("c", "a", {"role": "client"}, "10.0.0.3")
@@ -166,17 +206,32 @@ def test_network_policies_admit_by_pod_namespace_port_and_block() -> None:
     monitor = a_pod("m", "mon", {"role": "other"}, "10.0.0.5")
     pods = [server, client, stranger, monitor]
     namespaces = policies.namespace_labels([{"metadata": {"name": "a"}}, {"metadata": {"name": "mon"}}])
-    policy = {"metadata": {"namespace": "a"}, "spec": {
-        "podSelector": {"matchLabels": {"role": "server"}}, "policyTypes": ["Ingress"],
-        "ingress": [
-            {"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": "flower"}]},
-            {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}},
-                      {"ipBlock": {"cidr": "10.9.0.0/16", "except": ["10.9.9.0/24"]}}], "ports": [{"port": 8080}]},
-        ]}}
+    policy = {
+        "metadata": {"namespace": "a"},
+        "spec": {
+            "podSelector": {"matchLabels": {"role": "server"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": "flower"}]},
+                {
+                    "from": [
+                        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}},
+                        {"ipBlock": {"cidr": "10.9.0.0/16", "except": ["10.9.9.0/24"]}},
+                    ],
+                    "ports": [{"port": 8080}],
+                },
+            ],
+        },
+    }
     flower = policies.admission([policy], namespaces, pods, server, 9092)
     assert [policies.admits(flower, p["status"]["podIP"]) for p in pods] == [False, True, False, False]
     status = policies.admission([policy], namespaces, pods, server, 8080)
-    assert [policies.admits(status, a) for a in ("10.0.0.3", "10.0.0.5", "10.9.1.1", "10.9.9.1")] == [False, True, True, False]
+    assert [policies.admits(status, a) for a in ("10.0.0.3", "10.0.0.5", "10.9.1.1", "10.9.9.1")] == [
+        False,
+        True,
+        True,
+        False,
+    ]
     assert policies.admission([policy], namespaces, pods, client, 9092) is None, "a pod no policy selects admits all"
     open_rule = {"metadata": {"namespace": "a"}, "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 8080}]}]}}
     assert policies.admission([open_rule], namespaces, pods, client, 8080) is None
@@ -227,34 +282,85 @@ CLIENT = textwrap.dedent("""
 
 def workloads(client_exit: int = 0) -> list[dict[str, Any]]:
     security = {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 20000, "runAsNonRoot": True}
-    container_security = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    container_security = {
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-        "spec": {"replicas": 1, "strategy": {"type": "Recreate"}, "selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
-                     "securityContext": security, "terminationGracePeriodSeconds": 2,
-                     "volumes": [{"name": "data", "emptyDir": {}}],
-                     "containers": [{
-                         "name": "web", "image": WORKLOAD, "command": ["python", "-c", SERVER],
-                         "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                                 {"name": "GREETING", "value": "hello $(POD)"}],
-                         "ports": [{"name": "http", "containerPort": 8000}],
-                         "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
-                         "securityContext": container_security,
-                         "volumeMounts": [{"name": "data", "mountPath": "/srv/data"}]}]}}}}
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-               "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "securityContext": security,
+                    "terminationGracePeriodSeconds": 2,
+                    "volumes": [{"name": "data", "emptyDir": {}}],
+                    "containers": [
+                        {
+                            "name": "web",
+                            "image": WORKLOAD,
+                            "command": ["python", "-c", SERVER],
+                            "env": [
+                                {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                                {"name": "GREETING", "value": "hello $(POD)"},
+                            ],
+                            "ports": [{"name": "http", "containerPort": 8000}],
+                            "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                            "securityContext": container_security,
+                            "volumeMounts": [{"name": "data", "mountPath": "/srv/data"}],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]},
+    }
     statefulset = {
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "client"},
-        "spec": {"replicas": 2, "podManagementPolicy": "Parallel", "selector": {"matchLabels": {"app": "client"}},
-                 "template": {"metadata": {"labels": {"app": "client"}}, "spec": {
-                     "securityContext": security, "terminationGracePeriodSeconds": 2,
-                     "containers": [{"name": "client", "image": WORKLOAD,
-                                     "command": ["python", "-c", CLIENT, "http://web.default.svc/", str(client_exit)],
-                                     "securityContext": container_security}]}}}}
-    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web"},
-              "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
-                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": "http"}]}]}}
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "client"},
+        "spec": {
+            "replicas": 2,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": {"app": "client"}},
+            "template": {
+                "metadata": {"labels": {"app": "client"}},
+                "spec": {
+                    "securityContext": security,
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [
+                        {
+                            "name": "client",
+                            "image": WORKLOAD,
+                            "command": ["python", "-c", CLIENT, "http://web.default.svc/", str(client_exit)],
+                            "securityContext": container_security,
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "web"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": "http"}]}],
+        },
+    }
     intruder = json.loads(json.dumps(statefulset).replace('"client"', '"intruder"'))
     intruder["spec"]["replicas"] = 1
     return [deployment, service, statefulset, policy, intruder]
@@ -270,12 +376,21 @@ def test_a_node_runs_pods_as_their_specs_say(node: tuple[KubeServer, PodRunner])
     kube, runner = node
     for obj in workloads(client_exit=3):
         kube.create(obj)
-    deployment = wait_for(lambda: (d := kube.get("apps/v1", "deployments", "default", "web")) and (d.get("status") or {}).get("readyReplicas") == 1 and d,
-                          60, "the Deployment ready")
+    deployment = wait_for(
+        lambda: (
+            (d := kube.get("apps/v1", "deployments", "default", "web"))
+            and (d.get("status") or {}).get("readyReplicas") == 1
+            and d
+        ),
+        60,
+        "the Deployment ready",
+    )
     assert deployment["status"]["availableReplicas"] == 1 and deployment["status"]["observedGeneration"] == 1
     (web,) = kube.list("v1", "pods", "default", label_selector="app=web")
     replicaset = kube.list("apps/v1", "replicasets", "default")[0]
-    assert web["metadata"]["name"].startswith(f"{replicaset['metadata']['name']}-") and replicaset["metadata"]["name"].startswith("web-")
+    assert web["metadata"]["name"].startswith(f"{replicaset['metadata']['name']}-") and replicaset["metadata"][
+        "name"
+    ].startswith("web-")
     assert web["metadata"]["ownerReferences"][0]["uid"] == replicaset["metadata"]["uid"]
     assert web["metadata"]["labels"]["pod-template-hash"] in replicaset["metadata"]["name"]
     service = kube.get("v1", "services", "default", "web")
@@ -288,16 +403,31 @@ def test_a_node_runs_pods_as_their_specs_say(node: tuple[KubeServer, PodRunner])
 
     info = wait_for(client_saw, 60, "client-1 to reach web.default.svc")
     # The NetworkPolicy admits the clients only: the intruder's connections are refused.
-    intruder = wait_for(lambda: next((p["status"].get("podIP") for p in kube.list("v1", "pods", "default", label_selector="app=intruder")
-                                      if p.get("status")), None), 30, "the intruder's address")
+    intruder = wait_for(
+        lambda: next(
+            (
+                p["status"].get("podIP")
+                for p in kube.list("v1", "pods", "default", label_selector="app=intruder")
+                if p.get("status")
+            ),
+            None,
+        ),
+        30,
+        "the intruder's address",
+    )
     wait_for(lambda: any(client == intruder for client, _ in runner.refused()), 30, "the intruder refused")
-    assert "{" not in runner.logs("default", "intruder-0", "intruder") and "retrying" in runner.logs("default", "intruder-0", "intruder")
+    assert "{" not in runner.logs("default", "intruder-0", "intruder") and "retrying" in runner.logs(
+        "default", "intruder-0", "intruder"
+    )
     assert (info["uid"], info["gid"], info["groups"], info["pid"]) == (10001, 10001, [10001, 20000], 1)
     assert info["hostname"] == web["metadata"]["name"] and info["env"]["GREETING"] == f"hello {web['metadata']['name']}"
     assert info["env"]["PATH"] == images.WORKLOAD.env["PATH"] and "PYTEST_CURRENT_TEST" not in info["env"]
     assert info["root_write"] == 30, "the root file system is read-only (EROFS)"
     assert info["data"] == ["mine"], "an emptyDir of its own"
-    assert f"{service['spec']['clusterIP']}\tweb.default.svc.cluster.local web.default.svc web.default web" in info["hosts"]
+    assert (
+        f"{service['spec']['clusterIP']}\tweb.default.svc.cluster.local web.default.svc web.default web"
+        in info["hosts"]
+    )
 
     # The clients exit 3, and restartPolicy Always restarts them, with the exit code in lastState.
     def restarted() -> dict[str, Any] | None:
@@ -314,21 +444,37 @@ def test_a_node_runs_pods_as_their_specs_say(node: tuple[KubeServer, PodRunner])
     pid = runner.container_pid("default", web["metadata"]["name"])
     assert pid is not None and runner.processes("default", {"app": "web"})
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: (p := kube.get("v1", "pods", "default", web["metadata"]["name"])) and
-             p["status"]["containerStatuses"][0]["restartCount"] == 1 and p["status"]["containerStatuses"][0].get("lastState", {})
-             .get("terminated", {}).get("exitCode") == 137, 30, "the web container restarted after SIGKILL")
+    wait_for(
+        lambda: (
+            (p := kube.get("v1", "pods", "default", web["metadata"]["name"]))
+            and p["status"]["containerStatuses"][0]["restartCount"] == 1
+            and p["status"]["containerStatuses"][0].get("lastState", {}).get("terminated", {}).get("exitCode") == 137
+        ),
+        30,
+        "the web container restarted after SIGKILL",
+    )
     kube.patch("apps/v1", "statefulsets", "default", "client", {"spec": {"replicas": 1}})
-    wait_for(lambda: [p["metadata"]["name"] for p in kube.list("v1", "pods", "default", label_selector="app=client")] == ["client-0"],
-             30, "client-1 removed")
-    wait_for(lambda: set(runner.processes("default", {"app": "client"}).values()) <= {"default/client-0"}, 30, "client-1's processes ended")
+    wait_for(
+        lambda: (
+            [p["metadata"]["name"] for p in kube.list("v1", "pods", "default", label_selector="app=client")]
+            == ["client-0"]
+        ),
+        30,
+        "client-1 removed",
+    )
+    wait_for(
+        lambda: set(runner.processes("default", {"app": "client"}).values()) <= {"default/client-0"},
+        30,
+        "client-1's processes ended",
+    )
     kube.delete("apps/v1", "deployments", "default", "web")
     wait_for(lambda: not kube.list("v1", "pods", "default", label_selector="app=web"), 30, "the web pod removed")
     assert not runner.processes("default", {"app": "web"}) and not kube.list("apps/v1", "replicasets", "default")
 
 
 IMPORTS = textwrap.dedent("""
-    import json, os, kubeflower.operator, kubeflower.workload
-    app = os.path.join(kubeflower.workload.__path__[0], "flowerapp", "pyproject.toml")
+    import json, os, kubeflower_operator, kubeflower_workload
+    app = os.path.join(kubeflower_workload.__path__[0], "flowerapp", "pyproject.toml")
     print(json.dumps({"app": os.path.isfile(app), "covered": sorted(os.listdir(os.environ["COVERED"]))}), flush=True)
 """)
 
@@ -341,17 +487,39 @@ def test_a_volume_over_the_checkout_leaves_the_installation_in_place(node: tuple
     kube, runner = node
     checkout = Path(__file__).resolve().parents[2]
     command = f"kubeflower --help >/dev/null && python -c {shlex.quote(IMPORTS)} && sleep 600"
-    kube.create({
-        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "covered"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "covered"}},
-                 "template": {"metadata": {"labels": {"app": "covered"}}, "spec": {
-                     "securityContext": {"runAsUser": 10001, "runAsNonRoot": True}, "terminationGracePeriodSeconds": 1,
-                     "volumes": [{"name": "scratch", "emptyDir": {}}],
-                     "containers": [{"name": "c", "image": WORKLOAD, "command": ["sh", "-c", command],
-                                     "env": [{"name": "COVERED", "value": str(checkout)}],
-                                     "volumeMounts": [{"name": "scratch", "mountPath": str(checkout)}]}]}}}})
-    logs = wait_for(lambda: '{"app"' in (text := runner.logs("default", "covered-0", "c")) and text, 60,
-                    "the venv's kubeflower and python to run")
+    kube.create(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "covered"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "covered"}},
+                "template": {
+                    "metadata": {"labels": {"app": "covered"}},
+                    "spec": {
+                        "securityContext": {"runAsUser": 10001, "runAsNonRoot": True},
+                        "terminationGracePeriodSeconds": 1,
+                        "volumes": [{"name": "scratch", "emptyDir": {}}],
+                        "containers": [
+                            {
+                                "name": "c",
+                                "image": WORKLOAD,
+                                "command": ["sh", "-c", command],
+                                "env": [{"name": "COVERED", "value": str(checkout)}],
+                                "volumeMounts": [{"name": "scratch", "mountPath": str(checkout)}],
+                            }
+                        ],
+                    },
+                },
+            },
+        }
+    )
+    logs = wait_for(
+        lambda: '{"app"' in (text := runner.logs("default", "covered-0", "c")) and text,
+        60,
+        "the venv's kubeflower and python to run",
+    )
     # The emptyDir holds nothing but the mount points of what is bound back into it.
     kept = sorted({p.relative_to(checkout).parts[0] for p in images.installations() if p.is_relative_to(checkout)})
     assert first_json(logs) == {"app": True, "covered": kept}, logs
@@ -360,8 +528,8 @@ def test_a_volume_over_the_checkout_leaves_the_installation_in_place(node: tuple
 RUNNER_SCRIPT = textwrap.dedent("""
     import operator, sys, time
     sys.path.insert(0, sys.argv[1])
-    from tests.kubeserver import KubeServer
-    from tests.podrunner import Network, PodRunner
+    from testbed.kubeserver import KubeServer
+    from testbed.podrunner import Network, PodRunner
     from tests.e2e.test_podrunner import workloads
     with Network() as net, KubeServer(host=net.gateway) as kube, PodRunner(kube, net) as runner:
         kube.create(workloads()[0])
@@ -377,8 +545,12 @@ def test_a_killed_test_run_leaves_processes_to_nobody(tmp_path: Path) -> None:
     """pytest killed mid-test: the pods' processes die with it, and the next run removes the rest."""
     if netns.missing_requirements():
         pytest.skip(netns.missing_requirements() or "")
-    run = subprocess.Popen([sys.executable, "-c", RUNNER_SCRIPT, str(Path(__file__).resolve().parents[2])],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-c", RUNNER_SCRIPT, str(Path(__file__).resolve().parents[2])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         run_id = (run.stdout.readline() if run.stdout else "").strip()
         assert run_id, "the runner did not start a pod"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.images.engine import OPERATOR_IMAGE, WORKLOAD_IMAGE, Docker
+from testbed.containers.engine import OPERATOR_IMAGE, WORKLOAD_IMAGE, Docker
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.images.containers import LABEL, PodNetwork
-from tests.images.engine import REPO, Docker
-from tests.images.federation import Federation, one, render
+from testbed.containers.engine import REPO, Docker
+from testbed.containers.federation import Federation, one, render
+from testbed.containers.pods import LABEL, PodNetwork
 
 pytestmark = pytest.mark.images
 EXAMPLE = REPO / "examples" / "flower-app"
@@ -16,8 +16,19 @@ EXAMPLE = REPO / "examples" / "flower-app"
 def test_an_image_built_from_the_workload_image_runs_its_own_flower_app(docker: Docker, workload_image: str) -> None:
     objects = render(EXAMPLE / "job.yaml")
     image = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
-    docker("build", "--quiet", "--network", "none", "--label", LABEL, "--build-arg", f"WORKLOAD_IMAGE={workload_image}",
-           "-t", image, str(EXAMPLE))
+    docker(
+        "build",
+        "--quiet",
+        "--network",
+        "none",
+        "--label",
+        LABEL,
+        "--build-arg",
+        f"WORKLOAD_IMAGE={workload_image}",
+        "-t",
+        image,
+        str(EXAMPLE),
+    )
     with PodNetwork(docker) as network:
         federation = Federation.start(network, objects)
         status = federation.wait_finished(420)

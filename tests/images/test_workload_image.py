@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from tests.images.containers import PodNetwork, Started
-from tests.images.engine import REPO, Docker
-from tests.images.federation import Federation, one, render
-from tests.podrunner.images import IMAGES
+from testbed.containers.engine import REPO, Docker
+from testbed.containers.federation import Federation, one, render
+from testbed.containers.pods import PodNetwork, Started
+from testbed.podrunner.images import IMAGES
 
 pytestmark = pytest.mark.images
 DIGITS = REPO / "examples" / "digits-fedavg.yaml"
@@ -36,8 +36,9 @@ def assert_locked_down(docker: Docker, started: Started) -> None:
     docker("exec", started.container, "sh", "-c", "touch /tmp/probe /var/lib/kubeflower/flwr/probe")
 
 
-def test_the_pod_runners_image_table_is_the_images_own_metadata(docker: Docker, workload_image: str,
-                                                                 operator_image: str) -> None:
+def test_the_pod_runners_image_table_is_the_images_own_metadata(
+    docker: Docker, workload_image: str, operator_image: str
+) -> None:
     """The e2e suite runs pods with the table in tests/podrunner/images.py: it must be these images.
 
     PATH differs by design (the table's points at the test machine's interpreter), and the images
@@ -45,12 +46,18 @@ def test_the_pod_runners_image_table_is_the_images_own_metadata(docker: Docker, 
     for tag in (workload_image, operator_image):
         real, table = docker.image_metadata(tag), IMAGES[tag]
         assert (real.entrypoint, real.cmd, real.user, real.group, real.workdir) == (
-            table.entrypoint, table.cmd, table.user, table.group, table.workdir), tag
+            table.entrypoint,
+            table.cmd,
+            table.user,
+            table.group,
+            table.workdir,
+        ), tag
         base = docker.image_metadata(docker.inspect("image", tag)["Config"]["Labels"]["io.kubeflower.base-image"])
         own = {k: v for k, v in real.env.items() if k != "PATH" and base.env.get(k) != v}
         assert own == {k: v for k, v in table.env.items() if k != "PATH" and base.env.get(k) != v}, tag
         assert {k: real.env.get(k) for k in table.env if k != "PATH"} == {
-            k: v for k, v in table.env.items() if k != "PATH"}, tag
+            k: v for k, v in table.env.items() if k != "PATH"
+        }, tag
 
 
 def test_a_federation_of_containers_succeeds_and_stops_on_sigterm(docker: Docker, workload_image: str) -> None:
@@ -77,4 +84,6 @@ def test_a_federation_of_containers_succeeds_and_stops_on_sigterm(docker: Docker
         for started in [*federation.clients, federation.server]:
             code, took = network.stop(started)
             print(f"SIGTERM {started.pod['metadata']['name']}: exit {code} after {took:.1f} s (grace {grace} s)")
-            assert code == 0, f"{started.pod['metadata']['name']} exited {code} on SIGTERM\n{network.logs(started)[-3000:]}"
+            assert code == 0, (
+                f"{started.pod['metadata']['name']} exited {code} on SIGTERM\n{network.logs(started)[-3000:]}"
+            )

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from kubeflower.api import FederatedTrainingJob
-from kubeflower.runconfig import run_config
-from kubeflower.workload import strategies
-from kubeflower.workload.appconfig import RunConfigError, TaskConfig
-from kubeflower.workload.control import build_fab
-from kubeflower.workload.server import BUILTIN_APP
-from tests.jobs import job
+from kubeflower.core.api import FederatedTrainingJob
+from kubeflower.core.runconfig import run_config
+from kubeflower_workload import strategies
+from kubeflower_workload.appconfig import RunConfigError, TaskConfig
+from kubeflower_workload.control import build_fab
+from kubeflower_workload.server import BUILTIN_APP
+from testbed.jobs import job
 
 DEFAULTS: dict[str, Any] = tomllib.loads((BUILTIN_APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 

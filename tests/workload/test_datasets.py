@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kubeflower.workload import datasets, models, training
+from kubeflower_workload import datasets, models, training
 
 CLASSES = 10
 
@@ -98,8 +98,13 @@ def test_synthetic_is_deterministic_and_digit_shaped() -> None:
 
 @pytest.mark.parametrize(
     ("model", "dataset", "built"),
-    [("auto", "cifar10", "cifar-cnn"), ("auto", "mnist", "mnist-cnn"), ("auto", "synthetic", "digits-cnn"),
-     ("resnet18", "cifar10", "resnet18"), ("digits-cnn", "digits", "digits-cnn")],
+    [
+        ("auto", "cifar10", "cifar-cnn"),
+        ("auto", "mnist", "mnist-cnn"),
+        ("auto", "synthetic", "digits-cnn"),
+        ("resnet18", "cifar10", "resnet18"),
+        ("digits-cnn", "digits", "digits-cnn"),
+    ],
 )
 def test_models_take_their_data_sets_shape(model: str, dataset: str, built: str) -> None:
     name = models.resolve(model, dataset)
@@ -110,7 +115,13 @@ def test_models_take_their_data_sets_shape(model: str, dataset: str, built: str)
 
 def test_quickstart_cnn_is_flowers() -> None:
     cnn = models.build("cifar-cnn")
-    assert [tuple(p.shape) for p in cnn.parameters()][::2] == [(6, 3, 5, 5), (16, 6, 5, 5), (120, 400), (84, 120), (10, 84)]
+    assert [tuple(p.shape) for p in cnn.parameters()][::2] == [
+        (6, 3, 5, 5),
+        (16, 6, 5, 5),
+        (120, 400),
+        (84, 120),
+        (10, 84),
+    ]
 
 
 def test_proximal_term_keeps_the_model_near_the_global_one() -> None:
@@ -132,6 +143,8 @@ def test_training_learns_and_evaluation_counts() -> None:
     train, test = np.arange(0, 1400), np.arange(1400, 1797)
     torch.manual_seed(0)
     model = models.build("digits-cnn")
-    loss = training.train(model, data.features(train), data.labels(train), epochs=3, batch_size=32, learning_rate=0.05, seed=0)
+    loss = training.train(
+        model, data.features(train), data.labels(train), epochs=3, batch_size=32, learning_rate=0.05, seed=0
+    )
     eval_loss, accuracy = training.evaluate(model, data.features(test), data.labels(test), batch_size=64)
     assert loss < 1.5 and eval_loss < 0.5 and accuracy > 0.85

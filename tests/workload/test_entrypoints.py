@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from kubeflower import contract
-from kubeflower.api import FederatedTrainingJob
+from kubeflower.core import contract
+from kubeflower.core.api import FederatedTrainingJob
+from kubeflower.core.runconfig import run_config
 from kubeflower.local import local_commands, pod_environment
-from kubeflower.runconfig import run_config
-from kubeflower.workload import client, server
-from tests.jobs import job
+from kubeflower_workload import client, server
+from testbed.jobs import job
 
 BASE = {contract.ENV_SUPERLINK: "j-server.ns.svc:9092", contract.ENV_NUM_PARTITIONS: "3"}
 
@@ -28,7 +28,12 @@ def test_client_partition_from_the_pod_ordinal() -> None:
 
 
 def test_an_explicit_partition_id_wins() -> None:
-    env = {**BASE, contract.ENV_POD_NAME: "j-clients-2", contract.ENV_PARTITION_ID: "0", contract.ENV_SUPERNODE_PORT: "9999"}
+    env = {
+        **BASE,
+        contract.ENV_POD_NAME: "j-clients-2",
+        contract.ENV_PARTITION_ID: "0",
+        contract.ENV_SUPERNODE_PORT: "9999",
+    }
     command = client.supernode_command(env)
     assert "partition-id=0 num-partitions=3" in command and "9999" in command
 
@@ -48,7 +53,7 @@ def test_client_settings_errors(env: dict[str, str], message: str) -> None:
 
 
 def test_server_settings_from_the_builders_environment() -> None:
-    from kubeflower.operator.builders import server_env
+    from kubeflower.core.environment import server_environment as server_env
 
     model = FederatedTrainingJob.model_validate(job("digits", namespace="ns"))
     settings = server.Settings.from_env(server_env(model))
@@ -97,9 +102,7 @@ def test_local_mode_runs_the_pods_commands_with_host_overrides(tmp_path: Path) -
 
 
 def test_local_mode_finds_a_users_app_next_to_the_job(tmp_path: Path) -> None:
-    model = FederatedTrainingJob.model_validate(
-        job("mine", task=None, app={"path": "apps/mine"}, image="me/app:1")
-    )
+    model = FederatedTrainingJob.model_validate(job("mine", task=None, app={"path": "apps/mine"}, image="me/app:1"))
     (_, _, env), *_ = local_commands(model, tmp_path, tmp_path / "out", tmp_path / "home")
     assert env[contract.ENV_APP_PATH] == str(tmp_path / "apps" / "mine")
 
@@ -112,14 +115,15 @@ def _modules_after_import(modules: str) -> set[str]:
 
 def test_the_workload_never_imports_the_operators_dependencies() -> None:
     loaded = _modules_after_import(
-        "kubeflower.workload.server, kubeflower.workload.client, kubeflower.workload.federation, kubeflower.workload.task"
+        "kubeflower_workload.server, kubeflower_workload.client, "
+        "kubeflower_workload.federation, kubeflower_workload.task"
     )
     assert not {name.split(".")[0] for name in loaded} & {"kopf", "kubernetes"}
 
 
 def test_the_server_entry_point_stays_small() -> None:
     """It lives next to the SuperLink for the whole job: Flower's protobuf messages, not Flower."""
-    loaded = _modules_after_import("kubeflower.workload.server")
+    loaded = _modules_after_import("kubeflower_workload.server")
     assert "flwr.proto.control_pb2" in loaded
     assert "flwr" not in loaded  # flwr/__init__ (numpy, grpc, httpx, ...) never ran
     assert not {name.split(".")[0] for name in loaded} & {"torch", "numpy", "httpx", "grpc"}

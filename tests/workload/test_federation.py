@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 import torch
 
-from kubeflower import contract
-from kubeflower.server_status import RunPhase, ServerStatus
-from kubeflower.validation import load_job
+from kubeflower.core import contract
+from kubeflower.core.server_status import Phase, ServerStatus
+from kubeflower.core.validation import load_job
 from kubeflower.local import host_cpu_share, local_commands
-from kubeflower.workload import models, processes
+from kubeflower_workload import models, processes
 from tests.workload.conftest import KUBEFLOWER, MARKER, REPO, processes_with, write_job
 
 pytestmark = pytest.mark.slow
@@ -39,6 +39,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.
     marker = uuid.uuid4().hex
     result = subprocess.run(
         [KUBEFLOWER, "run", str(DEMO), "--output", str(output)],
+        check=False,
         env={**os.environ, MARKER: marker},
         capture_output=True,
         text=True,
@@ -52,7 +53,7 @@ def test_the_demo_job_trains_and_writes_its_results(demo: tuple[subprocess.Compl
     result, output = demo
     assert result.returncode == 0, result.stdout + result.stderr
     status = ServerStatus.model_validate_json((output / "metrics.json").read_text())
-    assert status.phase == RunPhase.SUCCEEDED and status.current_round == 3
+    assert status.phase == Phase.SUCCEEDED and status.current_round == 3
     assert [r.round for r in status.history] == [1, 2, 3]
     assert status.metrics["accuracy"] >= 0.80
     assert (output / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -92,8 +93,10 @@ def test_server_status_and_metrics_during_and_after_a_run(
     members = local_commands(job, DEMO.parent, tmp_path / "out", tmp_path / "home")
     assert json.loads(members[0][2][contract.ENV_RUN_CONFIG])["fused-train-evaluate"] is False
     base = f"http://127.0.0.1:{members[0][2][contract.ENV_STATUS_PORT]}"
-    started = [processes.start(command, processes.child_env(env | {MARKER: marker}), tmp_path / f"{name}.log")
-               for name, command, env in members]
+    started = [
+        processes.start(command, processes.child_env(env | {MARKER: marker}), tmp_path / f"{name}.log")
+        for name, command, env in members
+    ]
     try:
         seen: list[ServerStatus] = []
         deadline = time.monotonic() + 240
@@ -104,22 +107,33 @@ def test_server_status_and_metrics_during_and_after_a_run(
                 time.sleep(0.5)
                 continue
             seen.append(status)
-            if status.phase == RunPhase.RUNNING and 1 <= status.current_round < 3:  # the run cannot end meanwhile
+            if status.phase == Phase.RUNNING and 1 <= status.current_round < 3:  # the run cannot end meanwhile
                 metrics = _get(f"{base}/metrics")
-                assert any(f'kubeflower_round{{job="digits-fedavg"}} {r}' in metrics for r in (status.current_round, status.current_round + 1))
+                assert any(
+                    f'kubeflower_round{{job="digits-fedavg"}} {r}' in metrics
+                    for r in (status.current_round, status.current_round + 1)
+                )
                 assert 'kubeflower_run_phase{job="digits-fedavg",phase="Running"} 1' in metrics
                 assert status.metrics == status.history[-1].metrics
                 # The SuperExecs' task poll: Flower's 1 s at the server, 0.1 s beside each SuperNode;
                 # the clients' torch threads: their share of this host's CPUs.
                 poll, threads = os.environ.get(processes.SUPEREXEC_POLL), str(host_cpu_share(2))
-                assert [_superexec_env(p.pid, processes.SUPEREXEC_POLL) for p in started] == [{poll}, {poll or "0.1"}, {poll or "0.1"}]
-                assert [_superexec_env(p.pid, contract.ENV_THREADS) for p in started] == [{os.environ.get(contract.ENV_THREADS)}, {threads}, {threads}]
+                assert [_superexec_env(p.pid, processes.SUPEREXEC_POLL) for p in started] == [
+                    {poll},
+                    {poll or "0.1"},
+                    {poll or "0.1"},
+                ]
+                assert [_superexec_env(p.pid, contract.ENV_THREADS) for p in started] == [
+                    {os.environ.get(contract.ENV_THREADS)},
+                    {threads},
+                    {threads},
+                ]
             if status.phase.finished:
                 break
             time.sleep(0.5)
         final = seen[-1]
-        assert final.phase == RunPhase.SUCCEEDED, final.message
-        assert any(s.phase == RunPhase.RUNNING and 0 < s.current_round < 3 for s in seen), "no status seen mid-run"
+        assert final.phase == Phase.SUCCEEDED, final.message
+        assert any(s.phase == Phase.RUNNING and 0 < s.current_round < 3 for s in seen), "no status seen mid-run"
         assert final.clients.connected == 2 and final.finish_time is not None
         assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == json.loads(final.to_json())
         time.sleep(1)  # the final state keeps being served
@@ -138,7 +152,7 @@ def test_server_status_and_metrics_during_and_after_a_run(
     assert [process.returncode for process in started] == [0, 0, 0]  # entry points exit cleanly on SIGTERM
 
 
-USER_APP_SERVER = '''
+USER_APP_SERVER = """
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
@@ -153,8 +167,8 @@ def main(grid: Grid, context: Context) -> None:
     strategy = FedAvg(min_available_nodes=2, min_train_nodes=2, min_evaluate_nodes=2)
     strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(3)]),
                    num_rounds=int(context.run_config["num-server-rounds"]))
-'''
-USER_APP_CLIENT = '''
+"""
+USER_APP_CLIENT = """
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -172,7 +186,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     value = float(msg.content["arrays"].to_numpy_ndarrays()[0][0])
     metrics = MetricRecord({"num-examples": 10, "loss": 1.0 / (1.0 + value), "accuracy": value / 10})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
-'''
+"""
 
 
 def write_user_app(folder: Path) -> Path:
@@ -185,7 +199,7 @@ def write_user_app(folder: Path) -> Path:
         '[tool.hatch.build.targets.wheel]\npackages = ["."]\n'
         '[tool.flwr.app]\npublisher = "me"\n'
         '[tool.flwr.app.components]\nserverapp = "myapp.server_app:app"\nclientapp = "myapp.client_app:app"\n'
-        '[tool.flwr.app.config]\nnum-server-rounds = 2\nstep = 1.0\nfail = false\n'
+        "[tool.flwr.app.config]\nnum-server-rounds = 2\nstep = 1.0\nfail = false\n"
     )
     (app / "myapp" / "__init__.py").write_text("")
     (app / "myapp" / "server_app.py").write_text(USER_APP_SERVER)
@@ -195,7 +209,9 @@ def write_user_app(folder: Path) -> Path:
 
 def test_a_users_own_app_runs_unchanged_with_its_progress(tmp_path: Path, kubeflower_run: Any) -> None:
     write_user_app(tmp_path)
-    job_file = write_job(tmp_path, "my-app", task=None, app={"path": "myapp", "runConfig": {"step": 2.0}}, image="me/app:1")
+    job_file = write_job(
+        tmp_path, "my-app", task=None, app={"path": "myapp", "runConfig": {"step": 2.0}}, image="me/app:1"
+    )
     result = kubeflower_run(job_file, tmp_path / "out")
     assert result.returncode == 0, result.stdout + result.stderr
     status = ServerStatus.model_validate_json((tmp_path / "out" / "metrics.json").read_text())
@@ -207,17 +223,21 @@ def test_a_users_own_app_runs_unchanged_with_its_progress(tmp_path: Path, kubefl
 
 def test_a_bad_run_config_fails_the_job_with_flowers_message(tmp_path: Path, kubeflower_run: Any) -> None:
     write_user_app(tmp_path)
-    job_file = write_job(tmp_path, "bad-config", task=None, app={"path": "myapp", "runConfig": {"stpe": 2.0}}, image="me/app:1")
+    job_file = write_job(
+        tmp_path, "bad-config", task=None, app={"path": "myapp", "runConfig": {"stpe": 2.0}}, image="me/app:1"
+    )
     result = kubeflower_run(job_file, tmp_path / "out")
     assert result.returncode == 1
     assert "Key 'stpe' is not present in the main dictionary" in result.stdout
     status = ServerStatus.model_validate_json((tmp_path / "out" / "metrics.json").read_text())
-    assert status.phase == RunPhase.FAILED and "stpe" in status.message
+    assert status.phase == Phase.FAILED and "stpe" in status.message
 
 
 def test_an_exception_in_the_app_fails_the_job_with_flowers_message(tmp_path: Path, kubeflower_run: Any) -> None:
     write_user_app(tmp_path)
-    job_file = write_job(tmp_path, "failing", task=None, app={"path": "myapp", "runConfig": {"fail": True}}, image="me/app:1")
+    job_file = write_job(
+        tmp_path, "failing", task=None, app={"path": "myapp", "runConfig": {"fail": True}}, image="me/app:1"
+    )
     result = kubeflower_run(job_file, tmp_path / "out")
     assert result.returncode == 1
     assert "ServerApp failed with exception: the app broke" in result.stdout
@@ -239,7 +259,10 @@ def _start_training(tmp_path: Path, run_env: dict[str, str], marker: str) -> sub
     job_file = write_job(tmp_path, "long-job", rounds=50)
     run = subprocess.Popen(
         [KUBEFLOWER, "run", str(job_file), "--output", str(tmp_path / "out")],
-        env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=run_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while not any("flwr-clientapp" in command for command in processes_with(marker)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kubeflower.workload import partitioning
+from kubeflower_workload import partitioning
 
 LABELS = np.repeat(np.arange(10), 100)
 

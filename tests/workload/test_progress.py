@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
-from kubeflower.workload import progress
-from kubeflower.workload.control import RunState
+from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
+from kubeflower_workload import progress
+from kubeflower_workload.control import RunState
 
 # What `Strategy.start` logs (flwr 1.42), colour codes included, as StreamLogs delivers it.
 FLOWER_LOG = """\x1b[92mINFO \x1b[0m:      Starting FedAvg strategy:
 \x1b[92mINFO \x1b[0m:      \t├── Number of rounds: 2
-\x1b[92mINFO \x1b[0m:      
+\x1b[92mINFO \x1b[0m:     \x20
 \x1b[92mINFO \x1b[0m:      [ROUND 1/2]
 \x1b[92mINFO \x1b[0m:      configure_train: Sampled 2 nodes (out of 2)
 \x1b[92mINFO \x1b[0m:      aggregate_train: Received 2 results and 0 failures
@@ -17,7 +17,7 @@ FLOWER_LOG = """\x1b[92mINFO \x1b[0m:      Starting FedAvg strategy:
 \x1b[92mINFO \x1b[0m:      configure_evaluate: Sampled 2 nodes (out of 2)
 \x1b[92mINFO \x1b[0m:      aggregate_evaluate: Received 2 results and 0 failures
 \x1b[92mINFO \x1b[0m:      \t└──> Aggregated MetricRecord: {'loss': 0.5, 'accuracy': 0.9}
-\x1b[92mINFO \x1b[0m:      
+\x1b[92mINFO \x1b[0m:     \x20
 \x1b[92mINFO \x1b[0m:      [ROUND 2/2]
 \x1b[92mINFO \x1b[0m:      configure_train: Sampled 2 nodes (out of 2)
 \x1b[92mINFO \x1b[0m:      aggregate_train: Received 1 results and 1 failures
@@ -25,7 +25,7 @@ FLOWER_LOG = """\x1b[92mINFO \x1b[0m:      Starting FedAvg strategy:
 \x1b[92mINFO \x1b[0m:      configure_evaluate: Sampled 2 nodes (out of 2)
 \x1b[92mINFO \x1b[0m:      aggregate_evaluate: Received 2 results and 0 failures
 \x1b[92mINFO \x1b[0m:      \t└──> Aggregated MetricRecord: {'loss': 0.25, 'accuracy': 0.95}
-\x1b[92mINFO \x1b[0m:      
+\x1b[92mINFO \x1b[0m:     \x20
 \x1b[92mINFO \x1b[0m:      Strategy execution finished in 21.53s
 """
 
@@ -68,21 +68,21 @@ def test_structured_events_survive_any_chunking_and_win_over_flower_lines() -> N
 def test_run_status_sets_the_phase_and_clients() -> None:
     status = ServerStatus(total_rounds=3, clients=ClientCounts(expected=2))
     pending = progress.with_run(status, RunState("starting"), connected=0, now="t0")
-    assert pending.phase == RunPhase.PENDING and pending.clients.connected == 0
+    assert pending.phase == Phase.PENDING and pending.clients.connected == 0
     waiting = progress.with_run(pending, RunState("running"), connected=1, now="t1")
-    assert waiting.phase == RunPhase.RUNNING and waiting.message == "waiting for clients: 1/2 connected"
+    assert waiting.phase == Phase.RUNNING and waiting.message == "waiting for clients: 1/2 connected"
     running = progress.with_run(waiting, RunState("running"), connected=2, now="t2")
     assert running.message == "" and running.finish_time is None
     done = progress.with_run(running, RunState("finished", "completed"), connected=2, now="t3")
-    assert done.phase == RunPhase.SUCCEEDED and done.finish_time == "t3"
+    assert done.phase == Phase.SUCCEEDED and done.finish_time == "t3"
 
 
 def test_a_failed_run_carries_flowers_message() -> None:
     status = ServerStatus(total_rounds=3)
     failed = progress.with_run(status, RunState("finished", "failed", "ServerApp failed with exception: boom"), 0, "t")
-    assert failed.phase == RunPhase.FAILED and failed.message == "ServerApp failed with exception: boom"
+    assert failed.phase == Phase.FAILED and failed.message == "ServerApp failed with exception: boom"
     stopped = progress.with_run(status, RunState("finished", "stopped"), 0, "t")
-    assert stopped.phase == RunPhase.FAILED and "stopped" in stopped.message
+    assert stopped.phase == Phase.FAILED and "stopped" in stopped.message
 
 
 def test_summary_reads_like_a_log_line() -> None:

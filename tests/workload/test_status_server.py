@@ -7,12 +7,12 @@ import urllib.request
 
 import pytest
 
-from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
-from kubeflower.workload import status_server
+from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
+from kubeflower_workload import status_server
 
-STATUS = ServerStatus(
-    phase=RunPhase.RUNNING, total_rounds=3, clients=ClientCounts(connected=2, expected=2)
-).with_round(RoundRecord(round=1, metrics={"loss": 0.5, "accuracy": 0.75}))
+STATUS = ServerStatus(phase=Phase.RUNNING, total_rounds=3, clients=ClientCounts(connected=2, expected=2)).with_round(
+    RoundRecord(round=1, metrics={"loss": 0.5, "accuracy": 0.75})
+)
 
 
 def test_prometheus_text() -> None:

@@ -15,10 +15,10 @@ from types import ModuleType
 import pytest
 import torch
 
-from kubeflower.runconfig import run_config
-from kubeflower.validation import load_job
-from kubeflower.workload import models, task, training
-from kubeflower.workload.appconfig import TaskConfig
+from kubeflower.core.runconfig import run_config
+from kubeflower.core.validation import load_job
+from kubeflower_workload import models, task, training
+from kubeflower_workload.appconfig import TaskConfig
 from tests.workload.conftest import REPO
 
 STOCK_APP = REPO / "bench" / "stock_app"
@@ -40,7 +40,7 @@ def test_the_stock_app_declares_a_subset_of_the_built_in_apps_defaults() -> None
     def defaults(project: str) -> dict[str, object]:
         return tomllib.loads((REPO / project / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
-    stock, built_in = defaults("bench/stock_app"), defaults("workload/flowerapp")
+    stock, built_in = defaults("bench/stock_app"), defaults("workload/kubeflower_workload/flowerapp")
     assert stock.items() <= built_in.items()
 
 
@@ -58,7 +58,9 @@ def test_same_data_and_same_training_steps(stock_task: ModuleType, tmp_path: Pat
     data = task.local_data(config, 0, 2, tmp_path)
     options = {"epochs": 2, "batch_size": config.batch_size, "learning_rate": config.learning_rate, "seed": 7}
     ours_loss = training.train(ours_model, data.x_train, data.y_train, **options)
-    theirs_loss = stock_task.train(theirs_model, data.x_train, data.y_train, 2, config.batch_size, config.learning_rate, 7)
+    theirs_loss = stock_task.train(
+        theirs_model, data.x_train, data.y_train, 2, config.batch_size, config.learning_rate, 7
+    )
     assert ours_loss == pytest.approx(theirs_loss, rel=1e-4)
     for name, value in ours_model.state_dict().items():
         torch.testing.assert_close(value, theirs_model.state_dict()[name], rtol=1e-4, atol=1e-5)

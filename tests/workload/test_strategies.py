@@ -14,9 +14,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.task_identity import TaskIdentity
 
-from kubeflower.workload import strategies
-from kubeflower.workload.appconfig import UNSET, RunConfigError
-from kubeflower.workload.messages import ARRAYS, METRICS, NUM_EXAMPLES
+from kubeflower_workload import strategies
+from kubeflower_workload.appconfig import UNSET, RunConfigError
+from kubeflower_workload.messages import ARRAYS, METRICS, NUM_EXAMPLES
 
 HONEST = [np.array([1.0, 2.0]), np.array([1.2, 1.8]), np.array([0.9, 2.1]), np.array([1.1, 1.9]), np.array([1.0, 2.2])]
 OUTLIER = np.array([100.0, -100.0])
@@ -50,8 +50,9 @@ def build(name: str, **parameters: Any) -> Strategy:
     return strategies.build(config)
 
 
-def aggregate(strategy: Strategy, updates: list[np.ndarray], examples: list[int] | None = None,
-              current: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float], list[Message]]:
+def aggregate(
+    strategy: Strategy, updates: list[np.ndarray], examples: list[int] | None = None, current: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, float], list[Message]]:
     """One round: configure_train for as many nodes as updates, a reply per message, aggregate_train."""
     examples = examples or [10] * len(updates)
     current = np.zeros(2) if current is None else current
@@ -152,7 +153,7 @@ def test_bulyan_resists_an_outlier() -> None:
 
 
 def test_every_strategy_of_the_api_is_built() -> None:
-    from kubeflower.api import StrategyName
+    from kubeflower.core.api import StrategyName
 
     assert set(strategies.STRATEGIES) == {name.value for name in StrategyName}
     for name in strategies.STRATEGIES:
@@ -160,8 +161,13 @@ def test_every_strategy_of_the_api_is_built() -> None:
 
 
 def test_sampling_parameters_reach_the_strategy() -> None:
-    config = {"strategy": "FedAvg", "fraction-train": 0.5, "fraction-evaluate": 0.0, "min-available-clients": 3,
-              **{key: UNSET for key in strategies.PARAMETERS}}
+    config = {
+        "strategy": "FedAvg",
+        "fraction-train": 0.5,
+        "fraction-evaluate": 0.0,
+        "min-available-clients": 3,
+        **{key: UNSET for key in strategies.PARAMETERS},
+    }
     built = strategies.build(config)
     assert (built.fraction_train, built.fraction_evaluate, built.min_available_nodes) == (0.5, 0.0, 3)
     assert built.min_evaluate_nodes == 0

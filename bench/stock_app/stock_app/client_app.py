@@ -23,8 +23,15 @@ def train_fn(msg: Message, context: Context) -> Message:
     config = context.run_config
     server_round = int(msg.content["config"]["server-round"])
     seed = int(np.random.SeedSequence([int(config["seed"]), server_round, partition_id]).generate_state(1)[0])
-    loss = train(net, x_train, y_train, int(config["local-epochs"]), int(config["batch-size"]),
-                 float(config["learning-rate"]), seed)
+    loss = train(
+        net,
+        x_train,
+        y_train,
+        int(config["local-epochs"]),
+        int(config["batch-size"]),
+        float(config["learning-rate"]),
+        seed,
+    )
     metrics = MetricRecord({"train_loss": loss, "num-examples": len(y_train)})
     return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}), reply_to=msg)
 

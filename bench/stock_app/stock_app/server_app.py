@@ -19,4 +19,6 @@ def main(grid: Grid, context: Context) -> None:
         fraction_evaluate=float(config["fraction-evaluate"]),
         min_available_nodes=int(config["min-available-clients"]),
     )
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=int(config["num-server-rounds"]))
+    strategy.start(
+        grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=int(config["num-server-rounds"])
+    )

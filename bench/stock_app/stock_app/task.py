@@ -1,7 +1,7 @@
 """Model, data and training, imported eagerly as in Flower's quickstart-pytorch `task.py`.
 
 The numbers are meant to match the built-in app's on the same seed, so the data, the partitions
-and the model come from the same functions (`kubeflower.workload.partitioning`, `models`) and the
+and the model come from the same functions (`kubeflower_workload.partitioning`, `models`) and the
 optimiser is torch's SGD with the same momentum (the built-in app's hand-written step computes the
 same update); evaluation is the built-in app's own. What differs is only what stock apps pay for:
 scikit-learn to load digits, and `torch.optim`, which imports torch._dynamo on first use, in
@@ -14,8 +14,10 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.nn import functional as F
 
-from kubeflower.workload import models, partitioning
-from kubeflower.workload.training import evaluate as test  # noqa: F401 - the client app's import
+from kubeflower_workload import models, partitioning, training
+
+# Flower's template calls evaluation `test`; the client app imports it from here.
+test = training.evaluate
 
 MODEL = "digits-cnn"
 MOMENTUM = 0.9
@@ -33,8 +35,15 @@ def load_data(partition_id: int, num_partitions: int, config: dict):
     y = digits.target.astype(np.int64)
     seed = int(config["partition-seed"])
     parts = partitioning.partition(y, num_partitions, "iid", 0.5, seed)
-    train, test = partitioning.train_test_split(parts[partition_id], float(config["test-fraction"]), seed + partition_id)
-    return (torch.from_numpy(x[train]), torch.from_numpy(y[train]), torch.from_numpy(x[test]), torch.from_numpy(y[test]))
+    train_rows, test_rows = partitioning.train_test_split(
+        parts[partition_id], float(config["test-fraction"]), seed + partition_id
+    )
+    return (
+        torch.from_numpy(x[train_rows]),
+        torch.from_numpy(y[train_rows]),
+        torch.from_numpy(x[test_rows]),
+        torch.from_numpy(y[test_rows]),
+    )
 
 
 def train(net: nn.Module, x, y, epochs: int, batch_size: int, lr: float, seed: int) -> float:

@@ -26,8 +26,9 @@ def train(msg: Message, context: Context) -> Message:
     model = Net()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     trainloader, _ = _data(context)
-    train_loss = train_fn(model, trainloader, int(context.run_config["local-epochs"]),
-                          float(msg.content["config"]["lr"]))
+    train_loss = train_fn(
+        model, trainloader, int(context.run_config["local-epochs"]), float(msg.content["config"]["lr"])
+    )
     metrics = MetricRecord({"train_loss": train_loss, "num-examples": len(trainloader.dataset)})
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)

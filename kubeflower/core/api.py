@@ -1,0 +1,449 @@
+"""The FederatedTrainingJob API (kubeflower.io/v1alpha1): the single source of truth.
+
+The CRD schema in `crds/` is generated from these models (see `kubeflower.core.crd`), the CLI validates
+with them, the operator parses every job with them, and local mode reads the same spec. Cross-field
+rules are declared once as `CelRule`s: each carries the CEL text that goes into the CRD's
+`x-kubernetes-validations` and a Python predicate that mirrors it, so a bad spec is rejected by the
+API server and again by the operator, with the same message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from kubeflower.core.server_status import Phase
+
+API_VERSION: Final = "kubeflower.io/v1alpha1"
+GROUP, VERSION = API_VERSION.split("/")
+KIND: Final = "FederatedTrainingJob"
+PLURAL = "federatedtrainingjobs"
+SINGULAR = "federatedtrainingjob"
+SHORT_NAMES = ["ftj"]
+
+# A StatefulSet stamps `controller-revision-hash=<name>-<hash>` on its pods; that label value must
+# fit in 63 characters, which caps a StatefulSet name at 52. `<job>-clients` is the longest child.
+LONGEST_CHILD_SUFFIX = "-clients"
+MAX_NAME_LENGTH = 52 - len(LONGEST_CHILD_SUFFIX)
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+Quantity = Annotated[
+    int | str,
+    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
+]
+FreeForm = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+# Any scalar: Flower run config values are str, int, float or bool; pydantic checks the type.
+RunConfigValue = Annotated[bool | int | float | str, WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True})]
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """One cross-field rule, written once for the API server (CEL) and once for Python.
+
+    `check` receives the model instance and returns True when the rule holds; it must mean exactly
+    what `rule` means, which `tests/test_api_validation.py` verifies by evaluating both.
+    """
+
+    rule: str
+    message: str
+    field_path: str
+    check: Callable[[Any], bool]
+
+    def schema(self) -> dict[str, str]:
+        rule = {"rule": self.rule, "message": self.message}
+        # The API server resolves fieldPath against the schema, where metadata has no properties.
+        if not self.field_path.startswith(".metadata"):
+            rule["fieldPath"] = self.field_path
+        return rule
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are errors, not silently lost."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> ApiModel:
+        for rule in self.cel_rules:
+            if not rule.check(self):
+                # The field path travels in the error context, so messages name the exact field.
+                raise PydanticCustomError(
+                    "cel_rule", "{message}", {"message": rule.message, "field_path": rule.field_path}
+                )
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = handler(core_schema)
+        if cls.cel_rules:
+            target = handler.resolve_ref_schema(schema)
+            target["x-kubernetes-validations"] = [r.schema() for r in cls.cel_rules]
+        return schema
+
+
+class StrategyName(str, Enum):
+    FED_AVG = "FedAvg"
+    FED_PROX = "FedProx"
+    FED_AVG_M = "FedAvgM"
+    FED_ADAM = "FedAdam"
+    FED_YOGI = "FedYogi"
+    FED_ADAGRAD = "FedAdagrad"
+    FED_MEDIAN = "FedMedian"
+    FED_TRIMMED_AVG = "FedTrimmedAvg"
+    KRUM = "Krum"
+    MULTI_KRUM = "MultiKrum"
+    BULYAN = "Bulyan"
+
+
+class DatasetName(str, Enum):
+    CIFAR10 = "cifar10"
+    MNIST = "mnist"
+    DIGITS = "digits"
+    SYNTHETIC = "synthetic"
+
+
+class ModelName(str, Enum):
+    """`auto` picks the model made for the dataset's input shape."""
+
+    AUTO = "auto"
+    CIFAR_CNN = "cifar-cnn"
+    MNIST_CNN = "mnist-cnn"
+    DIGITS_CNN = "digits-cnn"
+    RESNET18 = "resnet18"
+
+
+class PartitioningType(str, Enum):
+    IID = "iid"
+    DIRICHLET = "dirichlet"
+
+
+class CleanPolicy(str, Enum):
+    """What goes when the job finishes. `Clients` keeps the server pod, its logs and final model."""
+
+    CLIENTS = "Clients"
+    ALL = "All"
+    NONE = "None"
+
+
+class ServiceType(str, Enum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+
+
+class ResourceRequirements(ApiModel):
+    requests: dict[str, Quantity] | None = None
+    limits: dict[str, Quantity] | None = None
+
+
+class EnvVar(ApiModel):
+    name: str = Field(min_length=1)
+    value: str | None = None
+    value_from: FreeForm | None = None
+
+
+class PodSettings(ApiModel):
+    """Scheduling and resources shared by the server pod and the client pods."""
+
+    resources: ResourceRequirements | None = None
+    env: list[EnvVar] | None = None
+    node_selector: dict[str, str] | None = None
+    tolerations: list[FreeForm] | None = None
+    affinity: FreeForm | None = None
+
+
+class ServerSpec(PodSettings):
+    pass
+
+
+class ClientsSpec(PodSettings):
+    replicas: int = Field(default=2, ge=1, le=1000, description="Number of client pods (SuperNodes).")
+
+
+class StrategySpec(ApiModel):
+    """The Flower strategy and its own parameters (each accepted only by the strategies that use it)."""
+
+    name: StrategyName = StrategyName.FED_AVG
+    fraction_train: float = Field(default=1.0, gt=0, le=1, description="Share of clients sampled to train each round.")
+    fraction_evaluate: float = Field(default=1.0, ge=0, le=1, description="Share of clients sampled to evaluate.")
+    min_available_clients: int | None = Field(
+        default=None,
+        ge=1,
+        description="Clients that must be connected before a round starts; defaults to clients.replicas.",
+    )
+    proximal_mu: float | None = Field(default=None, ge=0, description="FedProx: weight of the proximal term.")
+    server_learning_rate: float | None = Field(default=None, gt=0, description="FedAvgM: server-side learning rate.")
+    server_momentum: float | None = Field(default=None, ge=0, lt=1, description="FedAvgM: server-side momentum.")
+    eta: float | None = Field(default=None, gt=0, description="FedAdam, FedYogi, FedAdagrad: server learning rate.")
+    eta_l: float | None = Field(default=None, gt=0, description="FedAdam, FedYogi, FedAdagrad: client learning rate.")
+    beta1: float | None = Field(default=None, ge=0, lt=1, description="FedAdam, FedYogi: first moment decay.")
+    beta2: float | None = Field(default=None, ge=0, lt=1, description="FedAdam, FedYogi: second moment decay.")
+    tau: float | None = Field(default=None, gt=0, description="FedAdam, FedYogi, FedAdagrad: adaptivity.")
+    beta: float | None = Field(default=None, gt=0, lt=0.5, description="FedTrimmedAvg: fraction cut at each end.")
+    num_malicious_clients: int | None = Field(default=None, ge=0, description="Krum, MultiKrum, Bulyan.")
+    num_clients_to_keep: int | None = Field(default=None, ge=1, description="MultiKrum: updates averaged.")
+
+    # Which strategies accept each optional parameter (wire name -> strategies).
+    PARAMETERS: ClassVar[dict[str, tuple[StrategyName, ...]]] = {
+        "proximalMu": (StrategyName.FED_PROX,),
+        "serverLearningRate": (StrategyName.FED_AVG_M,),
+        "serverMomentum": (StrategyName.FED_AVG_M,),
+        "eta": (StrategyName.FED_ADAM, StrategyName.FED_YOGI, StrategyName.FED_ADAGRAD),
+        "etaL": (StrategyName.FED_ADAM, StrategyName.FED_YOGI, StrategyName.FED_ADAGRAD),
+        "beta1": (StrategyName.FED_ADAM, StrategyName.FED_YOGI),
+        "beta2": (StrategyName.FED_ADAM, StrategyName.FED_YOGI),
+        "tau": (StrategyName.FED_ADAM, StrategyName.FED_YOGI, StrategyName.FED_ADAGRAD),
+        "beta": (StrategyName.FED_TRIMMED_AVG,),
+        "numMaliciousClients": (StrategyName.KRUM, StrategyName.MULTI_KRUM, StrategyName.BULYAN),
+        "numClientsToKeep": (StrategyName.MULTI_KRUM,),
+    }
+
+    def parameters(self) -> dict[str, Any]:
+        """The strategy's own parameters that are set, by wire name."""
+        wire = self.model_dump(by_alias=True, exclude_none=True)
+        return {k: v for k, v in wire.items() if k in self.PARAMETERS}
+
+
+def _parameter_rule(param: str, strategies: tuple[StrategyName, ...]) -> CelRule:
+    names = [s.value for s in strategies]
+    attr = re.sub(r"(?<!^)(?=[A-Z])", "_", param).lower()
+    cel_names = ", ".join(f"'{n}'" for n in names)
+
+    def check(strategy: Any) -> bool:
+        return getattr(strategy, attr) is None or strategy.name.value in names
+
+    return CelRule(
+        rule=f"!has(self.{param}) || self.name in [{cel_names}]",
+        message=f"{param} applies only to strategy {' or '.join(names)}; remove it or change strategy.name",
+        field_path=f".{param}",
+        check=check,
+    )
+
+
+StrategySpec.cel_rules = tuple(_parameter_rule(p, s) for p, s in StrategySpec.PARAMETERS.items())
+
+
+class Partitioning(ApiModel):
+    type: PartitioningType = PartitioningType.IID
+    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration; smaller is more skewed.")
+    seed: int = Field(default=42, ge=0, description="Seed of the split: the same seed gives the same partitions.")
+
+
+class TaskSpec(ApiModel):
+    """The built-in Flower App: a model trained on a dataset split across the clients."""
+
+    model: ModelName = ModelName.AUTO
+    dataset: DatasetName = DatasetName.DIGITS
+    partitioning: Partitioning = Field(default_factory=Partitioning)
+    local_epochs: int = Field(default=1, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1, le=65536)
+    learning_rate: float = Field(default=0.05, gt=0, le=10)
+    test_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of each client's data held out to evaluate."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of model initialisation and training order.")
+    fused_train_evaluate: bool = Field(
+        default=True,
+        description=(
+            "One message per round that evaluates the received model, then trains it (each message starts a "
+            "process on every client); false: separate train and evaluate messages, as Flower's strategies send."
+        ),
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.model != 'resnet18' || self.dataset == 'cifar10'",
+            message="model resnet18 needs 3x32x32 images: use dataset cifar10, or model auto",
+            field_path=".model",
+            check=lambda t: t.model != ModelName.RESNET18 or t.dataset == DatasetName.CIFAR10,
+        ),
+    )
+
+
+class AppSpec(ApiModel):
+    """Bring your own Flower App, baked into `image`."""
+
+    path: str = Field(
+        min_length=1, description="Directory of the Flower App project (its pyproject.toml) in the image."
+    )
+    run_config: dict[str, RunConfigValue] | None = Field(default=None, description="Overrides of the app's run config.")
+
+
+class RunPolicy(ApiModel):
+    clean_policy: CleanPolicy = Field(
+        default=CleanPolicy.CLIENTS, description="Children removed when the job finishes."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the job this long after it finishes."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job when it runs longer than this."
+    )
+    backoff_limit: int = Field(default=3, ge=0, description="Server restarts tolerated before the job fails.")
+    suspend: bool = Field(default=False, description="Scale the federation to zero and keep the job.")
+
+
+class ServiceSpec(ApiModel):
+    type: ServiceType = ServiceType.CLUSTER_IP
+
+
+def _min_clients_ok(spec: FederatedTrainingJobSpec) -> bool:
+    m = spec.strategy.min_available_clients
+    return m is None or m <= spec.clients.replicas
+
+
+class FederatedTrainingJobSpec(ApiModel):
+    image: str | None = Field(default=None, description="Workload image; defaults to the operator's configured image.")
+    rounds: int = Field(default=3, ge=1, le=100000)
+    clients: ClientsSpec = Field(default_factory=ClientsSpec)
+    server: ServerSpec = Field(default_factory=ServerSpec)
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    task: TaskSpec | None = None
+    app: AppSpec | None = None
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    service: ServiceSpec = Field(default_factory=ServiceSpec)
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="has(self.task) != has(self.app)",
+            message="set exactly one of task (the built-in app) and app (your own Flower App)",
+            field_path=".task",
+            check=lambda s: (s.task is None) != (s.app is None),
+        ),
+        CelRule(
+            rule=(
+                "!has(self.strategy.minAvailableClients) || self.strategy.minAvailableClients <= self.clients.replicas"
+            ),
+            message=(
+                "strategy.minAvailableClients must not exceed clients.replicas, or no round can start; "
+                "lower it or add replicas"
+            ),
+            field_path=".strategy.minAvailableClients",
+            check=_min_clients_ok,
+        ),
+        CelRule(
+            rule="self.strategy.name != 'Bulyan' || self.clients.replicas >= 5",
+            message=(
+                "Bulyan needs at least 5 clients (4f+3 with f >= 0 plus margin); add replicas or change strategy.name"
+            ),
+            field_path=".strategy.name",
+            check=lambda s: s.strategy.name != StrategyName.BULYAN or s.clients.replicas >= 5,
+        ),
+        CelRule(
+            rule="!has(self.image) || self.image.size() > 0",
+            message="image must not be empty; remove it to use the operator's default image",
+            field_path=".image",
+            check=lambda s: s.image is None or len(s.image) > 0,
+        ),
+        CelRule(
+            rule="!has(self.app) || has(self.image)",
+            message="app needs image: your Flower App is baked into your own image",
+            field_path=".image",
+            check=lambda s: s.app is None or s.image is not None,
+        ),
+    )
+
+    @property
+    def min_available_clients(self) -> int:
+        return self.strategy.min_available_clients or self.clients.replicas
+
+
+def name_ok(name: str) -> bool:
+    return len(name) <= MAX_NAME_LENGTH and re.match(NAME_PATTERN, name) is not None
+
+
+NAME_RULE = CelRule(
+    rule=f"self.metadata.name.size() <= {MAX_NAME_LENGTH} && self.metadata.name.matches('{NAME_PATTERN}')",
+    message=(
+        f"must be a DNS label of at most {MAX_NAME_LENGTH} characters starting with a letter, "
+        f"so that its children (<name>{LONGEST_CHILD_SUFFIX}) are valid names; choose a shorter name"
+    ),
+    field_path=".metadata.name",
+    check=lambda job: name_ok(job.metadata.name),
+)
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the API needs; everything else passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    namespace: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_rule(cls, name: str) -> str:
+        # Checked here too, not only on the job, so a bad name is reported beside spec errors.
+        if not name_ok(name):
+            raise PydanticCustomError("cel_rule", "{message}", {"message": NAME_RULE.message, "field_path": ""})
+        return name
+
+
+class Condition(ApiModel):
+    """metav1.Condition."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    observed_generation: int | None = None
+    last_transition_time: str
+    reason: str
+    message: str = ""
+
+
+class JobMetrics(ApiModel):
+    model_config = ConfigDict(extra="allow")
+
+    loss: float | None = None
+    accuracy: float | None = None
+
+
+class FederatedTrainingJobStatus(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    conditions: list[Condition] | None = None
+    current_round: int | None = None
+    total_rounds: int | None = None
+    round: str | None = Field(default=None, description="currentRound/totalRounds, for the ROUND column.")
+    clients: str | None = Field(default=None, description="ready/desired client pods, for the CLIENTS column.")
+    replicas: int | None = Field(default=None, description="Ready client pods (scale subresource).")
+    selector: str | None = Field(default=None, description="Label selector of the client pods (scale subresource).")
+    metrics: JobMetrics | None = None
+    server_address: str | None = None
+    server_restarts: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    reason: str | None = None
+    message: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The status as the API server stores it (camelCase, unset fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class FederatedTrainingJob(ApiModel):
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["kubeflower.io/v1alpha1"] = API_VERSION  # mypy checks the two agree
+    kind: Literal["FederatedTrainingJob"] = KIND
+    metadata: ObjectMeta
+    spec: FederatedTrainingJobSpec
+    status: FederatedTrainingJobStatus | None = None
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (NAME_RULE,)

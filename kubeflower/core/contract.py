@@ -1,0 +1,123 @@
+"""The environment contract between the operator's pods and the workload's entry points.
+
+The operator's builders write these variables into the server and client containers; the
+workload's entry points read them; `kubeflower run` sets them for local processes. Anything that
+crosses that boundary is named here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Labels on every object the operator makes for a job (and on its pods): `kubectl get -l`.
+JOB_LABEL = "kubeflower.io/job-name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+
+# Ports (container ports of the server pod, and of the Service).
+SUPERLINK_PORT = 9092
+"""Flower 1.42's SuperLink serves the Fleet, Control and Runtime APIs on this one port."""
+STATUS_PORT = 8080
+"""The server entry point's own HTTP port: GET /status, /metrics, /healthz."""
+SUPERNODE_PORT = 9094
+"""A SuperNode's local ClientAppIo port (pod-local; local mode gives each client its own)."""
+
+# Paths inside the pods (emptyDir volumes: the root file system is read-only).
+OUTPUT_DIR = "/var/lib/kubeflower/output"
+DATA_DIR = "/var/lib/kubeflower/data"
+FLWR_HOME = "/var/lib/kubeflower/flwr"
+TMP_DIR = "/tmp"
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """The server's output folder (ENV_OUTPUT_DIR; `kubeflower run --output`) and what goes in it.
+
+    The one description of what a job leaves behind: whoever writes or reads a result asks here.
+    It outlives the run and is read by whoever reads the job's results, so keys, tokens and other
+    secrets never go in it (they belong in their own volume, mounted where they are needed).
+    """
+
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        """The final status document (`kubeflower.core.server_status`), every round: the server entry point."""
+        return self.root / "metrics.json"
+
+    @property
+    def final_model(self) -> Path:
+        """The built-in app's final model, a torch state_dict: its ServerApp."""
+        return self.root / "final_model.pt"
+
+    @property
+    def plot(self) -> Path:
+        """Loss and accuracy per round, as a picture: `kubeflower run`."""
+        return self.root / "metrics.png"
+
+    @property
+    def logs(self) -> Path:
+        """One log file per process (`server.log`, `client-N.log`): `kubeflower run` (pods log to stdout)."""
+        return self.root / "logs"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Models saved during the run, to resume from (for the durability work: nothing writes it yet)."""
+        return self.root / "checkpoints"
+
+    @property
+    def app(self) -> Path:
+        """A user's Flower App's own working folder (for the bring-your-own-app work: nothing writes it yet)."""
+        return self.root / "app"
+
+    def results(self) -> tuple[Path, ...]:
+        """What a finished run leaves, as opposed to the logs and the working folders."""
+        return (self.metrics, self.final_model, self.plot)
+
+
+# Variables read by both entry points.
+ENV_JOB_NAME = "KUBEFLOWER_JOB_NAME"
+ENV_DATA_DIR = "KUBEFLOWER_DATA_DIR"
+
+# Server entry point.
+ENV_RUN_CONFIG = "KUBEFLOWER_RUN_CONFIG"
+"""JSON object: the Flower run config submitted with the run (see `kubeflower.core.runconfig`)."""
+ENV_APP_PATH = "KUBEFLOWER_APP_PATH"
+"""Directory of the user's Flower App in the image; unset for the built-in app."""
+ENV_ROUNDS = "KUBEFLOWER_ROUNDS"
+ENV_MIN_CLIENTS = "KUBEFLOWER_MIN_CLIENTS"
+ENV_SUPERLINK_PORT = "KUBEFLOWER_SUPERLINK_PORT"
+ENV_BIND_HOST = "KUBEFLOWER_BIND_HOST"
+"""Interface the SuperLink and the status endpoint listen on; unset means all (a pod). `kubeflower
+run` sets 127.0.0.1: Flower's Control API shares the SuperLink port and has no authentication."""
+ENV_STATUS_PORT = "KUBEFLOWER_STATUS_PORT"
+ENV_OUTPUT_DIR = "KUBEFLOWER_OUTPUT_DIR"
+
+# Client entry point.
+ENV_SUPERLINK = "KUBEFLOWER_SUPERLINK"
+"""host:port of the SuperLink (the server Service's DNS name in a cluster)."""
+ENV_POD_NAME = "KUBEFLOWER_POD_NAME"
+"""The pod's name (downward API); a StatefulSet pod's ordinal is its partition id."""
+ENV_PARTITION_ID = "KUBEFLOWER_PARTITION_ID"
+"""Explicit partition id; wins over the ordinal in ENV_POD_NAME."""
+ENV_NUM_PARTITIONS = "KUBEFLOWER_NUM_PARTITIONS"
+ENV_SUPERNODE_PORT = "KUBEFLOWER_SUPERNODE_PORT"
+ENV_THREADS = "OMP_NUM_THREADS"
+"""torch's intra-op threads in a client's ClientApp processes: the container's CPU limit or request
+(downward API), not the node's core count. With more threads than CPUs every small op of a small model waits
+at a barrier for a descheduled thread: digits trained 5 to 40 times slower that way here."""
+
+# Flower's own settings, the same in every pod.
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_HOME": FLWR_HOME,
+}
+
+
+def ordinal_from_pod_name(pod_name: str) -> int:
+    """A StatefulSet pod is named `<statefulset>-<ordinal>`."""
+    suffix = pod_name.rsplit("-", 1)[-1]
+    if not suffix.isdigit():
+        raise ValueError(f"pod name {pod_name!r} does not end in a StatefulSet ordinal; set {ENV_PARTITION_ID}")
+    return int(suffix)

@@ -1,0 +1,65 @@
+"""What the server and each client get from their job, as pure functions: the contract's values.
+
+`kubeflower.core.contract` names the variables; this module says what they hold for a job. The
+operator's builders turn these into container env entries, adding only what the kubelet knows
+(a client pod's name and CPUs, through the downward API); `kubeflower run` sets them for local
+processes directly, with its own ports and folders in place of the pod's.
+"""
+
+from __future__ import annotations
+
+import json
+
+from kubeflower.core import contract
+from kubeflower.core.api import FederatedTrainingJob
+from kubeflower.core.runconfig import run_config
+
+SERVER = "server"
+CLIENTS = "clients"
+"""The two components of a job: their children's name suffixes and `COMPONENT_LABEL` values."""
+
+
+def server_name(job_name: str) -> str:
+    return f"{job_name}-{SERVER}"
+
+
+def clients_name(job_name: str) -> str:
+    return f"{job_name}-{CLIENTS}"
+
+
+def superlink_address(job: FederatedTrainingJob) -> str:
+    """The server Service's DNS name and Flower port, as clients in the cluster reach it."""
+    return f"{server_name(job.metadata.name)}.{job.metadata.namespace or 'default'}.svc:{contract.SUPERLINK_PORT}"
+
+
+def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
+    """The server entry point's environment (before the user's `spec.server.env`)."""
+    spec = job.spec
+    env = {
+        contract.ENV_JOB_NAME: job.metadata.name,
+        contract.ENV_RUN_CONFIG: json.dumps(run_config(spec), sort_keys=True),
+        contract.ENV_ROUNDS: str(spec.rounds),
+        contract.ENV_MIN_CLIENTS: str(spec.min_available_clients),
+        contract.ENV_SUPERLINK_PORT: str(contract.SUPERLINK_PORT),
+        contract.ENV_STATUS_PORT: str(contract.STATUS_PORT),
+        contract.ENV_OUTPUT_DIR: contract.OUTPUT_DIR,
+        contract.ENV_DATA_DIR: contract.DATA_DIR,
+        **contract.FLOWER_ENV,
+    }
+    if spec.app is not None:
+        env[contract.ENV_APP_PATH] = spec.app.path
+    return env
+
+
+def client_environment(job: FederatedTrainingJob) -> dict[str, str]:
+    """A client entry point's environment, the same for every client (before the user's
+    `spec.clients.env`); its partition comes from its pod's name (ENV_POD_NAME), its torch threads
+    from its CPUs (ENV_THREADS), which only the pod knows."""
+    return {
+        contract.ENV_JOB_NAME: job.metadata.name,
+        contract.ENV_SUPERLINK: superlink_address(job),
+        contract.ENV_NUM_PARTITIONS: str(job.spec.clients.replicas),
+        contract.ENV_SUPERNODE_PORT: str(contract.SUPERNODE_PORT),
+        contract.ENV_DATA_DIR: contract.DATA_DIR,
+        **contract.FLOWER_ENV,
+    }

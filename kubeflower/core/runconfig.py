@@ -1,0 +1,46 @@
+"""The Flower run config a job submits: the spec's task and strategy as flat key/values.
+
+Flower run configs are flat (`key = value` with str, int, float or bool values), so nested spec
+fields become dotted-free kebab keys. The built-in app's defaults
+(`workload/kubeflower_workload/flowerapp/pyproject.toml`)
+declare every key below; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from kubeflower.core.api import FederatedTrainingJobSpec
+
+RunConfig = dict[str, bool | int | float | str]
+
+
+def run_config(spec: FederatedTrainingJobSpec) -> RunConfig:
+    """The run config for the job: built-in task keys, or the user's app overrides as given."""
+    if spec.app is not None:
+        return dict(spec.app.run_config or {})
+    assert spec.task is not None  # guaranteed by the model's task/app rule
+    task, strategy = spec.task, spec.strategy
+    config: RunConfig = {
+        "num-server-rounds": spec.rounds,
+        "model": task.model.value,
+        "dataset": task.dataset.value,
+        "partitioning": task.partitioning.type.value,
+        "dirichlet-alpha": task.partitioning.alpha,
+        "partition-seed": task.partitioning.seed,
+        "local-epochs": task.local_epochs,
+        "batch-size": task.batch_size,
+        "learning-rate": task.learning_rate,
+        "test-fraction": task.test_fraction,
+        "seed": task.seed,
+        "fused-train-evaluate": task.fused_train_evaluate,
+        "strategy": strategy.name.value,
+        "fraction-train": strategy.fraction_train,
+        "fraction-evaluate": strategy.fraction_evaluate,
+        "min-available-clients": spec.min_available_clients,
+    }
+    for wire_name, value in strategy.parameters().items():
+        config[_kebab(wire_name)] = value
+    return config
+
+
+def _kebab(camel: str) -> str:
+    return "".join(f"-{c.lower()}" if c.isupper() else c for c in camel)

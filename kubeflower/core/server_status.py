@@ -1,0 +1,109 @@
+"""The status document a job's server serves at `GET /status`.
+
+The workload's server entry point writes it and the operator reads it, both through this model, so
+the two sides cannot drift. JSON shape (camelCase, every field always present):
+
+    {
+      "phase": "Running",              # Pending | Running | Succeeded | Failed
+      "currentRound": 2,               # last finished round, 0 before the first
+      "totalRounds": 3,
+      "clients": {"connected": 2, "expected": 2},
+      "metrics": {"loss": 0.41, "accuracy": 0.88},   # last finished round; {} before the first
+      "history": [                     # one entry per finished round, oldest first, bounded
+        {"round": 1, "metrics": {"loss": 1.2, "accuracy": 0.61}, "trainMetrics": {"loss": 1.5},
+         "replies": 2, "failures": 0, "seconds": 7.9}
+      ],
+      "message": "",                   # why it failed, or what it is waiting for
+      "runId": 1234,                   # Flower's run id, once submitted
+      "startTime": "2026-11-28T14:00:00Z",
+      "finishTime": null
+    }
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+HISTORY_LIMIT = 1000
+"""Rounds kept in `history`: enough for the curves, bounded so a long job's document stays small."""
+
+
+# The one phase vocabulary: the job's (`status.phase`) and its run's (this document's). The server
+# reports Pending, Running, Succeeded or Failed; Suspended is the operator's alone. (A comment, not
+# a docstring: the CRD would carry a docstring as the field's description.)
+class Phase(str, Enum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class ClientCounts(_Doc):
+    connected: int = 0
+    expected: int = 0
+
+
+class RoundRecord(_Doc):
+    round: int
+    metrics: dict[str, float] = Field(default_factory=dict, description="Aggregated evaluation metrics.")
+    train_metrics: dict[str, float] = Field(default_factory=dict, description="Aggregated training metrics.")
+    replies: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+
+
+class ServerStatus(_Doc):
+    phase: Phase = Phase.PENDING
+    current_round: int = 0
+    total_rounds: int = 0
+    clients: ClientCounts = Field(default_factory=ClientCounts)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    history: list[RoundRecord] = Field(default_factory=list)
+    message: str = ""
+    run_id: int | None = None
+    start_time: str | None = None
+    finish_time: str | None = None
+
+    def with_round(self, record: RoundRecord) -> ServerStatus:
+        """The document after one more finished round; history keeps the newest HISTORY_LIMIT."""
+        history = [*self.history, record][-HISTORY_LIMIT:]
+        return self.model_copy(
+            update={"current_round": record.round, "metrics": dict(record.metrics), "history": history}
+        )
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout: float) -> bytes:
+    """GET a URL of the job's own network (its server's Service, loopback); raises OSError.
+
+    Never through HTTP(S)_PROXY: a proxy outside the cluster cannot reach a Service or loopback.
+    """
+    with _DIRECT.open(url, timeout=timeout) as response:
+        return bytes(response.read())
+
+
+def fetch(url: str, timeout: float) -> ServerStatus:
+    """The status document at `url`, the one way every reader gets it.
+
+    Raises OSError when it cannot be read, ValueError when it is not a status document (it comes
+    from a pod: untrusted).
+    """
+    return ServerStatus.model_validate_json(http_get(url, timeout))

@@ -1,0 +1,247 @@
+"""A job's children as plain manifest dicts, built by pure functions from the validated spec.
+
+The operator creates what these return (after `kopf.adopt`), `kubeflower render` prints it, and
+`kubeflower run` reads the containers' commands and environment from it: this module is the one
+description of what a job's pods run (their environment's values: `kubeflower.core.environment`).
+Every pod meets the "restricted" Pod Security Standard.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeflower.core import contract, environment
+from kubeflower.core.api import EnvVar, FederatedTrainingJob, PodSettings, ServiceType
+from kubeflower.core.environment import CLIENTS, SERVER, clients_name, server_name
+from kubeflower_operator.settings import Settings
+
+Manifest = dict[str, Any]
+
+CLIENT_CONTAINER = "client"
+MANAGED_BY = "kubeflower-operator"
+
+
+def selector_labels(job_name: str, component: str) -> dict[str, str]:
+    return {contract.JOB_LABEL: job_name, contract.COMPONENT_LABEL: component}
+
+
+def labels(job_name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "kubeflower",
+        "app.kubernetes.io/instance": job_name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/part-of": "kubeflower",
+        **selector_labels(job_name, component),
+    }
+
+
+def label_selector(job_name: str, component: str) -> str:
+    """The selector string (`kubectl get -l`, the scale subresource's status.selector)."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(job_name, component).items())
+
+
+def _metadata(job: FederatedTrainingJob, name: str, component: str) -> Manifest:
+    meta: Manifest = {"name": name, "labels": labels(job.metadata.name, component)}
+    if job.metadata.namespace:
+        meta["namespace"] = job.metadata.namespace
+    return meta
+
+
+def _env(values: dict[str, str]) -> list[Manifest]:
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def _user_env(env: list[EnvVar] | None) -> list[Manifest]:
+    return [e.model_dump(by_alias=True, exclude_none=True) for e in env or []]
+
+
+_VOLUMES = {
+    "output": contract.OUTPUT_DIR,
+    "data": contract.DATA_DIR,
+    "flwr-home": contract.FLWR_HOME,
+    "tmp": contract.TMP_DIR,
+}
+"""emptyDir volumes: the root file system is read-only, these are where the workload writes."""
+
+
+def _container(
+    job: FederatedTrainingJob, name: str, command: list[str], env: list[Manifest], settings: PodSettings, app: Settings
+) -> Manifest:
+    container: Manifest = {
+        "name": name,
+        "image": job.spec.image or app.image,
+        "imagePullPolicy": app.image_pull_policy,
+        "command": command,
+        # The user's variables first, the contract's last: on a duplicate name the last one wins.
+        "env": _user_env(settings.env) + env,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": v, "mountPath": p} for v, p in _VOLUMES.items()],
+    }
+    if settings.resources is not None:
+        container["resources"] = settings.resources.model_dump(by_alias=True, exclude_none=True)
+    return container
+
+
+def _pod_spec(container: Manifest, settings: PodSettings, app: Settings) -> Manifest:
+    spec: Manifest = {
+        "containers": [container],
+        "volumes": [{"name": v, "emptyDir": {}} for v in _VOLUMES],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": app.run_as_user,
+            "runAsGroup": app.run_as_user,
+            "fsGroup": app.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # The workload never talks to the Kubernetes API: no token, no service-link variables.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "restartPolicy": "Always",
+    }
+    for key, value in (
+        ("nodeSelector", settings.node_selector),
+        ("tolerations", settings.tolerations),
+        ("affinity", settings.affinity),
+    ):
+        if value:
+            spec[key] = value
+    return spec
+
+
+def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest:
+    """One server pod. `Recreate`: two SuperLinks for one job must never overlap."""
+    name = server_name(job.metadata.name)
+    container = _container(
+        job, SERVER, ["kubeflower-server"], _env(environment.server_environment(job)), job.spec.server, settings
+    )
+    container["ports"] = [
+        {"name": "flower", "containerPort": contract.SUPERLINK_PORT, "protocol": "TCP"},
+        {"name": "status", "containerPort": contract.STATUS_PORT, "protocol": "TCP"},
+    ]
+    probe = {"httpGet": {"path": "/healthz", "port": "status"}, "periodSeconds": 5, "failureThreshold": 3}
+    container["readinessProbe"] = probe
+    container["livenessProbe"] = {**probe, "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(job, name, SERVER),
+        "spec": {
+            "replicas": 0 if job.spec.run_policy.suspend else 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector_labels(job.metadata.name, SERVER)},
+            "template": {
+                "metadata": {"labels": labels(job.metadata.name, SERVER)},
+                "spec": _pod_spec(container, job.spec.server, settings),
+            },
+        },
+    }
+
+
+def server_service(job: FederatedTrainingJob) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, server_name(job.metadata.name), SERVER),
+        "spec": {
+            "type": job.spec.service.type.value,
+            "selector": selector_labels(job.metadata.name, SERVER),
+            "ports": [
+                {"name": "flower", "port": contract.SUPERLINK_PORT, "targetPort": "flower", "protocol": "TCP"},
+                {"name": "status", "port": contract.STATUS_PORT, "targetPort": "status", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def server_network_policy(job: FederatedTrainingJob) -> Manifest | None:
+    """Only the job's own clients may reach the SuperLink port.
+
+    Flower's Control API is unauthenticated and shares that port with the Fleet API, so anyone who
+    reaches it could start or stop runs. The status port stays open (read-only). A NodePort or
+    LoadBalancer Service means clients outside the cluster are intended: no policy then.
+    """
+    if job.spec.service.type != ServiceType.CLUSTER_IP:
+        return None
+    name = job.metadata.name
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, server_name(name), SERVER),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(name, SERVER)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": selector_labels(name, CLIENTS)}}],
+                    "ports": [{"port": contract.SUPERLINK_PORT, "protocol": "TCP"}],
+                },
+                {"ports": [{"port": contract.STATUS_PORT, "protocol": "TCP"}]},
+            ],
+        },
+    }
+
+
+def client_env(job: FederatedTrainingJob) -> list[Manifest]:
+    """The client environment's entries: the job's values, and the pod's name and CPUs from the
+    downward API."""
+    values = environment.client_environment(job)
+    pod_name = {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    env = [pod_name, *_env(values)]
+    if contract.ENV_THREADS not in {e.name for e in job.spec.clients.env or []}:  # the user's value wins
+        cpus = {
+            "containerName": CLIENT_CONTAINER,
+            "resource": _cpu_resource(job),
+            "divisor": "1",
+        }  # whole CPUs, rounded up
+        env.append({"name": contract.ENV_THREADS, "valueFrom": {"resourceFieldRef": cpus}})
+    return env
+
+
+def _cpu_resource(job: FederatedTrainingJob) -> str:
+    """The client container's CPUs, as the downward API reads them: the limit, else the request
+    (clusters that set no CPU limits), else `limits.cpu`, which then reads the node's CPUs."""
+    resources = job.spec.clients.resources
+    if resources is not None and "cpu" not in (resources.limits or {}) and "cpu" in (resources.requests or {}):
+        return "requests.cpu"
+    return "limits.cpu"
+
+
+def client_replicas(job: FederatedTrainingJob) -> int:
+    return 0 if job.spec.run_policy.suspend else job.spec.clients.replicas
+
+
+def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifest:
+    """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
+    name = clients_name(job.metadata.name)
+    container = _container(job, CLIENT_CONTAINER, ["kubeflower-client"], client_env(job), job.spec.clients, settings)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(job, name, CLIENTS),
+        "spec": {
+            "replicas": client_replicas(job),
+            # Clients are interchangeable peers: start and stop them all at once, not one by one.
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(job.metadata.name, CLIENTS)},
+            "template": {
+                "metadata": {"labels": labels(job.metadata.name, CLIENTS)},
+                "spec": _pod_spec(container, job.spec.clients, settings),
+            },
+        },
+    }
+
+
+def server_children(job: FederatedTrainingJob, settings: Settings) -> list[Manifest]:
+    """What is created first: the server and the way to reach it."""
+    policy = server_network_policy(job)
+    return [server_deployment(job, settings), server_service(job), *([policy] if policy else [])]
+
+
+def all_children(job: FederatedTrainingJob, settings: Settings) -> list[Manifest]:
+    return [*server_children(job, settings), client_statefulset(job, settings)]

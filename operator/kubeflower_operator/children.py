@@ -1,0 +1,69 @@
+"""Writes to a job's children through the Kubernetes client: create, patch, delete, by kind.
+
+Every write is idempotent from the reconcile's point of view: creating what already exists (the
+watch had not caught up yet) and deleting what is already gone are not errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubeflower.core import api
+
+Manifest = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+log = logging.getLogger(__name__)
+
+# kind -> (API class, method suffix)
+_KINDS: dict[str, tuple[Callable[[client.ApiClient], Any], str]] = {
+    "Deployment": (client.AppsV1Api, "deployment"),
+    "StatefulSet": (client.AppsV1Api, "stateful_set"),
+    "Service": (client.CoreV1Api, "service"),
+    "NetworkPolicy": (client.NetworkingV1Api, "network_policy"),
+}
+
+
+class Children:
+    """The operator's hands on child objects, sharing one API client."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._client = api_client
+
+    def _method(self, verb: str, kind: str) -> Callable[..., Any]:
+        api_class, suffix = _KINDS[kind]
+        method: Callable[..., Any] = getattr(api_class(self._client), f"{verb}_namespaced_{suffix}")
+        return method
+
+    def create(self, namespace: str, manifest: Manifest) -> None:
+        try:
+            self._method("create", manifest["kind"])(namespace, manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            log.debug("%s %s already exists", manifest["kind"], manifest["metadata"]["name"])
+
+    def patch(self, namespace: str, manifest: Manifest) -> None:
+        self._method("patch", manifest["kind"])(
+            manifest["metadata"]["name"], namespace, manifest, _content_type=MERGE_PATCH
+        )
+
+    def delete(self, namespace: str, kind: str, name: str) -> None:
+        try:
+            self._method("delete", kind)(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            client.CustomObjectsApi(self._client).delete_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, propagation_policy="Background"
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

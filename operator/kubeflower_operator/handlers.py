@@ -1,0 +1,199 @@
+"""The kopf registrations: thin, each delegating to one module.
+
+Run with `kopf run -m kubeflower_operator.handlers` (the image does, with `--liveness`). One
+reconcile serves create, update, resume and a timer; it reads the job's children from in-memory
+indexes (no API reads), polls the server's status document, plans with the pure
+`reconcile.plan`, applies the plan and patches only the status fields that changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from pydantic import ValidationError
+
+from kubeflower.core import api, contract, environment
+from kubeflower.core.api import FederatedTrainingJobStatus
+from kubeflower.core.validation import JobInvalid, parse_job
+from kubeflower_operator import builders, reconcile
+from kubeflower_operator.children import Children
+from kubeflower_operator.observed import Child, Observed, Poll, restart_count, summarize
+from kubeflower_operator.poll import poll, status_url
+from kubeflower_operator.settings import Settings
+
+TIMER_INTERVAL = Settings.from_env().reconcile_interval
+log = logging.getLogger("kubeflower_operator")
+MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
+JOB = (api.GROUP, api.VERSION, api.PLURAL)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere, the kubeconfig that KUBECONFIG names now."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def configure(
+    *, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
+    # Watch streams can go silent without an error; restart them on a schedule.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    # Events are posted on purpose (one per round, one per verdict), not for every log line.
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 20
+    # A job is deleted from inside its own timer (ttlSecondsAfterFinished), or while one runs: kopf
+    # then waits for the timer to exit before it removes its finalizer, and checks again only after
+    # cancellation_polling (60 s by default) unless the timer exits within a few event-loop cycles.
+    settings.background.cancellation_polling = 1.0
+    # kopf logs every timer run at INFO ("Timer ... succeeded"): thousands of lines an hour that an
+    # on-call engineer never needs. Our own log lines (kubeflower_operator) say what was done.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # `--liveness` serves /healthz with aiohttp, which logs every request: the kubelet's liveness
+    # and readiness probes (deploy/deployment.yaml) would add a line every few seconds.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        # The client reads KUBECONFIG when it is imported; read it now, as kopf does.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    memo.settings = Settings.from_env()
+    memo.children = Children(client.ApiClient())
+    logger.info("kubeflower operator started: %s", memo.settings)
+
+
+def _job_key(body: kopf.Body) -> tuple[str, str] | None:
+    job = body.get("metadata", {}).get("labels", {}).get(contract.JOB_LABEL)
+    return (body["metadata"].get("namespace", ""), job) if job else None
+
+
+def _child_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Child]:
+    key = _job_key(body)
+    return {key: summarize(body)} if key else {}
+
+
+kopf.index("apps", "v1", "deployments", labels=MANAGED, id="deployments")(_child_index)
+kopf.index("apps", "v1", "statefulsets", labels=MANAGED, id="statefulsets")(_child_index)
+kopf.index("", "v1", "services", labels=MANAGED, id="services")(_child_index)
+kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED, id="networkpolicies")(_child_index)
+
+
+@kopf.index("", "v1", "pods", labels={**MANAGED, contract.COMPONENT_LABEL: environment.SERVER})
+def server_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], int]:
+    key = _job_key(body)
+    return {key: restart_count(body)} if key else {}
+
+
+def _observe(
+    key: tuple[str, str],
+    indexes: dict[str, kopf.Index[tuple[str, str], Any]],
+    expected: dict[str, Child],
+    poll_result: Poll,
+) -> Observed:
+    found: dict[str, Child] = {}
+    for index_name in CHILD_INDEXES:
+        for child in indexes[index_name].get(key, []):
+            found[child.kind] = child
+    for kind in set(expected) & set(found):
+        del expected[kind]  # the watch has caught up with what we created
+    return Observed(
+        children={**expected, **found},
+        server_restarts=sum(indexes["server_pods"].get(key, [])),
+        poll=poll_result,
+    )
+
+
+CHILD_INDEXES = ("deployments", "statefulsets", "services", "networkpolicies")
+
+
+@kopf.on.resume(*JOB)
+@kopf.on.create(*JOB)
+@kopf.on.update(*JOB)
+@kopf.timer(*JOB, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL, id="reconcile-timer")
+def reconcile_job(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo, **indexes: Any) -> None:
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return  # Going away: the garbage collector removes the children through their owner references.
+    # Handlers and the timer of one job run in different threads: one reconcile at a time.
+    with memo.setdefault("lock", threading.Lock()):
+        # Our last status patch is applied after we return; a body still at the version we planned
+        # from has not seen it yet, so plan from what we wrote, not from the stale body.
+        seen_version, written = memo.get("written", (None, None))
+        current = written if seen_version == meta["resourceVersion"] else dict(status)
+        plan = _plan(body, _typed_status(current, meta), memo, indexes)
+        _apply(plan, body, memo)
+        desired = plan.status.wire()
+        memo.written = (meta["resourceVersion"], desired)
+    for key, value in desired.items():
+        if current.get(key) != value:
+            patch.status[key] = value
+    for gone in set(current) - set(desired):
+        patch.status[gone] = None
+
+
+def _typed_status(current: dict[str, Any], meta: Any) -> FederatedTrainingJobStatus:
+    """The status as last written; one broken by hand (it is writable) is planned afresh."""
+    try:
+        return FederatedTrainingJobStatus.model_validate(current)
+    except ValidationError as exc:
+        log.warning("%s/%s: its status is not ours (%s); planning it afresh", meta["namespace"], meta["name"], exc)
+        return FederatedTrainingJobStatus()
+
+
+def _plan(
+    body: kopf.Body, current: FederatedTrainingJobStatus, memo: kopf.Memo, indexes: dict[str, Any]
+) -> reconcile.Plan:
+    meta = body["metadata"]
+    now = datetime.now(UTC)
+    generation = int(meta.get("generation", 1))
+    try:
+        job = parse_job(dict(body))
+    except JobInvalid as exc:
+        return reconcile.invalid_plan(current, generation, str(exc), now)
+    settings: Settings = memo.settings
+    key = (meta["namespace"], meta["name"])
+    expected: dict[str, Child] = memo.setdefault("expected", {})
+    server = _observe(key, indexes, expected, Poll()).children.get("Deployment")
+    if server and server.ready_replicas >= 1 and current.completion_time is None:
+        url = status_url(settings, meta["name"], meta["namespace"])
+        memo.poll = poll(url, memo.get("poll", Poll()), settings.poll_timeout)
+    else:
+        memo.poll = Poll()
+    observed = _observe(key, indexes, expected, memo.poll)
+    return reconcile.plan(job, generation, current, observed, now, settings)
+
+
+def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> None:
+    # Logged through a plain logger: kopf's per-object logger would turn warnings into Events too,
+    # and the plan's events are posted explicitly, once each.
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    job = f"{namespace}/{name}"
+    children: Children = memo.children
+    for manifest in plan.create:
+        kopf.adopt(manifest, owner=body)
+        children.create(namespace, manifest)
+        memo.expected[manifest["kind"]] = summarize(manifest)
+        log.info("%s: created %s %s", job, manifest["kind"], manifest["metadata"]["name"])
+    for manifest in plan.update:
+        children.patch(namespace, manifest)
+        log.info("%s: updated %s %s to the job's spec", job, manifest["kind"], manifest["metadata"]["name"])
+    for kind, child_name in plan.delete:
+        children.delete(namespace, kind, child_name)
+        log.info("%s: deleted %s %s (runPolicy.cleanPolicy)", job, kind, child_name)
+    for event in plan.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        (log.warning if event.type == "Warning" else log.info)("%s: %s: %s", job, event.reason, event.message)
+    if plan.delete_job:
+        log.info("%s: deleting the job: ttlSecondsAfterFinished has passed", job)
+        children.delete_job(namespace, name)

@@ -1,0 +1,66 @@
+"""What the operator sees of a job's world, reduced to the facts a reconcile decides on.
+
+The kopf indexes keep these summaries in memory from the watch streams, so a reconcile costs no
+API request to learn the state of a job's children.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubeflower.core.server_status import ServerStatus
+
+CONFIG_HASH = "kubeflower.io/config-hash"
+"""Annotation on each child: the hash of the manifest it was built from, to detect spec drift."""
+
+
+@dataclass(frozen=True)
+class Child:
+    """One child object (Deployment, StatefulSet, Service, NetworkPolicy) as observed."""
+
+    kind: str
+    name: str
+    replicas: int = 0
+    ready_replicas: int = 0
+    config_hash: str | None = None
+    deleting: bool = False
+
+
+def summarize(body: Any) -> Child:
+    """The facts of one child object that a reconcile uses (kept in the operator's indexes)."""
+    meta = body.get("metadata", {})
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    return Child(
+        kind=body.get("kind", ""),
+        name=meta.get("name", ""),
+        replicas=int(spec.get("replicas", 0) or 0),
+        ready_replicas=int(status.get("readyReplicas", 0) or 0),
+        config_hash=(meta.get("annotations") or {}).get(CONFIG_HASH),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def restart_count(pod: Any) -> int:
+    """Container restarts of one pod, from its status."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return sum(int(s.get("restartCount", 0) or 0) for s in statuses)
+
+
+@dataclass(frozen=True)
+class Poll:
+    """The latest read of the server's status document."""
+
+    document: ServerStatus | None = None
+    error: str | None = None
+    failing_since: float | None = None
+    """Monotonic-free wall time (epoch seconds) of the first failure in the current run of failures."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    children: dict[str, Child] = field(default_factory=dict)
+    """By kind: Deployment, Service, NetworkPolicy, StatefulSet."""
+    server_restarts: int = 0
+    poll: Poll = field(default_factory=Poll)

@@ -1,0 +1,346 @@
+"""One level-triggered reconcile, as a pure function: (job, what is observed, now) -> a plan.
+
+The kopf handlers gather the inputs (indexes, one poll of the server) and apply the plan; every
+decision lives here, so it is tested without a cluster. The plan is idempotent: applying it twice,
+or after an operator restart, converges on the same objects and the same status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, NamedTuple
+
+from kubeflower.core import environment
+from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, JobMetrics
+from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
+from kubeflower.core.server_status import Phase, ServerStatus
+from kubeflower_operator import builders
+from kubeflower_operator.observed import CONFIG_HASH, Child, Observed
+from kubeflower_operator.settings import Settings
+
+Manifest = dict[str, Any]
+METRIC_DIGITS = 4
+"""Significant digits of the metrics in the status: `kubectl get ftj` prints them as they are (an
+ACCURACY of 0.9778, not 0.9777777777777777); the server's metrics.json keeps every digit."""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    create: list[Manifest] = field(default_factory=list)
+    update: list[Manifest] = field(default_factory=list)
+    delete: list[tuple[str, str]] = field(default_factory=list)
+    """(kind, name) of children to remove."""
+    status: JobStatus = field(default_factory=JobStatus)
+    """The whole desired status; the handler patches only the fields that differ (`JobStatus.wire`)."""
+    events: list[Event] = field(default_factory=list)
+    delete_job: bool = False
+
+
+def with_config_hash(manifest: Manifest) -> Manifest:
+    """The manifest, annotated with a hash of its spec so drift from the job's spec is visible."""
+    digest = hashlib.sha256(json.dumps(manifest["spec"], sort_keys=True).encode()).hexdigest()[:16]
+    meta = manifest["metadata"]
+    meta["annotations"] = {**meta.get("annotations", {}), CONFIG_HASH: digest}
+    return manifest
+
+
+def desired_children(job: FederatedTrainingJob, settings: Settings) -> list[Manifest]:
+    """Every child of the job as the operator creates it (before owner references)."""
+    return [with_config_hash(m) for m in builders.all_children(job, settings)]
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _condition(
+    previous: list[Condition], type_: str, ok: bool, reason: str, message: str, generation: int, now: datetime
+) -> Condition:
+    """A metav1.Condition whose lastTransitionTime moves only when its status changes."""
+    status: Literal["True", "False"] = "True" if ok else "False"
+    old = next((c for c in previous if c.type == type_), None)
+    since = old.last_transition_time if old and old.status == status else timestamp(now)
+    return Condition(
+        type=type_,
+        status=status,
+        observed_generation=generation,
+        last_transition_time=since,
+        reason=reason,
+        message=message,
+    )
+
+
+def _round_events(previous_round: int, document: ServerStatus) -> list[Event]:
+    events = []
+    for record in document.history:
+        if record.round > previous_round:
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(record.metrics.items()))
+            events.append(
+                Event(
+                    "Normal",
+                    "RoundCompleted",
+                    f"round {record.round}/{document.total_rounds} in {record.seconds:.1f}s: "
+                    f"{metrics or 'no metrics'} ({record.replies} replies, {record.failures} failures)",
+                )
+            )
+    return events
+
+
+def invalid_plan(previous: JobStatus, generation: int, message: str, now: datetime) -> Plan:
+    """A spec that failed validation: Failed with the fields named, and no children at all."""
+    status = previous.model_copy(
+        update={
+            "observed_generation": generation,
+            "phase": Phase.FAILED,
+            "reason": "ValidationFailed",
+            "message": message,
+            "conditions": [
+                _condition(previous.conditions or [], "Failed", True, "ValidationFailed", message, generation, now)
+            ],
+        }
+    )
+    repeated = previous.reason == "ValidationFailed" and previous.message == message
+    return Plan(status=status, events=[] if repeated else [Event("Warning", "ValidationFailed", message)])
+
+
+def plan(
+    job: FederatedTrainingJob,
+    generation: int,
+    previous: JobStatus,
+    observed: Observed,
+    now: datetime,
+    settings: Settings,
+) -> Plan:
+    """Everything to do for a valid job, from what is observed now: progress, verdict, children,
+    conditions, each its own step."""
+    out = Plan()
+    status, out.events = progress(job, generation, previous, observed, now)
+    if status.completion_time is None:
+        decided = verdict(job, status, observed, now, settings)
+        if decided is not None:
+            status = finish(status, decided, now)
+            kind = "Normal" if decided.phase == Phase.SUCCEEDED else "Warning"
+            out.events.append(Event(kind, decided.reason, decided.message))
+    status = children_step(job, status, observed, now, settings, out)
+    server = observed.children.get("Deployment")
+    server_ready = bool(server and server.ready_replicas >= 1)
+    desired_clients = 0 if status.completion_time else builders.client_replicas(job)
+    found = conditions(previous.conditions or [], status, server_ready, desired_clients, generation, now)
+    out.status = status.model_copy(update={"conditions": found})
+    return out
+
+
+def progress(
+    job: FederatedTrainingJob, generation: int, previous: JobStatus, observed: Observed, now: datetime
+) -> tuple[JobStatus, list[Event]]:
+    """The job's counters and its rounds, from the server's status document (Warning on a restart,
+    one RoundCompleted per round not yet reported)."""
+    spec = job.spec
+    events: list[Event] = []
+    restarts_before = previous.server_restarts or 0
+    restarts = max(observed.server_restarts, restarts_before)
+    finished = previous.completion_time is not None
+    update: dict[str, Any] = {
+        "observed_generation": generation,
+        "total_rounds": spec.rounds,
+        "server_address": environment.superlink_address(job),
+        "selector": builders.label_selector(job.metadata.name, environment.CLIENTS),
+        "start_time": previous.start_time or timestamp(now),
+        "current_round": previous.current_round or 0,
+        "server_restarts": restarts,
+    }
+    if restarts > restarts_before and not finished:
+        events.append(
+            Event(
+                "Warning",
+                "ServerRestarted",
+                (
+                    f"the server restarted ({restarts} of "
+                    f"runPolicy.backoffLimit={spec.run_policy.backoff_limit} tolerated); "
+                    "Flower keeps a run in the SuperLink's memory, so the run starts over from round 1"
+                ),
+            )
+        )
+    document = observed.poll.document
+    if document is not None and not finished:
+        events += _round_events(previous.current_round or 0, document)
+        update["current_round"] = document.current_round
+        if document.metrics:
+            update["metrics"] = JobMetrics.model_validate(
+                {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in document.metrics.items()}
+            )
+    return previous.model_copy(update=update), events
+
+
+class Verdict(NamedTuple):
+    phase: Phase
+    reason: str
+    message: str
+
+
+def finish(status: JobStatus, decided: Verdict, now: datetime) -> JobStatus:
+    return status.model_copy(
+        update={
+            "phase": decided.phase,
+            "reason": decided.reason,
+            "message": decided.message,
+            "completion_time": timestamp(now),
+        }
+    )
+
+
+def verdict(
+    job: FederatedTrainingJob, status: JobStatus, observed: Observed, now: datetime, settings: Settings
+) -> Verdict | None:
+    """(phase, reason, message) when the job has just finished, else None."""
+    policy = job.spec.run_policy
+    document = observed.poll.document
+    restarts = status.server_restarts or 0
+    if document is not None and document.phase == Phase.SUCCEEDED:
+        accuracy = document.metrics.get("accuracy")
+        detail = f", accuracy {accuracy:.4f}" if accuracy is not None else ""
+        return Verdict(Phase.SUCCEEDED, "RunSucceeded", f"all {document.total_rounds} rounds completed{detail}")
+    if document is not None and document.phase == Phase.FAILED:
+        return Verdict(Phase.FAILED, "RunFailed", document.message or "the Flower run failed")
+    if restarts > policy.backoff_limit:
+        return Verdict(
+            Phase.FAILED,
+            "BackoffLimitExceeded",
+            f"the server restarted {restarts} times, more than runPolicy.backoffLimit={policy.backoff_limit}",
+        )
+    poll = observed.poll
+    if poll.failing_since is not None and now.timestamp() - poll.failing_since > settings.poll_failure_tolerance:
+        return Verdict(
+            Phase.FAILED,
+            "StatusUnreachable",
+            f"the server's status endpoint failed for more than {settings.poll_failure_tolerance:g}s: {poll.error}",
+        )
+    deadline = policy.active_deadline_seconds
+    started = parse_timestamp(status.start_time) if status.start_time else now
+    if deadline is not None and not policy.suspend and now > started + timedelta(seconds=deadline):
+        return Verdict(
+            Phase.FAILED, "DeadlineExceeded", f"the job ran longer than runPolicy.activeDeadlineSeconds={deadline}"
+        )
+    return None
+
+
+def children_step(
+    job: FederatedTrainingJob, status: JobStatus, observed: Observed, now: datetime, settings: Settings, out: Plan
+) -> JobStatus:
+    """What to create, update or delete (and the job itself, once its TTL has passed); the client
+    counts and, while the job runs, its phase."""
+    spec = job.spec
+    children = observed.children
+    server, clients = children.get("Deployment"), children.get("StatefulSet")
+    server_ready = bool(server and server.ready_replicas >= 1)
+    finished_at = status.completion_time
+    ready_clients = clients.ready_replicas if clients else 0
+    desired_clients = 0 if finished_at else builders.client_replicas(job)
+    update: dict[str, Any] = {
+        "replicas": ready_clients,
+        "clients": f"{ready_clients}/{desired_clients}",
+        "round": f"{status.current_round or 0}/{spec.rounds}",
+    }
+    if finished_at:
+        _finished_children(job, children, out)
+        ttl = spec.run_policy.ttl_seconds_after_finished
+        if ttl is not None and now >= parse_timestamp(finished_at) + timedelta(seconds=ttl):
+            out.delete_job = True
+    else:
+        desired = {m["kind"]: m for m in desired_children(job, settings)}
+        _running_children(desired, children, server_ready, out)
+        update["phase"], update["reason"], update["message"] = _phase(job, server, clients, observed.poll.document)
+    return status.model_copy(update=update)
+
+
+def conditions(
+    previous: list[Condition],
+    status: JobStatus,
+    server_ready: bool,
+    desired_clients: int,
+    generation: int,
+    now: datetime,
+) -> list[Condition]:
+    """ServerReady, ClientsReady, and the phase's own condition when it is final or suspended."""
+    ready_clients = status.replicas or 0
+    found = [
+        _condition(
+            previous,
+            "ServerReady",
+            server_ready,
+            "ServerReady" if server_ready else "ServerNotReady",
+            "the server pod is ready" if server_ready else "waiting for the server pod",
+            generation,
+            now,
+        ),
+        _condition(
+            previous,
+            "ClientsReady",
+            desired_clients > 0 and ready_clients >= desired_clients,
+            "ClientsReady",
+            f"{ready_clients}/{desired_clients} client pods ready",
+            generation,
+            now,
+        ),
+    ]
+    if status.phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.SUSPENDED):
+        found.append(
+            _condition(previous, status.phase.value, True, status.reason or "", status.message or "", generation, now)
+        )
+    return found
+
+
+def _phase(
+    job: FederatedTrainingJob, server: Child | None, clients: Child | None, document: ServerStatus | None
+) -> tuple[Phase, str, str]:
+    if job.spec.run_policy.suspend:
+        return Phase.SUSPENDED, "Suspended", "runPolicy.suspend is true: the federation is scaled to zero"
+    if not server or server.ready_replicas < 1:
+        return Phase.PENDING, "WaitingForServer", "waiting for the server pod to be ready"
+    if not clients:
+        return Phase.PENDING, "CreatingClients", "the server is ready; creating the clients"
+    if document is not None and document.message:
+        return Phase.RUNNING, "Running", document.message
+    return Phase.RUNNING, "Running", "the federation is running"
+
+
+def _running_children(desired: dict[str, Manifest], children: dict[str, Child], server_ready: bool, out: Plan) -> None:
+    """Create what is missing; bring drifted children back to the spec.
+
+    The server is never replaced mid-run (that would restart the Flower run): only its replica
+    count follows `suspend`. The clients are created once the server is ready, and follow every
+    spec change (replicas, env, resources).
+    """
+    for kind, manifest in desired.items():
+        child = children.get(kind)
+        if kind == "StatefulSet" and not server_ready and child is None:
+            continue
+        if child is None:
+            out.create.append(manifest)
+        elif kind == "Deployment" and child.replicas != manifest["spec"]["replicas"]:
+            out.update.append({**manifest, "spec": {"replicas": manifest["spec"]["replicas"]}})
+        elif kind == "StatefulSet" and child.config_hash != manifest["metadata"]["annotations"][CONFIG_HASH]:
+            out.update.append(manifest)
+
+
+def _finished_children(job: FederatedTrainingJob, children: dict[str, Child], out: Plan) -> None:
+    policy = job.spec.run_policy.clean_policy
+    doomed = {CleanPolicy.NONE: (), CleanPolicy.CLIENTS: ("StatefulSet",), CleanPolicy.ALL: tuple(children)}[policy]
+    for kind in doomed:
+        child = children.get(kind)
+        if child is not None and not child.deleting:
+            out.delete.append((kind, child.name))

@@ -1,0 +1,179 @@
+"""Pods as containers: the objects that `kubeflower render` gives, run in a real container engine.
+
+A pod of a rendered Deployment or StatefulSet becomes one container started with what a kubelet
+would give it: the command and environment that the pod runner's kubelet reading computes
+(`tests.podrunner.podspec.launch`, with the downward API filled in: pod name, namespace, labels,
+pod IP, resource fields), the image's own ENTRYPOINT/CMD/ENV read from the engine, the pod's user,
+group and fsGroup, a read-only root, dropped capabilities and no new privileges as its
+securityContext says, each emptyDir as a tmpfs of the pod's fsGroup (mode 2777 and executable, as
+a kubelet's emptyDir with fsGroup), the memory and CPU limits, the pod's grace period as the stop
+timeout, and the pod name as hostname.
+
+Where it differs from a cluster, knowingly: one user-defined bridge network with an address per
+pod; Service names resolve through /etc/hosts entries (--add-host) to the server pod's address, so
+a Service port must equal its target port (the operator's Services keep them equal); no probes,
+restarts or NetworkPolicies (the pod runner's e2e tests cover those); where the image has a folder
+at a tmpfs's mount point, Docker copies that folder's mode onto the tmpfs, so the tmpfs is owned
+by the container's user as well (a kubelet's emptyDir is root's, mode 2777); an unsupported spec raises
+`podspec.Unsupported` rather than running something else.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from testbed.containers.engine import Docker
+from testbed.podrunner import podspec
+from testbed.podrunner.netns import choose_subnet
+
+Obj = dict[str, Any]
+LABEL = "io.kubeflower.test"
+"""Label of everything these tests create in the engine, to clean up after a killed run."""
+
+
+def pods_of(workload: Obj) -> list[Obj]:
+    """The pods a Deployment (one) or StatefulSet (`replicas`, named by ordinal) would have."""
+    template = workload["spec"]["template"]
+    name, namespace = workload["metadata"]["name"], workload["metadata"].get("namespace", "default")
+    if workload["kind"] == "StatefulSet":
+        names = [f"{name}-{i}" for i in range(int(workload["spec"].get("replicas", 1)))]
+    else:
+        names = [f"{name}-{secrets.token_hex(4)}-{secrets.token_hex(2)}"]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": n,
+                "namespace": namespace,
+                "labels": dict(template["metadata"].get("labels") or {}),
+                "uid": secrets.token_hex(8),
+            },
+            "spec": copy.deepcopy(template["spec"]),
+        }
+        for n in names
+    ]
+
+
+def service_hosts(service: Obj) -> list[str]:
+    """The DNS names a Service answers to from a pod of its namespace."""
+    name, namespace = service["metadata"]["name"], service["metadata"].get("namespace", "default")
+    return [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+
+
+def run_arguments(
+    pod: Obj, launch: podspec.Launch, image: str, *, network: str, address: str, hosts: dict[str, str], name: str
+) -> list[str]:
+    """`docker run` arguments for the pod's (only) container, as a kubelet would start it."""
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+    empty_dirs = {v["name"] for v in spec.get("volumes") or [] if "emptyDir" in v}
+    other = [v["name"] for v in spec.get("volumes") or [] if "emptyDir" not in v]
+    if other:
+        raise podspec.Unsupported(f"volumes {other}: only emptyDir is modelled here")
+    args = [
+        "run",
+        "--detach",
+        "--name",
+        name,
+        "--hostname",
+        pod["metadata"]["name"],
+        "--label",
+        LABEL,
+        "--network",
+        network,
+        "--ip",
+        address,
+        "--user",
+        f"{launch.uid}:{launch.gid}",
+        "--workdir",
+        launch.workdir,
+        "--stop-timeout",
+        str(spec.get("terminationGracePeriodSeconds", 30)),
+    ]
+    args += [a for g in launch.groups if g != launch.gid for a in ("--group-add", str(g))]
+    args += [a for host, ip in hosts.items() for a in ("--add-host", f"{host}:{ip}")]
+    if launch.read_only_root:
+        args.append("--read-only")
+    if launch.no_new_privileges:
+        args += ["--security-opt", "no-new-privileges"]
+    if launch.drop_capabilities:
+        args += ["--cap-drop", "ALL"]
+    for mount in launch.mounts:
+        if mount["name"] in empty_dirs:
+            group = fs_group if fs_group is not None else launch.gid
+            args += ["--tmpfs", f"{mount['mountPath']}:exec,mode=2777,uid={launch.uid},gid={group}"]
+    limits = (container.get("resources") or {}).get("limits") or {}
+    if "memory" in limits:
+        args += ["--memory", str(int(podspec.quantity(limits["memory"])))]
+    if "cpu" in limits:
+        args += ["--cpus", str(podspec.quantity(limits["cpu"]))]
+    args += [a for k, v in launch.env.items() for a in ("--env", f"{k}={v}")]
+    return [*args, "--entrypoint", launch.argv[0], image, *launch.argv[1:]]
+
+
+@dataclass
+class Started:
+    pod: Obj
+    container: str
+    address: str
+
+
+@dataclass
+class PodNetwork:
+    """A bridge network of the engine and the pods started on it, removed on exit."""
+
+    docker: Docker
+    name: str = field(default_factory=lambda: f"kfimg-{secrets.token_hex(3)}")
+    subnet: ipaddress.IPv4Network = field(default_factory=choose_subnet)
+    hosts: dict[str, str] = field(default_factory=dict)
+    started: list[Started] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._free = iter(list(self.subnet.hosts())[1:])  # .1 is the bridge (the host's side)
+
+    def start(self, pod: Obj, *, services: Sequence[Obj] = ()) -> Started:
+        """Run the pod; the Services listed select it and resolve to its address from now on."""
+        address = str(next(self._free))
+        pod.setdefault("status", {})["podIP"] = address
+        for service in services:
+            self.hosts.update(dict.fromkeys(service_hosts(service), address))
+        container = pod["spec"]["containers"][0]
+        image = self.docker.image_metadata(container["image"])
+        launch = podspec.launch(pod, container, image, lambda *_: None)
+        name = f"{self.name}-{pod['metadata']['name']}"
+        self.docker(
+            *run_arguments(
+                pod, launch, container["image"], network=self.name, address=address, hosts=self.hosts, name=name
+            )
+        )
+        started = Started(pod, name, address)
+        self.started.append(started)
+        return started
+
+    def stop(self, started: Started) -> tuple[int, float]:
+        """`docker stop` with the pod's grace period: the exit code and the seconds it took."""
+        begin = time.monotonic()
+        self.docker("stop", started.container, timeout=120)
+        seconds = time.monotonic() - begin
+        state = self.docker.inspect("container", started.container)["State"]
+        return int(state["ExitCode"]), seconds
+
+    def logs(self, started: Started) -> str:
+        return self.docker.logs(started.container)
+
+    def __enter__(self) -> PodNetwork:
+        self.docker("network", "create", "--label", LABEL, "--subnet", str(self.subnet), self.name)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for started in self.started:
+            self.docker("rm", "--force", started.container, check=False)
+        self.docker("network", "rm", self.name, check=False)

@@ -1,5 +1,0 @@
-"""The workload: the Flower server and client entry points and the built-in Flower App.
-
-Runs in the workload image and under `kubeflower run`. It never imports kopf or the Kubernetes
-client: everything it learns about its job comes through the environment (`kubeflower.contract`).
-"""

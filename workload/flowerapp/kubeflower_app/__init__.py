@@ -1,1 +1,0 @@
-"""KubeFlower's built-in Flower App (ServerApp and ClientApp); the logic is in kubeflower.workload."""

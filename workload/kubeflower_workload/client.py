@@ -1,0 +1,93 @@
+"""`kubeflower-client`: a client pod's entry point, which runs `flower-supernode`.
+
+The partition id is the pod's StatefulSet ordinal (KUBEFLOWER_POD_NAME), unless
+KUBEFLOWER_PARTITION_ID sets it; the number of partitions is the replica count. The SuperNode
+retries the SuperLink until it answers, so clients may start before the server.
+
+The entry point stays the SuperNode's parent rather than exec'ing it: the SuperNode's SuperExec
+runs in a session of its own and leaves only when it sees its parent gone, which it cannot see
+while the dead SuperNode is an unreaped zombie (the lot of an orphan where PID 1 does not reap,
+as in a container whose PID 1 is Flower). So this process, a subreaper, stops the SuperNode on
+SIGTERM and then ends whatever is left below it; it exits with the SuperNode's exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+
+from kubeflower.core import contract
+from kubeflower_workload import processes
+
+LOG = logging.getLogger("kubeflower-client")
+STOP_GRACE = 10.0
+
+
+class SettingsError(Exception):
+    """The environment does not say which SuperLink or which partition."""
+
+
+def supernode_command(env: Mapping[str, str]) -> list[str]:
+    """The `flower-supernode` command line for this client."""
+    superlink = env.get(contract.ENV_SUPERLINK)
+    if not superlink:
+        raise SettingsError(f"{contract.ENV_SUPERLINK} is not set (host:port of the SuperLink)")
+    try:
+        num_partitions = int(env.get(contract.ENV_NUM_PARTITIONS, ""))
+        explicit = env.get(contract.ENV_PARTITION_ID)
+        partition_id = int(explicit) if explicit else contract.ordinal_from_pod_name(env.get(contract.ENV_POD_NAME, ""))
+        port = int(env.get(contract.ENV_SUPERNODE_PORT) or contract.SUPERNODE_PORT)
+    except ValueError as exc:
+        raise SettingsError(
+            f"{exc}; set {contract.ENV_NUM_PARTITIONS} and {contract.ENV_POD_NAME} (or {contract.ENV_PARTITION_ID}) "
+            "to whole numbers / a StatefulSet pod name"
+        ) from None
+    if not 0 <= partition_id < num_partitions:
+        raise SettingsError(
+            f"partition id {partition_id} is outside 0..{num_partitions - 1} ({contract.ENV_NUM_PARTITIONS})"
+        )
+    return [
+        "flower-supernode",
+        "--insecure",
+        "--superlink",
+        superlink,
+        "--port",
+        str(port),
+        "--node-config",
+        f"partition-id={partition_id} num-partitions={num_partitions}",
+    ]
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    try:
+        command = supernode_command(os.environ)
+    except SettingsError as exc:
+        LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.core.contract)", exc)
+        return 2
+    LOG.info("starting: %s", " ".join(command))
+    processes.become_subreaper()
+    superlink_host = os.environ[contract.ENV_SUPERLINK].rpartition(":")[0].strip("[]")
+    env = processes.child_env(direct=[superlink_host], superexec_poll=processes.NODE_SUPEREXEC_POLL_INTERVAL)
+    supernode = processes.start(command, env)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while supernode.poll() is None and not stop.wait(1.0):
+            pass
+        if stop.is_set():
+            LOG.info("stopping the SuperNode")
+            processes.stop(supernode, STOP_GRACE)
+    finally:
+        processes.kill_descendants()
+    LOG.info("the SuperNode exited with code %s", supernode.returncode)
+    return 0 if stop.is_set() else int(supernode.returncode or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""KubeFlower's built-in Flower App (ServerApp and ClientApp); the logic is in kubeflower_workload."""

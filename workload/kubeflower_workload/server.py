@@ -1,0 +1,376 @@
+"""`kubeflower-server`: the server pod's entry point.
+
+Runs `flower-superlink`, submits the job's run (the built-in Flower App, or the user's app from
+the image) with the job's run config through the Control API, follows it to its end, and serves
+the status document (`kubeflower.core.server_status`) on its own port. When the run has finished it
+writes `metrics.json` (the final status document) into the output folder, stops the SuperLink and
+keeps serving the final state, so a Deployment never restarts a finished job. SIGTERM stops the
+run and exits 0.
+
+Exit codes: 0 after SIGTERM; 1 when the SuperLink cannot start or dies during the run (a restart
+may help); 2 for a bad environment (the operator's bug, not the user's). A run that fails, or an
+app that cannot be bundled or submitted, is reported as Failed with the reason, and the process
+stays up: restarting would fail the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from kubeflower.core import contract
+from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus, http_get
+from kubeflower_workload import processes, progress, status_server
+from kubeflower_workload.control import Control, ControlError, RunState, build_fab
+
+LOG = logging.getLogger("kubeflower-server")
+BUILTIN_APP = Path(__file__).parent / "flowerapp"
+SUPERLINK_START_TIMEOUT = 60.0
+POLL_INTERVAL = 5.0
+"""Seconds between looks at the run's status and the connected SuperNodes (the SuperLink logs
+each). The end of a run is seen at once: the log stream ends with it and wakes the supervisor."""
+STOP_GRACE = 10.0
+LOG_DRAIN_TIMEOUT = 30.0
+"""Seconds to wait, once the run finished, for the rest of its log (its last rounds)."""
+ERRORS_KEPT = 5
+RELAY_DELAY = 0.5
+"""Seconds for the SuperLink's log lines about a refused request to reach `SuperLinkOutput`."""
+
+
+class SettingsError(Exception):
+    """The environment does not describe a job (a variable missing or malformed)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The job, as the operator's builders (or `kubeflower run`) put it into the environment."""
+
+    job: str
+    run_config: dict[str, bool | int | float | str]
+    app_dir: Path
+    rounds: int
+    min_clients: int
+    superlink_port: int
+    status_port: int
+    bind_host: str
+    output_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        def need(name: str) -> str:
+            if not env.get(name):
+                raise SettingsError(f"{name} is not set")
+            return env[name]
+
+        def number(name: str) -> int:
+            try:
+                return int(need(name))
+            except ValueError:
+                raise SettingsError(f"{name} must be a whole number (got {env[name]!r})") from None
+
+        try:
+            run_config = json.loads(env.get(contract.ENV_RUN_CONFIG) or "{}")
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"{contract.ENV_RUN_CONFIG} is not JSON: {exc}") from None
+        if not isinstance(run_config, dict):
+            raise SettingsError(f"{contract.ENV_RUN_CONFIG} must be a JSON object")
+        app_path = env.get(contract.ENV_APP_PATH)
+        return cls(
+            job=need(contract.ENV_JOB_NAME),
+            run_config=run_config,
+            app_dir=Path(app_path) if app_path else BUILTIN_APP,
+            rounds=number(contract.ENV_ROUNDS),
+            min_clients=number(contract.ENV_MIN_CLIENTS),
+            superlink_port=number(contract.ENV_SUPERLINK_PORT),
+            status_port=number(contract.ENV_STATUS_PORT),
+            bind_host=env.get(contract.ENV_BIND_HOST) or "0.0.0.0",
+            output_dir=Path(need(contract.ENV_OUTPUT_DIR)),
+        )
+
+
+class Board:
+    """The status document, shared by the supervisor's threads and the HTTP server."""
+
+    def __init__(self, status: ServerStatus) -> None:
+        self._status = status
+        self._lock = threading.Lock()
+
+    def get(self) -> ServerStatus:
+        with self._lock:
+            return self._status
+
+    def apply(self, change: Callable[[ServerStatus], ServerStatus]) -> ServerStatus:
+        with self._lock:
+            self._status = change(self._status)
+            return self._status
+
+
+class LogFollower(threading.Thread):
+    """Reads the run's log through StreamLogs and posts each finished round on the board."""
+
+    def __init__(self, control: Control, run_id: int, board: Board, on_end: Callable[[], None]) -> None:
+        super().__init__(name="run-log", daemon=True)
+        self.control, self.run_id, self.board, self.on_end = control, run_id, board, on_end
+        self.parser = progress.LogProgress()
+
+    def run(self) -> None:
+        after = 0.0
+        while True:
+            try:
+                for text, latest in self.control.stream_logs(self.run_id, after):
+                    after = max(after, latest)
+                    self._post(self.parser.feed(text, time.time()))
+                if self.control.run_state(self.run_id).finished:
+                    self.on_end()
+                    return
+            except ControlError as exc:
+                LOG.warning("reading the run's log: %s; retrying", exc)
+                time.sleep(POLL_INTERVAL)
+
+    def _with_round(self, status: ServerStatus, record: RoundRecord) -> ServerStatus:
+        # A user's app may run another number of rounds than the job says: its log lines tell.
+        total = self.parser.total_rounds or status.total_rounds
+        return status.with_round(record).model_copy(update={"total_rounds": total})
+
+    def close_last_round(self) -> None:
+        """The run completed: a round still open in Flower's log lines is finished."""
+        self._post(self.parser.finish(time.time()))
+
+    def _post(self, records: list[RoundRecord]) -> None:
+        for record in records:
+            self.board.apply(functools.partial(self._with_round, record=record))
+            LOG.info("round %d finished: %s", record.round, progress.summary(record))
+
+
+class SuperLinkOutput(threading.Thread):
+    """Relays the SuperLink's output to ours (the pod's log) and keeps its latest errors.
+
+    Flower's API answers a refused run with a public message only ("Invalid run configuration.");
+    the reason (`Key 'x' is not present in the main dictionary`) is in the SuperLink's log.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(name="superlink-output", daemon=True)
+        self.stream = stream
+        self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
+
+    def run(self) -> None:
+        for line in self.stream:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            text = progress.strip_ansi(line.decode("utf-8", "replace")).strip()
+            if text.startswith("ERROR"):
+                self.errors.append(text.removeprefix("ERROR").lstrip(" :"))
+
+
+class Supervisor:
+    """The SuperLink's keeper and the run's follower; `run()` returns the exit code."""
+
+    def __init__(self, settings: Settings, board: Board) -> None:
+        self.settings, self.board = settings, board
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.control = Control(f"127.0.0.1:{settings.superlink_port}")
+        self.superlink: subprocess.Popen[bytes] | None = None
+        self.superlink_output: SuperLinkOutput | None = None
+        self.superlink_healthy = False
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.wake.set()
+
+    def healthy(self) -> bool:
+        """Ready and alive: the SuperLink answers, or the run is over and its result is served."""
+        return self.superlink_healthy or self.board.get().phase.finished
+
+    def start_superlink(self) -> None:
+        """Start `flower-superlink` (before any thread of ours: see `processes.start`)."""
+        s = self.settings
+        LOG.info("job %s: starting the SuperLink on %s:%d", s.job, s.bind_host, s.superlink_port)
+        self.superlink = processes.start(
+            [
+                "flower-superlink",
+                "--insecure",
+                "--host",
+                s.bind_host,
+                "--port",
+                str(s.superlink_port),
+                "--disable-runtime-dependency-installation",
+            ],
+            processes.child_env(),
+            subprocess.PIPE,
+        )
+        assert self.superlink.stdout is not None
+        self.superlink_output = SuperLinkOutput(self.superlink.stdout)
+        self.superlink_output.start()
+
+    def run(self) -> int:
+        """Submit the run and follow it; the exit code of the entry point."""
+        if not self._wait_for_superlink():
+            return 0 if self.stop.is_set() else 1
+        s = self.settings
+        try:
+            LOG.info("bundling the Flower App in %s", s.app_dir)
+            run_id = self._submit(build_fab(s.app_dir))
+        except ControlError as exc:
+            LOG.error("the run could not be submitted: %s", exc)
+            self._finished(RunState("finished", "failed", str(exc)), None)
+            return self._serve_final()
+        LOG.info("run %d submitted (%d rounds, %d clients needed)", run_id, s.rounds, s.min_clients)
+        self.board.apply(lambda st: st.model_copy(update={"run_id": run_id, "message": "run submitted"}))
+        return self._follow(run_id)
+
+    def _follow(self, run_id: int) -> int:
+        assert self.superlink is not None
+        follower = LogFollower(self.control, run_id, self.board, on_end=self.wake.set)
+        follower.start()
+        while not self.stop.is_set():
+            if self.superlink.poll() is not None:
+                LOG.error("the SuperLink exited with code %s during run %d", self.superlink.returncode, run_id)
+                return 1
+            try:
+                state, connected = self.control.run_state(run_id), self.control.online_nodes()
+            except ControlError as exc:
+                LOG.warning("asking the SuperLink about run %d: %s", run_id, exc)
+            else:
+                if state.finished:
+                    follower.join(LOG_DRAIN_TIMEOUT)
+                    if state.sub_status == "completed":
+                        follower.close_last_round()
+                    self._finished(state, connected)
+                    return self._serve_final()
+                previous = self.board.get().phase
+                current = self.board.apply(functools.partial(_with_run, state=state, connected=connected)).phase
+                if current != previous:
+                    LOG.info("run %d is %s", run_id, current.value)
+            self.wake.wait(POLL_INTERVAL)
+            self.wake.clear()
+        LOG.info("stopping run %d", run_id)
+        try:
+            self.control.stop_run(run_id)
+        except ControlError as exc:
+            LOG.warning("stopping run %d: %s", run_id, exc)
+        return 0
+
+    def _submit(self, fab: bytes) -> int:
+        """Start the run; a refusal carries the reason the SuperLink logged with it."""
+        assert self.superlink_output is not None
+        self.superlink_output.errors.clear()
+        try:
+            return self.control.start_run(fab, self.settings.run_config)
+        except ControlError as exc:
+            time.sleep(RELAY_DELAY)
+            logged = self.superlink_output.errors
+            raise ControlError(f"{exc}: {logged[0]}" if logged else str(exc)) from None
+
+    def close(self) -> None:
+        if self.superlink is not None:
+            processes.stop(self.superlink, STOP_GRACE)
+        processes.kill_descendants()
+
+    def _wait_for_superlink(self) -> bool:
+        url = f"http://127.0.0.1:{self.settings.superlink_port}/health"
+        deadline = time.monotonic() + SUPERLINK_START_TIMEOUT
+        superlink = self.superlink
+        if superlink is None:
+            raise RuntimeError("the SuperLink was never started")
+        while time.monotonic() < deadline and not self.stop.is_set():
+            if superlink.poll() is not None:
+                LOG.error("the SuperLink exited with code %s while starting", superlink.returncode)
+                return False
+            try:
+                http_get(url, timeout=2)
+                self.superlink_healthy = True
+            except OSError:
+                pass
+            if self.superlink_healthy:
+                LOG.info("the SuperLink is up")
+                return True
+            time.sleep(0.2)
+        LOG.error("the SuperLink did not answer %s within %.0f s", url, SUPERLINK_START_TIMEOUT)
+        return False
+
+    def _finished(self, state: RunState, connected: int | None) -> None:
+        """Write metrics.json, then publish the final phase: whoever sees it finds the file."""
+        current = self.board.get()
+        status = progress.with_run(
+            current, state, current.clients.connected if connected is None else connected, _now()
+        )
+        output = contract.OutputFolder(self.settings.output_dir).metrics
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_suffix(".tmp")
+        tmp.write_text(status.to_json())
+        tmp.replace(output)
+        self.board.apply(lambda _: status)
+        outcome = f"failed: {status.message}" if status.phase == Phase.FAILED else "succeeded"
+        LOG.info(
+            "run %s after %d/%d rounds (metrics %s); %s",
+            outcome,
+            status.current_round,
+            status.total_rounds,
+            status.metrics or "none",
+            f"results in {self.settings.output_dir}",
+        )
+
+    def _serve_final(self) -> int:
+        """Stop the SuperLink (its work is done) and serve the final status until told to stop."""
+        if self.superlink is not None:
+            processes.stop(self.superlink, STOP_GRACE)
+            self.superlink_healthy = False
+        self.stop.wait()
+        return 0
+
+
+def _with_run(status: ServerStatus, state: RunState, connected: int) -> ServerStatus:
+    """The status with the run's state from the SuperLink, as of now."""
+    return progress.with_run(status, state, connected, _now())
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.core.contract)", exc)
+        return 2
+    processes.become_subreaper()
+    board = Board(
+        ServerStatus(
+            total_rounds=settings.rounds,
+            clients=ClientCounts(expected=settings.min_clients),
+            start_time=_now(),
+            message="starting the SuperLink",
+        )
+    )
+    supervisor = Supervisor(settings, board)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: supervisor.request_stop())
+    supervisor.start_superlink()
+    http = status_server.serve(settings.status_port, board.get, supervisor.healthy, settings.job, settings.bind_host)
+    LOG.info("serving /status, /metrics and /healthz on %s:%d", settings.bind_host, settings.status_port)
+    try:
+        return supervisor.run()
+    finally:
+        http.shutdown()
+        supervisor.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
