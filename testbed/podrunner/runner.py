@@ -172,8 +172,15 @@ class PodRunner:
             parts.append(f"----- {path.name} (last {len(tail)} lines)\n" + "\n".join(tail))
         return "\n".join(parts)
 
-    def leftovers(self) -> list[str]:
-        """After close: what is still there of this run (processes, namespaces); empty when clean."""
+    def leftovers(self, settle: float = 15.0) -> list[str]:
+        """After close: what is still there of this run (processes, namespaces); empty when clean.
+
+        A killed process stays in /proc until the kernel has freed its memory and its parent has
+        reaped it, which on a loaded machine can take seconds for a process holding torch: what
+        is gone within `settle` seconds was not left behind."""
+        deadline = time.monotonic() + settle
+        while self.kubelet and self.processes() and time.monotonic() < deadline:
+            time.sleep(0.2)
         found = [f"process {pid} of pod {pod}" for pid, pod in self.processes().items()] if self.kubelet else []
         with contextlib.suppress(Exception):
             found += [f"network namespace {n}" for n in self.network.names()]
