@@ -20,6 +20,9 @@ Manifest = dict[str, Any]
 SERVER = "server"
 CLIENTS = "clients"
 CLIENT_CONTAINER = "client"
+WARM_CLIENT_MEMORY_REQUEST = "1Gi"
+"""A warm client pod's default memory request: SuperNode and SuperExec (about 0.26 GB), the fork
+server holding torch and Flower (about 0.5 GB) and the message's forked child (its own pages only)."""
 JOB_LABEL = "kubeflower.io/job-name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY = "kubeflower-operator"
@@ -227,8 +230,11 @@ def client_env(job: FederatedTrainingJob) -> list[Manifest]:
         contract.ENV_NUM_PARTITIONS: str(job.spec.clients.replicas),
         contract.ENV_SUPERNODE_PORT: str(contract.SUPERNODE_PORT),
         contract.ENV_DATA_DIR: contract.DATA_DIR,
+        contract.ENV_WARM_CLIENTAPPS: str(job.spec.clients.warm_client_apps).lower(),
         **contract.FLOWER_ENV,
     }
+    if job.spec.app is not None:  # the clients read what their fork server pre-imports from it
+        values[contract.ENV_APP_PATH] = job.spec.app.path
     pod_name = {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     env = [pod_name, *_env(values)]
     if contract.ENV_THREADS not in {e.name for e in job.spec.clients.env or []}:  # the user's value wins
@@ -254,6 +260,11 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifes
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
     container = _container(job, CLIENT_CONTAINER, ["kubeflower-client"], client_env(job), job.spec.clients, settings)
+    resources = container.setdefault("resources", {})
+    if job.spec.clients.warm_client_apps and not any("memory" in resources.get(k, {}) for k in ("requests", "limits")):
+        resources.setdefault("requests", {})["memory"] = WARM_CLIENT_MEMORY_REQUEST
+    if not resources:
+        del container["resources"]
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

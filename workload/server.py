@@ -32,11 +32,10 @@ from typing import IO
 
 from kubeflower import contract
 from kubeflower.server_status import ClientCounts, RoundRecord, RunPhase, ServerStatus
-from kubeflower.workload import processes, progress, status_server
+from kubeflower.workload import BUILTIN_APP, processes, progress, status_server
 from kubeflower.workload.control import Control, ControlError, RunState, build_fab
 
 LOG = logging.getLogger("kubeflower-server")
-BUILTIN_APP = Path(__file__).parent / "flowerapp"
 SUPERLINK_START_TIMEOUT = 60.0
 POLL_INTERVAL = 5.0
 """Seconds between looks at the run's status and the connected SuperNodes (the SuperLink logs
