@@ -80,7 +80,8 @@ def die_like(message: dict) -> None:
     if "signal" in message:
         number = int(message["signal"])
         sys.stdout.flush()
-        signal.signal(number, signal.SIG_DFL)
+        if number in RELAYED:  # our relay handler would catch it (SIGKILL has no handler to reset)
+            signal.signal(number, signal.SIG_DFL)
         os.kill(os.getpid(), number)
         sys.exit(128 + number)  # a signal that does not end a process by default
     sys.exit(int(message["exit"]))

@@ -33,6 +33,8 @@ SHIM_SOURCE = Path(clientapp_shim.__file__)
 RESTART_PAUSE = (1.0, 60.0)
 """Seconds before a fork server that ended is started again: the first pause, and the most."""
 BLAS_THREADS = "OPENBLAS_NUM_THREADS"
+LISTEN_TIMEOUT = 10.0
+"""Seconds to wait for a starting fork server's socket (it binds before importing anything heavy)."""
 
 
 class PreloadError(ValueError):
@@ -104,7 +106,14 @@ class WarmClientApps:
         return {BLAS_THREADS: "1", **self.env}
 
     def start(self) -> None:
+        """Start the fork server and wait (briefly) for its socket: it listens before its imports,
+        and a shim that connects meanwhile waits in the backlog instead of starting cold."""
+        socket_path = Path(self.env[clientapp_shim.ENV_SOCKET])
+        socket_path.unlink(missing_ok=True)
         self.server = processes.start(self.command(), self.server_env())
+        deadline = time.monotonic() + LISTEN_TIMEOUT
+        while not socket_path.exists() and self.server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         LOG.info("warm ClientApps: fork server %d started (pre-imports: %s)", self.server.pid, ", ".join(self.preload) or "Flower only")
 
     def supervise(self) -> None:

@@ -1,0 +1,262 @@
+"""Warm ClientApps: the fork server, the `flwr-clientapp` shim, and their pitfalls, with real processes.
+
+The fork server here is the real one (`python -m kubeflower.workload.forkserver`, started by
+`WarmClientApps` as the client entry point starts it), and every message runs Flower's own
+`flwr-clientapp` entry point; what differs from a pod is only that no SuperNode started the shim.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kubeflower import contract
+from kubeflower.workload import BUILTIN_APP, client, clientapp_shim, forkserver, processes, warm
+
+NOT_LISTENING = "127.0.0.1:9"  # a Runtime API address where nothing answers: flwr-clientapp retries
+
+
+def start_server(preload: list[str], env: dict[str, str] | None = None) -> warm.WarmClientApps:
+    apps = warm.WarmClientApps.prepare(processes.child_env(env or {}), preload)
+    apps.start()
+    return apps
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[warm.WarmClientApps]:
+    apps = start_server([])
+    yield apps
+    apps.stop(5)
+
+
+def shim(apps: warm.WarmClientApps, *args: str, env: dict[str, str] | None = None, **options: object) -> subprocess.Popen[str]:
+    """The shim, started by name through PATH, as Flower's SuperExec starts it."""
+    return subprocess.Popen(
+        [forkserver.CLIENTAPP_COMMAND, *args],
+        env={**apps.env, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def children_of(pid: int) -> list[int]:
+    return processes.descendants(pid)
+
+
+def wait_for(predicate: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_flowers_layout_is_the_one_the_fork_server_relies_on() -> None:
+    """Fails loudly when a Flower upgrade moves `flwr-clientapp` or stops starting it by name."""
+    from flwr.supernode.cli import flwr_clientapp
+
+    assert forkserver.flwr_clientapp_entry_point() is flwr_clientapp
+    from flwr.supercore.superexec.executor import subprocess_executor
+
+    source = Path(subprocess_executor.__file__).read_text()
+    assert "TASK_TYPE_TO_COMMAND[spec.task_type]" in source and "subprocess.Popen(args)" in source, "SuperExec no longer starts the command by name"
+
+
+def test_the_shim_runs_flowers_entry_point_in_a_forked_child_with_its_argv_and_exit_code(server: warm.WarmClientApps) -> None:
+    assert server.server is not None
+    done = shim(server, "--help")
+    out, err = done.communicate(timeout=60)
+    assert done.returncode == 0 and out.startswith("usage: flwr-clientapp"), err
+    assert "warm ClientApp not used" not in err
+    bad = shim(server, "--no-such-flag")
+    out, err = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and "flwr-clientapp: error" in err  # argparse's code and message, through the shim
+    wait_for(lambda: children_of(server.server.pid) == [])  # every child reaped (a zombie would still be listed)
+
+
+def test_the_child_works_in_the_shims_folder(server: warm.WarmClientApps, tmp_path: Path) -> None:
+    assert server.server is not None
+    (tmp_path / "token").write_text("secret")  # a relative --token-file: read from the working folder
+    running = shim(server, "--token-file", "token", "--runtime-api-address", NOT_LISTENING, "--insecure", cwd=tmp_path)
+    wait_for(lambda: len(children_of(server.server.pid)) == 1)
+    child = children_of(server.server.pid)[0]
+    assert os.readlink(f"/proc/{child}/cwd") == str(tmp_path)
+    running.send_signal(signal.SIGTERM)
+    out, err = running.communicate(timeout=60)
+    assert "Start `flwr-clientapp` process" in out + err  # logged after reading its token
+
+
+def test_sigterm_reaches_the_child_and_the_exit_code_is_the_stock_ones(server: warm.WarmClientApps) -> None:
+    assert server.server is not None
+    args = ["--token", "t", "--runtime-api-address", NOT_LISTENING, "--insecure"]
+    codes = []
+    for command in ([server.env[clientapp_shim.ENV_REAL_CLIENTAPP]], [forkserver.CLIENTAPP_COMMAND]):
+        process = subprocess.Popen([*command, *args], env=server.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        for line in process.stdout:  # running: Flower retries the Runtime API
+            if "Connection attempt failed" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        rest = process.communicate(timeout=60)[0]
+        assert "Task stopped." in rest  # Flower's own SIGTERM handler ran in the (forked) process
+        codes.append(process.returncode)
+    assert codes[1] == codes[0]
+    wait_for(lambda: children_of(server.server.pid) == [])
+
+
+def test_a_killed_shim_takes_its_child_with_it_and_a_killed_child_kills_the_shim(server: warm.WarmClientApps) -> None:
+    assert server.server is not None
+    args = ["--token", "t", "--runtime-api-address", NOT_LISTENING, "--insecure"]
+    first = shim(server, *args)
+    wait_for(lambda: len(children_of(server.server.pid)) == 1)
+    first.kill()
+    first.wait(timeout=10)
+    wait_for(lambda: children_of(server.server.pid) == [])  # killed and reaped
+    second = shim(server, *args)
+    wait_for(lambda: len(children_of(server.server.pid)) == 1)
+    os.kill(children_of(server.server.pid)[0], signal.SIGKILL)
+    err = second.communicate(timeout=30)[1]
+    assert second.returncode == -signal.SIGKILL, err  # the shim dies as its child did
+
+
+def test_without_a_fork_server_the_shim_runs_the_stock_clientapp_and_says_so(server: warm.WarmClientApps, tmp_path: Path) -> None:
+    absent = shim(server, "--help", env={clientapp_shim.ENV_SOCKET: str(tmp_path / "none.sock")})
+    out, err = absent.communicate(timeout=60)
+    assert absent.returncode == 0 and out.startswith("usage: flwr-clientapp")
+    assert "warm ClientApp not used (no fork server at" in err and "starting the stock flwr-clientapp" in err
+    installing = shim(server, "--help", "--allow-runtime-dependency-installation")
+    out, err = installing.communicate(timeout=60)
+    assert "warm ClientApp not used (--allow-runtime-dependency-installation is set)" in err and out.startswith("usage:")
+
+
+def test_the_socket_is_private_to_the_pods_user(server: warm.WarmClientApps, tmp_path: Path) -> None:
+    socket_path = Path(server.env[clientapp_shim.ENV_SOCKET])
+    assert socket_path.parent.stat().st_mode & 0o777 == 0o700
+    assert socket_path.stat().st_mode & 0o777 == 0o600
+    assert (socket_path.parent / forkserver.CLIENTAPP_COMMAND).stat().st_mode & 0o777 == 0o700
+    assert server.env["PATH"].split(os.pathsep)[0] == str(socket_path.parent)  # the shim is first on PATH
+    tmp_path.chmod(0o755)
+    with pytest.raises(RuntimeError, match="must be private to this user"):
+        forkserver.listen(tmp_path / "open.sock")
+
+
+def test_the_fork_server_has_the_supernodes_environment(tmp_path: Path) -> None:
+    apps = start_server([], {"OMP_NUM_THREADS": "3", "FLWR_LOG_LEVEL": "DEBUG"})
+    try:
+        assert apps.server is not None
+        environ = Path(f"/proc/{apps.server.pid}/environ").read_bytes().split(b"\0")
+        assert b"OMP_NUM_THREADS=3" in environ and b"FLWR_LOG_LEVEL=DEBUG" in environ
+        assert b"OPENBLAS_NUM_THREADS=1" in environ  # numpy's BLAS pool would be a second thread
+    finally:
+        apps.stop(5)
+
+
+def test_the_fork_server_refuses_to_serve_with_a_second_thread_and_the_shim_falls_back() -> None:
+    apps = start_server(["numpy"], {"OPENBLAS_NUM_THREADS": "2"})  # numpy starts a BLAS thread at import
+    try:
+        assert apps.server is not None
+        assert apps.server.wait(timeout=120) == 3
+        done = shim(apps, "--help")
+        out, err = done.communicate(timeout=60)
+        assert done.returncode == 0 and out.startswith("usage: flwr-clientapp")
+        assert "warm ClientApp not used" in err
+    finally:
+        apps.stop(5)
+
+
+FORK_CHECK = """
+import socket, sys
+import torch
+from kubeflower.workload import forkserver
+forkserver.check_fork_safe()  # passes: one thread, no CUDA, no TCP socket
+{setup}
+try:
+    forkserver.check_fork_safe()
+except forkserver.Refusal as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ("listener = socket.create_server(('127.0.0.1', 0)); conn = socket.create_connection(listener.getsockname())", "TCP sockets are open"),
+        ("import threading, time; threading.Thread(target=time.sleep, args=(30,), daemon=True).start()", "2 threads"),
+        # No GPU on this machine: torch's own flag stands in for an initialised CUDA.
+        ("torch.cuda.is_initialized = lambda: True", "CUDA is initialised"),
+    ],
+)
+def test_the_fork_server_refuses_to_fork_an_unsafe_process(setup: str, reason: str) -> None:
+    code = FORK_CHECK.format(setup=setup)
+    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert f"refused: {reason}" in result.stdout
+
+
+RESEED = """
+import os, random
+import numpy, torch
+from kubeflower.workload import forkserver
+random.seed(1); numpy.random.seed(1); torch.manual_seed(1)
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        forkserver.reseed()
+        print(random.random(), numpy.random.rand(), float(torch.rand(1)), flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+
+def test_each_child_draws_fresh_random_numbers() -> None:
+    result = subprocess.run([sys.executable, "-P", "-c", RESEED], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    first, second = (line.split() for line in result.stdout.splitlines())
+    assert all(a != b for a, b in zip(first, second, strict=True)), result.stdout  # random, numpy, torch
+
+
+def test_a_fork_server_that_ends_is_restarted() -> None:
+    apps = start_server([])
+    try:
+        assert apps.server is not None
+        first = apps.server
+        first.kill()
+        first.wait()
+        apps.pause = 0.0
+        apps.supervise()  # notices, schedules the restart
+        apps.supervise()  # restarts
+        assert apps.restarts == 1 and apps.server is not first and apps.server.poll() is None
+        done = shim(apps, "--help")
+        out, err = done.communicate(timeout=60)
+        assert out.startswith("usage: flwr-clientapp") and "warm ClientApp not used" not in err
+    finally:
+        apps.stop(5)
+
+
+def test_preload_comes_from_the_apps_pyproject(tmp_path: Path) -> None:
+    assert warm.preload_modules(BUILTIN_APP) == ["kubeflower.workload.task"]
+    assert warm.preload_modules(tmp_path) == []  # no pyproject.toml: Flower only
+    (tmp_path / "pyproject.toml").write_text('[tool.kubeflower]\npreload = ["torch", "transformers"]\n')
+    assert warm.preload_modules(tmp_path) == ["torch", "transformers"]
+    (tmp_path / "pyproject.toml").write_text('[tool.kubeflower]\npreload = "torch"\n')
+    with pytest.raises(warm.PreloadError, match=r"tool.kubeflower.preload must be a list of module names"):
+        warm.preload_modules(tmp_path)
+
+
+def test_warm_mode_follows_the_job_and_is_off_while_dependencies_install() -> None:
+    command = ["flower-supernode", "--insecure"]
+    assert client.warm_setting({}, command) == (True, "on")
+    assert client.warm_setting({contract.ENV_WARM_CLIENTAPPS: "false"}, command)[0] is False
+    off, why = client.warm_setting({}, [*command, "--allow-runtime-dependency-installation"])
+    assert not off and "--allow-runtime-dependency-installation" in why
+    with pytest.raises(client.SettingsError, match="KUBEFLOWER_WARM_CLIENTAPPS must be true or false"):
+        client.warm_setting({contract.ENV_WARM_CLIENTAPPS: "yes"}, command)
