@@ -7,6 +7,7 @@ The fork server here is the real one (`python -m kubeflower.workload.forkserver`
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,10 @@ from pathlib import Path
 import pytest
 
 from kubeflower import contract
+from kubeflower.server_status import ServerStatus
 from kubeflower.workload import BUILTIN_APP, client, clientapp_shim, forkserver, processes, warm
+from tests.workload.conftest import write_job
+from tests.workload.test_federation import write_user_app
 
 NOT_LISTENING = "127.0.0.1:9"  # a Runtime API address where nothing answers: flwr-clientapp retries
 
@@ -260,3 +264,79 @@ def test_warm_mode_follows_the_job_and_is_off_while_dependencies_install() -> No
     assert not off and "--allow-runtime-dependency-installation" in why
     with pytest.raises(client.SettingsError, match="KUBEFLOWER_WARM_CLIENTAPPS must be true or false"):
         client.warm_setting({contract.ENV_WARM_CLIENTAPPS: "yes"}, command)
+
+
+def _logs(output: Path) -> str:
+    return "\n".join(path.read_text() for path in sorted((output / "logs").glob("client-*.log")))
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_numbers_warm_and_stock_every_round(tmp_path: Path, kubeflower_run: object) -> None:
+    statuses = {}
+    for warm_on in (True, False):
+        name = f"warm-{str(warm_on).lower()}"
+        job_file = write_job(tmp_path, name, rounds=2, clients={"replicas": 2, "warmClientApps": warm_on})
+        result = kubeflower_run(job_file, tmp_path / name)  # type: ignore[operator]
+        assert result.returncode == 0, result.stdout + result.stderr
+        logs = _logs(tmp_path / name)
+        if warm_on:
+            assert logs.count("serving warm ClientApps") == 2 and "warm ClientApp not used" not in logs
+        else:
+            assert logs.count("warm ClientApps off: KUBEFLOWER_WARM_CLIENTAPPS=false") == 2 and "fork server" not in logs
+        statuses[warm_on] = ServerStatus.model_validate_json((tmp_path / name / contract.METRICS_FILE).read_text())
+    warm_history, stock_history = statuses[True].history, statuses[False].history
+    assert len(warm_history) == len(stock_history) == 2
+    for warm_round, stock_round in zip(warm_history, stock_history, strict=True):
+        assert warm_round.metrics == stock_round.metrics and warm_round.train_metrics == stock_round.train_metrics
+
+
+DRAWING_CLIENT = '''
+import json, os, random
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+app = ClientApp()
+
+def draw(kind: str) -> None:
+    """An unseeded app's shuffles: each generator's first draw in this message's process."""
+    drawn = {"kind": kind, "pid": os.getpid(), "random": random.random(), "numpy": float(np.random.rand()),
+             "torch": float(torch.rand(1))}
+    with open(os.environ["DRAWS_FILE"], "a") as out:
+        out.write(json.dumps(drawn) + "\\n")
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    draw("train")
+    arrays = msg.content["arrays"].to_numpy_ndarrays()
+    metrics = MetricRecord({"num-examples": 10, "loss": 1.0})
+    return Message(RecordDict({"arrays": ArrayRecord([arrays[0] + 1.0]), "metrics": metrics}), reply_to=msg)
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    draw("evaluate")
+    metrics = MetricRecord({"num-examples": 10, "loss": 1.0, "accuracy": 0.5})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+'''
+
+
+@pytest.mark.slow
+def test_a_users_app_runs_warm_with_its_preload_and_unseeded_draws_differ_between_rounds(
+    tmp_path: Path, kubeflower_run: object, run_env: dict[str, str]
+) -> None:
+    app = write_user_app(tmp_path)
+    (app / "myapp" / "client_app.py").write_text(DRAWING_CLIENT)
+    with (app / "pyproject.toml").open("a") as pyproject:
+        pyproject.write('[tool.kubeflower]\npreload = ["numpy", "torch"]\n')
+    run_env["DRAWS_FILE"] = str(tmp_path / "draws.jsonl")  # reaches the app through the shim's environment
+    job_file = write_job(tmp_path, "drawing", task=None, app={"path": "myapp"}, image="me/app:1")
+    result = kubeflower_run(job_file, tmp_path / "out")  # type: ignore[operator]
+    assert result.returncode == 0, result.stdout + result.stderr
+    logs = _logs(tmp_path / "out")
+    assert logs.count("(pre-imports: numpy, torch)") == 2 and "warm ClientApp not used" not in logs
+    draws = [json.loads(line) for line in (tmp_path / "draws.jsonl").read_text().splitlines()]
+    assert len(draws) == 8  # 2 clients x 2 rounds x (train, evaluate), each in its own process
+    assert len({d["pid"] for d in draws}) == 8
+    for generator in ("random", "numpy", "torch"):
+        assert len({d[generator] for d in draws}) == 8, f"{generator} repeated its draws: {[d[generator] for d in draws]}"
