@@ -54,6 +54,8 @@ class Run:
     cpu: float = 0.0
     seconds_per_round: float = 0.0
     accuracy: float = 0.0
+    by_kind: dict[str, float] = field(default_factory=dict)
+    """CPU-seconds by kind of process (its own, plus its reaped children's for `clientapps`)."""
     rss: list[tuple[float, float]] = field(default_factory=list)
     pss: list[tuple[float, float]] = field(default_factory=list)
     """Per sample: (seconds since start, mean over clients of the client tree's MiB)."""
@@ -92,6 +94,45 @@ def _client_roots(root: int) -> list[int]:
     return roots
 
 
+KINDS = (
+    ("flwr-clientapp", None),  # short-lived: counted when reaped, in its parent's children's time
+    ("kubeflower.workload.forkserver", "fork server"),
+    ("flower-supernode", "supernodes"),
+    ("flower-superexec", "superexecs"),
+    ("flower-superlink", "superlink"),
+    ("flwr-serverapp", "serverapp"),
+    ("kubeflower-client", "client entry points"),
+    ("kubeflower-server", "server entry point"),
+)
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _kind(pid: int) -> str | None:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    return next((kind for needle, kind in KINDS if needle in command), None)
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def _cpu(pid: int) -> tuple[float, float]:
+    """(own CPU-seconds, reaped children's CPU-seconds) of a process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0, 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS, (int(fields[13]) + int(fields[14])) / TICKS
+
+
 class Sampler(threading.Thread):
     """Memory of each client pod's process tree, every 0.5 s."""
 
@@ -99,17 +140,37 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.run_, self.stop = root, run, threading.Event()
         self.started = time.monotonic()
+        self.seen: dict[int, tuple[str, float, float]] = {}
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
             clients = _client_roots(self.root)
             if not clients:
                 continue
+            self._cpu_by_process()
             trees = [[c, *processes.descendants(c)] for c in clients]
             usage = [[_memory_mib(p) for p in tree] for tree in trees]
             now = time.monotonic() - self.started
             self.run_.rss.append((now, mean(sum(r for r, _ in tree) for tree in usage)))
             self.run_.pss.append((now, mean(sum(p for _, p in tree) for tree in usage)))
+
+    def _cpu_by_process(self) -> None:
+        """The latest CPU of each long-lived process by kind; a fork server's children count
+        (reaped, in its children's time) as ClientApps."""
+        for pid in processes.descendants(self.root):
+            kind = _kind(pid)
+            if kind is None:
+                continue
+            own, children = _cpu(pid)
+            # ClientApp processes: reaped by a client's SuperExec (stock, and the shims) or by the fork server
+            if kind == "superexecs" and _kind(_parent(pid)) != "supernodes":
+                kind, children = "server superexec", 0.0  # the server's SuperExec; its child is the ServerApp, sampled itself
+            self.seen[pid] = (kind, own, children if kind in ("superexecs", "fork server") else 0.0)
+        totals: dict[str, float] = {}
+        for kind, own, children in self.seen.values():
+            totals[kind] = totals.get(kind, 0.0) + own
+            totals["clientapps (reaped)"] = totals.get("clientapps (reaped)", 0.0) + children
+        self.run_.by_kind = totals
 
 
 def run_once(mode: str, clients: int, rounds: int, work: Path) -> Run:
@@ -176,6 +237,12 @@ def main() -> None:
     row(f"CPU-s, {few} rounds (whole tree)", {m: cell(m, args.clients, few, "cpu") for m in MODES})
     row(f"CPU-s, {many} rounds (whole tree)", {m: cell(m, args.clients, many, "cpu") for m in MODES})
     row("marginal CPU-s per client-round", marginal)
+    kinds = sorted({k for r in runs for k in r.by_kind})
+    for kind in kinds:  # sampled every 0.5 s: a lower bound; short-lived stock ClientApps are not all seen
+        per = {m: (median(r.by_kind.get(kind, 0.0) for r in runs if (r.mode, r.clients, r.rounds) == (m, args.clients, many))
+                   - median(r.by_kind.get(kind, 0.0) for r in runs if (r.mode, r.clients, r.rounds) == (m, args.clients, few)))
+               / ((many - few) * args.clients) for m in MODES}
+        row(f"  {kind}", per)
     row("fixed CPU-s per client", fixed)
     row(f"s per round, {args.clients} clients", {m: median(r.seconds_per_round for r in runs if (r.mode, r.clients) == (m, args.clients)) for m in MODES})
     if args.small:

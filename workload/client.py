@@ -95,7 +95,11 @@ def main() -> int:
     env = processes.child_env(direct=[superlink_host], superexec_poll=processes.NODE_SUPEREXEC_POLL_INTERVAL)
     warm = None
     if warm_on:
-        warm = WarmClientApps.prepare(env, preload)
+        try:
+            warm = WarmClientApps.prepare(env, preload)
+        except OSError as exc:
+            warm_on, why = False, str(exc)
+    if warm is not None:
         env = warm.env
         warm.start()
     else:

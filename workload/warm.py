@@ -82,10 +82,13 @@ class WarmClientApps:
     @classmethod
     def prepare(cls, env: Mapping[str, str], preload: list[str]) -> WarmClientApps:
         """A private folder with the shim, and `env` with that folder first on PATH."""
-        folder = Path(tempfile.mkdtemp(prefix="kubeflower-warm-"))  # mode 0700
         real = real_clientapp(env.get("PATH", os.defpath))
         if real is None:
             raise FileNotFoundError("flwr-clientapp is not on PATH: is flwr installed?")
+        folder = Path(tempfile.mkdtemp(prefix="kubeflower-warm-"))  # mode 0700
+        if os.statvfs(folder).f_flag & os.ST_NOEXEC:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise OSError(f"{folder.parent} is mounted noexec: the shim cannot run from it (set TMPDIR to an executable folder)")
         write_shim(folder)
         warm_env = {
             **env,
