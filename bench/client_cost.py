@@ -208,14 +208,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, nargs=2, default=[3, 6])
     parser.add_argument("--small", type=int, default=2, help="clients of the round-time reference run (0: none)")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="stock, warm, or both (alternating)")
     args = parser.parse_args()
+    modes = list(args.modes)
     few, many = args.rounds
     plan = [(args.clients, few), (args.clients, many)] + ([(args.small, few)] if args.small else [])
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="kubeflower-cost-") as folder:
         for repeat in range(args.repeat):
             for clients, rounds in plan:
-                order = list(MODES) if repeat % 2 == 0 else list(reversed(MODES))
+                order = modes if repeat % 2 == 0 else modes[::-1]
                 for mode in order:  # alternating: stock, warm, then warm, stock on the next repeat
                     started = time.monotonic()
                     run = run_once(mode, clients, rounds, Path(folder))
@@ -223,39 +225,39 @@ def main() -> None:
                     print(f"  {mode:5} {clients:2} clients {rounds} rounds: {run.cpu:7.1f} CPU-s, {run.seconds_per_round:5.1f} s/round, "
                           f"accuracy {run.accuracy:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
     print(f"\n{os.cpu_count()} CPUs; medians over {args.repeat} repeat(s); digits, {args.clients} clients, {few} and {many} rounds")
-    header = f"{'':34}" + "".join(f"{mode:>11} " for mode in MODES)
+    header = f"{'':34}" + "".join(f"{mode:>11} " for mode in modes)
     print(header)
 
     def cell(mode: str, clients: int, rounds: int, value: str) -> float:
         return median(getattr(r, value) for r in runs if (r.mode, r.clients, r.rounds) == (mode, clients, rounds))
 
     def row(label: str, values: dict[str, float], unit: str = "", digits: int = 2) -> None:
-        print(f"{label:34}" + "".join(f"{values[m]:>11.{digits}f}{unit}" for m in MODES))
+        print(f"{label:34}" + "".join(f"{values[m]:>11.{digits}f}{unit}" for m in modes))
 
-    marginal = {m: (cell(m, args.clients, many, "cpu") - cell(m, args.clients, few, "cpu")) / ((many - few) * args.clients) for m in MODES}
-    fixed = {m: (cell(m, args.clients, few, "cpu") - few * args.clients * marginal[m]) / args.clients for m in MODES}
-    row(f"CPU-s, {few} rounds (whole tree)", {m: cell(m, args.clients, few, "cpu") for m in MODES})
-    row(f"CPU-s, {many} rounds (whole tree)", {m: cell(m, args.clients, many, "cpu") for m in MODES})
+    marginal = {m: (cell(m, args.clients, many, "cpu") - cell(m, args.clients, few, "cpu")) / ((many - few) * args.clients) for m in modes}
+    fixed = {m: (cell(m, args.clients, few, "cpu") - few * args.clients * marginal[m]) / args.clients for m in modes}
+    row(f"CPU-s, {few} rounds (whole tree)", {m: cell(m, args.clients, few, "cpu") for m in modes})
+    row(f"CPU-s, {many} rounds (whole tree)", {m: cell(m, args.clients, many, "cpu") for m in modes})
     row("marginal CPU-s per client-round", marginal)
     kinds = sorted({k for r in runs for k in r.by_kind})
     for kind in kinds:  # sampled every 0.5 s: a lower bound; short-lived stock ClientApps are not all seen
         per = {m: (median(r.by_kind.get(kind, 0.0) for r in runs if (r.mode, r.clients, r.rounds) == (m, args.clients, many))
                    - median(r.by_kind.get(kind, 0.0) for r in runs if (r.mode, r.clients, r.rounds) == (m, args.clients, few)))
-               / ((many - few) * args.clients) for m in MODES}
+               / ((many - few) * args.clients) for m in modes}
         row(f"  {kind}", per)
     row("fixed CPU-s per client", fixed)
-    row(f"s per round, {args.clients} clients", {m: median(r.seconds_per_round for r in runs if (r.mode, r.clients) == (m, args.clients)) for m in MODES})
+    row(f"s per round, {args.clients} clients", {m: median(r.seconds_per_round for r in runs if (r.mode, r.clients) == (m, args.clients)) for m in modes})
     if args.small:
-        small = {m: cell(m, args.small, few, "seconds_per_round") for m in MODES}
+        small = {m: cell(m, args.small, few, "seconds_per_round") for m in modes}
         row(f"s per round, {args.small} clients", small)
-        big = {m: median(r.seconds_per_round for r in runs if (r.mode, r.clients) == (m, args.clients)) for m in MODES}
-        row(f"round time {args.clients} / {args.small} clients", {m: big[m] / small[m] for m in MODES}, "x")
+        big = {m: median(r.seconds_per_round for r in runs if (r.mode, r.clients) == (m, args.clients)) for m in modes}
+        row(f"round time {args.clients} / {args.small} clients", {m: big[m] / small[m] for m in modes}, "x")
     tenants = [r for r in runs if r.clients == args.clients]
     for label, pick in (("peak RSS", lambda r: r.peak(r.rss)), ("steady RSS", lambda r: r.steady(r.rss)),
                         ("peak PSS", lambda r: r.peak(r.pss)), ("steady PSS", lambda r: r.steady(r.pss))):
-        row(f"{label} per client, MiB", {m: median(pick(r) for r in tenants if r.mode == m) for m in MODES})
-    row(f"final accuracy, {args.clients} clients {few} rounds", {m: cell(m, args.clients, few, "accuracy") for m in MODES}, digits=4)
-    print(f"\ntargets: warm marginal <= 0.5 CPU-s per client-round (got {marginal['warm']:.2f}); "
+        row(f"{label} per client, MiB", {m: median(pick(r) for r in tenants if r.mode == m) for m in modes})
+    row(f"final accuracy, {args.clients} clients {few} rounds", {m: cell(m, args.clients, few, "accuracy") for m in modes}, digits=4)
+    print(f"\ntargets: warm marginal <= 0.5 CPU-s per client-round (got {marginal.get('warm', float('nan')):.2f}); "
           + (f"{args.clients}-client round <= 2x the {args.small}-client round" if args.small else ""))
 
 

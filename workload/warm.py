@@ -78,6 +78,7 @@ class WarmClientApps:
     restarts: int = 0
     next_start: float = 0.0
     pause: float = RESTART_PAUSE[0]
+    started: float = 0.0
 
     @classmethod
     def prepare(cls, env: Mapping[str, str], preload: list[str]) -> WarmClientApps:
@@ -114,17 +115,20 @@ class WarmClientApps:
         socket_path = Path(self.env[clientapp_shim.ENV_SOCKET])
         socket_path.unlink(missing_ok=True)
         self.server = processes.start(self.command(), self.server_env())
+        self.started = time.monotonic()
         deadline = time.monotonic() + LISTEN_TIMEOUT
         while not socket_path.exists() and self.server.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         LOG.info("warm ClientApps: fork server %d started (pre-imports: %s)", self.server.pid, ", ".join(self.preload) or "Flower only")
 
     def supervise(self) -> None:
-        """Start the fork server again when it has ended, after a pause that doubles each time."""
+        """Start the fork server again when it has ended, after a pause that doubles while it keeps ending."""
         if self.server is None or self.server.poll() is None:
             return
         now = time.monotonic()
         if self.next_start == 0.0:
+            if now - self.started > RESTART_PAUSE[1]:  # it had been serving for a while: not a crash loop
+                self.pause = RESTART_PAUSE[0]
             LOG.warning("warm ClientApps: the fork server exited with code %s; restarting in %.0f s (messages start cold meanwhile)", self.server.returncode, self.pause)
             self.next_start = now + self.pause
             self.pause = min(self.pause * 2, RESTART_PAUSE[1])
