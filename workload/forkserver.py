@@ -163,17 +163,19 @@ class Request:
     """Standard stream number -> the received descriptor."""
 
 
-def parse_request(payload: bytes, received: list[int], streams: list[int]) -> Request:
+def parse_request(payload: bytes, received: list[int]) -> Request:
     """The shim's request, checked (the socket is private to our user, but a bad peer must not crash us)."""
     data = json.loads(payload)
-    argv, env, cwd = data.get("argv"), data.get("env"), data.get("cwd")
+    if not isinstance(data, dict):
+        raise ValueError("the request must be a JSON object")
+    argv, env, cwd, streams = data.get("argv"), data.get("env"), data.get("cwd"), data.get("fds")
     if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
         raise ValueError("argv must be a list of strings")
     if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
         raise ValueError("env must map strings to strings")
     if not isinstance(cwd, str):
         raise ValueError("cwd must be a string")
-    if len(streams) != len(received) or not set(streams) <= {0, 1, 2}:
+    if not isinstance(streams, list) or len(streams) != len(received) or not set(streams) <= {0, 1, 2}:
         raise ValueError(f"fds {streams} do not match the {len(received)} descriptors received")
     return Request(argv, env, cwd, dict(zip(streams, received, strict=True)))
 
@@ -194,8 +196,7 @@ def read_request(conn: socket.socket) -> Request:
             if not chunk:
                 raise ValueError("connection closed mid-request")
             payload += chunk
-        streams = json.loads(payload).get("fds", [])
-        return parse_request(payload, fds, streams if isinstance(streams, list) else [])
+        return parse_request(payload, fds)
     except BaseException:
         for fd in fds:
             os.close(fd)

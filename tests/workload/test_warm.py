@@ -340,3 +340,18 @@ def test_a_users_app_runs_warm_with_its_preload_and_unseeded_draws_differ_betwee
     assert len({d["pid"] for d in draws}) == 8
     for generator in ("random", "numpy", "torch"):
         assert len({d[generator] for d in draws}) == 8, f"{generator} repeated its draws: {[d[generator] for d in draws]}"
+
+
+@pytest.mark.parametrize(
+    ("payload", "fds", "message"),
+    [
+        (b"[]", [], "must be a JSON object"),
+        (b'{"argv": "x", "env": {}, "cwd": "/", "fds": []}', [], "argv must be a list of strings"),
+        (b'{"argv": [], "env": {"A": 1}, "cwd": "/", "fds": []}', [], "env must map strings to strings"),
+        (b'{"argv": [], "env": {}, "cwd": "/", "fds": [0, 1]}', [], "do not match"),
+        (b'{"argv": [], "env": {}, "cwd": "/", "fds": [7]}', [5], "do not match"),
+    ],
+)
+def test_a_bad_request_is_refused_not_a_crash(payload: bytes, fds: list[int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        forkserver.parse_request(payload, fds)
