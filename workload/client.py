@@ -85,10 +85,14 @@ def main() -> int:
     try:
         command = supernode_command(os.environ)
         warm_on, why = warm_setting(os.environ, command)
-        preload = preload_modules(app_dir(os.environ)) if warm_on else []
-    except (SettingsError, PreloadError) as exc:
+    except SettingsError as exc:
         LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.contract)", exc)
         return 2
+    try:
+        preload = preload_modules(app_dir(os.environ)) if warm_on else []
+    except PreloadError as exc:  # the app still runs; its modules are then imported in each message
+        LOG.error("warm ClientApps pre-import Flower only: %s", exc)
+        preload = []
     LOG.info("starting: %s", " ".join(command))
     processes.become_subreaper()
     superlink_host = os.environ[contract.ENV_SUPERLINK].rpartition(":")[0].strip("[]")
@@ -98,7 +102,7 @@ def main() -> int:
         try:
             warm = WarmClientApps.prepare(env, preload)
         except OSError as exc:
-            warm_on, why = False, str(exc)
+            why = str(exc)
     if warm is not None:
         env = warm.env
         warm.start()

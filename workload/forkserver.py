@@ -408,13 +408,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     listener = listen(args.socket)  # before the imports: a shim that connects now waits in the backlog
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     entry_point = flwr_clientapp_entry_point()
-    preload(args.preload)
+    failed = preload(args.preload)
     try:
         check_fork_safe()
     except Refusal as exc:
         LOG.error("refusing to serve after the imports: %s", exc)
         return 3
-    LOG.info("serving warm ClientApps on %s (%d modules loaded)", args.socket, len(sys.modules))
+    LOG.info("serving warm ClientApps on %s (%d modules loaded; not pre-imported: %s)", args.socket, len(sys.modules), ", ".join(failed) or "none")
     try:
         Server(listener, entry_point).serve()
     except Refusal as exc:
