@@ -131,9 +131,9 @@ def local_commands(
         contract.ENV_DATA_DIR: data_dir,
         "FLWR_HOME": str(home / "server"),
     }
-    if job.spec.app is not None:
-        # The app's path is a path in the image; locally, relative paths start at the job file.
-        server_env[contract.ENV_APP_PATH] = str((job_dir / job.spec.app.path).resolve())
+    # The app's path is a path in the image; locally, relative paths start at the job file.
+    app_path = {} if job.spec.app is None else {contract.ENV_APP_PATH: str((job_dir / job.spec.app.path).resolve())}
+    server_env |= app_path
     members = [("server", server["command"], server_env)]
     for ordinal in range(job.spec.clients.replicas):
         pod = f"{clients_manifest['metadata']['name']}-{ordinal}"
@@ -147,7 +147,8 @@ def local_commands(
                     contract.ENV_SUPERNODE_PORT: str(supernode_ports[ordinal]),
                     contract.ENV_DATA_DIR: data_dir,
                     "FLWR_HOME": str(home / f"client-{ordinal}"),
-                },
+                }
+                | app_path,
             )
         )
     return members

@@ -147,3 +147,22 @@ def test_config_hash_changes_with_the_spec_only() -> None:
 
     assert client_hash() == client_hash()
     assert client_hash() != client_hash(clients={"replicas": 3})
+
+
+def test_warm_client_apps_reach_the_client_pods_with_their_memory() -> None:
+    def client_container(**clients: object) -> dict:
+        spec = builders.client_statefulset(parse_job(job(clients={"replicas": 2, **clients})), SETTINGS)
+        return spec["spec"]["template"]["spec"]["containers"][0]
+
+    warm = client_container()
+    assert env_of({"spec": {"template": {"spec": {"containers": [warm]}}}})[contract.ENV_WARM_CLIENTAPPS] == "true"
+    assert warm["resources"] == {
+        "requests": {"memory": builders.WARM_CLIENT_MEMORY_REQUEST}
+    }  # the fork server's ~0.5 GB
+    cold = client_container(warmClientApps=False)
+    assert env_of({"spec": {"template": {"spec": {"containers": [cold]}}}})[contract.ENV_WARM_CLIENTAPPS] == "false"
+    assert "resources" not in cold
+    own = client_container(resources={"limits": {"memory": "3Gi"}})
+    assert own["resources"] == {"limits": {"memory": "3Gi"}}  # the user's memory wins
+    app = builders.client_statefulset(parse_job(job(task=None, app={"path": "/app"}, image="me/app:1")), SETTINGS)
+    assert env_of(app)[contract.ENV_APP_PATH] == "/app"  # the clients read what to pre-import from it

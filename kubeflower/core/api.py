@@ -170,6 +170,15 @@ class ServerSpec(PodSettings):
 
 class ClientsSpec(PodSettings):
     replicas: int = Field(default=2, ge=1, le=1000, description="Number of client pods (SuperNodes).")
+    warm_client_apps: bool = Field(
+        default=True,
+        description=(
+            "Fork each ClientApp message's process from a fork server that has already imported torch, Flower and "
+            "the app's declared modules (tool.kubeflower.preload), instead of starting a fresh Python per message: "
+            "about 0.2 instead of 3.3 CPU-seconds a message, for about 0.5 GB more memory per client pod. "
+            "false: Flower's stock process per message."
+        ),
+    )
 
 
 class StrategySpec(ApiModel):

@@ -83,7 +83,8 @@ ENV_DATA_DIR = "KUBEFLOWER_DATA_DIR"
 ENV_RUN_CONFIG = "KUBEFLOWER_RUN_CONFIG"
 """JSON object: the Flower run config submitted with the run (see `kubeflower.core.runconfig`)."""
 ENV_APP_PATH = "KUBEFLOWER_APP_PATH"
-"""Directory of the user's Flower App in the image; unset for the built-in app."""
+"""Directory of the user's Flower App in the image; unset for the built-in app. The clients read
+what their fork server pre-imports from its pyproject.toml (warm ClientApps)."""
 ENV_ROUNDS = "KUBEFLOWER_ROUNDS"
 ENV_MIN_CLIENTS = "KUBEFLOWER_MIN_CLIENTS"
 ENV_SUPERLINK_PORT = "KUBEFLOWER_SUPERLINK_PORT"
@@ -102,6 +103,9 @@ ENV_PARTITION_ID = "KUBEFLOWER_PARTITION_ID"
 """Explicit partition id; wins over the ordinal in ENV_POD_NAME."""
 ENV_NUM_PARTITIONS = "KUBEFLOWER_NUM_PARTITIONS"
 ENV_SUPERNODE_PORT = "KUBEFLOWER_SUPERNODE_PORT"
+ENV_WARM_CLIENTAPPS = "KUBEFLOWER_WARM_CLIENTAPPS"
+"""`true` or `false` (spec.clients.warmClientApps): ClientApp processes forked from a fork server
+that has already imported torch and Flower, or started fresh by Flower. Unset means `true`."""
 ENV_THREADS = "OMP_NUM_THREADS"
 """torch's intra-op threads in a client's ClientApp processes: the container's CPU limit or request
 (downward API), not the node's core count. With more threads than CPUs every small op of a small model waits

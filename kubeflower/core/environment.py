@@ -55,11 +55,15 @@ def client_environment(job: FederatedTrainingJob) -> dict[str, str]:
     """A client entry point's environment, the same for every client (before the user's
     `spec.clients.env`); its partition comes from its pod's name (ENV_POD_NAME), its torch threads
     from its CPUs (ENV_THREADS), which only the pod knows."""
-    return {
+    values = {
         contract.ENV_JOB_NAME: job.metadata.name,
         contract.ENV_SUPERLINK: superlink_address(job),
         contract.ENV_NUM_PARTITIONS: str(job.spec.clients.replicas),
         contract.ENV_SUPERNODE_PORT: str(contract.SUPERNODE_PORT),
         contract.ENV_DATA_DIR: contract.DATA_DIR,
+        contract.ENV_WARM_CLIENTAPPS: str(job.spec.clients.warm_client_apps).lower(),
         **contract.FLOWER_ENV,
     }
+    if job.spec.app is not None:  # the clients read what their fork server pre-imports from it
+        values[contract.ENV_APP_PATH] = job.spec.app.path
+    return values

@@ -18,6 +18,9 @@ from kubeflower_operator.settings import Settings
 Manifest = dict[str, Any]
 
 CLIENT_CONTAINER = "client"
+WARM_CLIENT_MEMORY_REQUEST = "1Gi"
+"""A warm client pod's default memory request: SuperNode and SuperExec (about 0.26 GB), the fork
+server holding torch and Flower (about 0.5 GB) and the message's forked child (its own pages only)."""
 MANAGED_BY = "kubeflower-operator"
 
 
@@ -220,6 +223,11 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifes
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
     container = _container(job, CLIENT_CONTAINER, ["kubeflower-client"], client_env(job), job.spec.clients, settings)
+    resources = container.setdefault("resources", {})
+    if job.spec.clients.warm_client_apps and not any("memory" in resources.get(k, {}) for k in ("requests", "limits")):
+        resources.setdefault("requests", {})["memory"] = WARM_CLIENT_MEMORY_REQUEST
+    if not resources:
+        del container["resources"]
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

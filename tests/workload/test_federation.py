@@ -115,13 +115,13 @@ def test_server_status_and_metrics_during_and_after_a_run(
                 )
                 assert 'kubeflower_run_phase{job="digits-fedavg",phase="Running"} 1' in metrics
                 assert status.metrics == status.history[-1].metrics
-                # The SuperExecs' task poll: Flower's 1 s at the server, 0.1 s beside each SuperNode;
+                # The SuperExecs' task poll: Flower's 1 s at the server, 0.5 s beside each SuperNode;
                 # the clients' torch threads: their share of this host's CPUs.
                 poll, threads = os.environ.get(processes.SUPEREXEC_POLL), str(host_cpu_share(2))
                 assert [_superexec_env(p.pid, processes.SUPEREXEC_POLL) for p in started] == [
                     {poll},
-                    {poll or "0.1"},
-                    {poll or "0.1"},
+                    {poll or processes.NODE_SUPEREXEC_POLL_INTERVAL},
+                    {poll or processes.NODE_SUPEREXEC_POLL_INTERVAL},
                 ]
                 assert [_superexec_env(p.pid, contract.ENV_THREADS) for p in started] == [
                     {os.environ.get(contract.ENV_THREADS)},

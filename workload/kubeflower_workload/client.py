@@ -19,9 +19,11 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 from kubeflower.core import contract
-from kubeflower_workload import processes
+from kubeflower_workload import BUILTIN_APP, clientapp_shim, processes
+from kubeflower_workload.warm import PreloadError, WarmClientApps, preload_modules
 
 LOG = logging.getLogger("kubeflower-client")
 STOP_GRACE = 10.0
@@ -62,28 +64,66 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
     ]
 
 
+def warm_setting(env: Mapping[str, str], command: list[str]) -> tuple[bool, str]:
+    """Whether this client forks its ClientApps, and why (for the log)."""
+    value = env.get(contract.ENV_WARM_CLIENTAPPS, "true").strip().lower()
+    if value not in ("true", "false"):
+        raise SettingsError(f"{contract.ENV_WARM_CLIENTAPPS} must be true or false, not {value!r}")
+    if value == "false":
+        return False, f"{contract.ENV_WARM_CLIENTAPPS}=false (spec.clients.warmClientApps)"
+    if flag := next((f for f in clientapp_shim.COLD_ONLY_FLAGS if f in command), None):
+        return False, f"the SuperNode runs with {flag}"
+    return True, "on"
+
+
+def app_dir(env: Mapping[str, str]) -> Path:
+    """The job's Flower App project: the user's (KUBEFLOWER_APP_PATH) or the built-in one."""
+    path = env.get(contract.ENV_APP_PATH)
+    return Path(path) if path else BUILTIN_APP
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     try:
         command = supernode_command(os.environ)
+        warm_on, why = warm_setting(os.environ, command)
     except SettingsError as exc:
         LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.core.contract)", exc)
         return 2
+    try:
+        preload = preload_modules(app_dir(os.environ)) if warm_on else []
+    except PreloadError as exc:  # the app still runs; its modules are then imported in each message
+        LOG.error("warm ClientApps pre-import Flower only: %s", exc)
+        preload = []
     LOG.info("starting: %s", " ".join(command))
     processes.become_subreaper()
     superlink_host = os.environ[contract.ENV_SUPERLINK].rpartition(":")[0].strip("[]")
     env = processes.child_env(direct=[superlink_host], superexec_poll=processes.NODE_SUPEREXEC_POLL_INTERVAL)
+    warm = None
+    if warm_on:
+        try:
+            warm = WarmClientApps.prepare(env, preload)
+        except OSError as exc:
+            why = str(exc)
+    if warm is not None:
+        env = warm.env
+        warm.start()
+    else:
+        LOG.info("warm ClientApps off: %s", why)
     supernode = processes.start(command, env)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         while supernode.poll() is None and not stop.wait(1.0):
-            pass
+            if warm is not None:
+                warm.supervise()
         if stop.is_set():
             LOG.info("stopping the SuperNode")
             processes.stop(supernode, STOP_GRACE)
     finally:
+        if warm is not None:
+            warm.stop(STOP_GRACE)
         processes.kill_descendants()
     LOG.info("the SuperNode exited with code %s", supernode.returncode)
     return 0 if stop.is_set() else int(supernode.returncode or 0)

@@ -33,11 +33,10 @@ from typing import IO
 
 from kubeflower.core import contract
 from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus, http_get
-from kubeflower_workload import processes, progress, status_server
+from kubeflower_workload import BUILTIN_APP, processes, progress, status_server
 from kubeflower_workload.control import Control, ControlError, RunState, build_fab
 
 LOG = logging.getLogger("kubeflower-server")
-BUILTIN_APP = Path(__file__).parent / "flowerapp"
 SUPERLINK_START_TIMEOUT = 60.0
 POLL_INTERVAL = 5.0
 """Seconds between looks at the run's status and the connected SuperNodes (the SuperLink logs
