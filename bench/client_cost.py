@@ -199,7 +199,7 @@ def run_once(mode: str, clients: int, rounds: int, work: Path) -> Run:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{name} failed; see {work / f'{name}.out'}")
     run.cpu = usage.ru_utime + usage.ru_stime
-    result = ServerStatus.model_validate_json((output / contract.METRICS_FILE).read_text())
+    result = ServerStatus.model_validate_json(contract.OutputFolder(output).metrics.read_text())
     assert result.phase == Phase.SUCCEEDED
     run.seconds_per_round = median(r.seconds for r in result.history)
     run.accuracy = float(result.metrics.get("accuracy", 0.0))

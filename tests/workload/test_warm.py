@@ -315,7 +315,7 @@ def test_the_same_seed_gives_the_same_numbers_warm_and_stock_every_round(
             assert (
                 logs.count("warm ClientApps off: KUBEFLOWER_WARM_CLIENTAPPS=false") == 2 and "fork server" not in logs
             )
-        statuses[warm_on] = ServerStatus.model_validate_json((tmp_path / name / contract.METRICS_FILE).read_text())
+        statuses[warm_on] = ServerStatus.model_validate_json(contract.OutputFolder(tmp_path / name).metrics.read_text())
     warm_history, stock_history = statuses[True].history, statuses[False].history
     assert len(warm_history) == len(stock_history) == 2
     for warm_round, stock_round in zip(warm_history, stock_history, strict=True):
