@@ -181,6 +181,13 @@ class ServerSpec(PodSettings):
 
 class ClientsSpec(PodSettings):
     replicas: int = Field(default=2, ge=1, le=1000, description="Number of client pods (SuperNodes).")
+    topology_spread_constraints: list[FreeForm] | None = Field(
+        default=None,
+        description=(
+            "How the client pods spread over the cluster (pod spec's topologySpreadConstraints). Unset: a soft "
+            "spread over nodes (kubernetes.io/hostname, ScheduleAnyway); set, even to [], it replaces that default."
+        ),
+    )
 
 
 class StrategySpec(ApiModel):
