@@ -31,12 +31,23 @@ _KINDS: dict[str, tuple[Callable[[client.ApiClient], Any], str]] = {
 class Children:
     """The operator's hands on child objects, sharing one API client."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, on_error: Callable[[str, str, int | None], None] = lambda *_: None) -> None:
         self._client = api_client
+        self._on_error = on_error
+        """Told (verb, kind, HTTP code) of every error answer, expected ones included (metrics)."""
 
     def _method(self, verb: str, kind: str) -> Callable[..., Any]:
         api_class, suffix = _KINDS[kind]
-        return getattr(api_class(self._client), f"{verb}_namespaced_{suffix}")
+        method = getattr(api_class(self._client), f"{verb}_namespaced_{suffix}")
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except ApiException as exc:
+                self._on_error(verb, kind, exc.status)
+                raise
+
+        return call
 
     def create(self, namespace: str, manifest: Manifest) -> None:
         try:
@@ -64,5 +75,6 @@ class Children:
                 api.GROUP, api.VERSION, namespace, api.PLURAL, name, propagation_policy="Background"
             )
         except ApiException as exc:
+            self._on_error("delete", api.KIND, exc.status)
             if exc.status != 404:
                 raise

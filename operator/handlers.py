@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,7 @@ import kopf
 from kubernetes import client, config
 
 from kubeflower import api
-from kubeflower.operator import builders, reconcile
+from kubeflower.operator import builders, metrics, reconcile
 from kubeflower.operator.children import Children
 from kubeflower.operator.observed import Child, Observed, Poll, restart_count, summarize
 from kubeflower.operator.poll import poll, status_url
@@ -65,8 +66,26 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
         # The client reads KUBECONFIG when it is imported; read it now, as kopf does.
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     memo.settings = Settings.from_env()
-    memo.children = Children(client.ApiClient())
+    memo.metrics = metrics.Metrics()
+    memo.children = Children(client.ApiClient(), on_error=memo.metrics.api_error)
+    memo.metrics_server = metrics.serve(memo.metrics, memo.settings.metrics_port)
     logger.info("kubeflower operator started: %s", memo.settings)
+
+
+@kopf.on.cleanup()
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.metrics_server.shutdown()
+    memo.metrics_server.server_close()
+
+
+@kopf.on.event(*JOB)
+def count_job(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Jobs by phase, from every watch event of a job: what the API says, deletions included."""
+    key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
+    if type == "DELETED":
+        memo.metrics.job_gone(key)
+    else:
+        memo.metrics.job_seen(key, (body.get("status") or {}).get("phase"))
 
 
 def _job_key(body: kopf.Body) -> tuple[str, str] | None:
@@ -118,13 +137,20 @@ def reconcile_job(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo:
         return  # Going away: the garbage collector removes the children through their owner references.
     # Handlers and the timer of one job run in different threads: one reconcile at a time.
     with memo.setdefault("lock", threading.Lock()):
-        # Our last status patch is applied after we return; a body still at the version we planned
-        # from has not seen it yet, so plan from what we wrote, not from the stale body.
-        seen_version, written = memo.get("written", (None, None))
-        current = written if seen_version == meta["resourceVersion"] else dict(status)
-        plan = _plan(body, current, memo, indexes)
-        _apply(plan, body, memo)
-        memo.written = (meta["resourceVersion"], plan.status)
+        started, failed = time.monotonic(), True
+        try:
+            # Our last status patch is applied after we return; a body still at the version we planned
+            # from has not seen it yet, so plan from what we wrote, not from the stale body.
+            seen_version, written = memo.get("written", (None, None))
+            current = written if seen_version == meta["resourceVersion"] else dict(status)
+            plan = _plan(body, current, memo, indexes)
+            _apply(plan, body, memo)
+            memo.written = (meta["resourceVersion"], plan.status)
+            failed = False
+        finally:
+            # kopf passes `reason` (create, update, resume) to change handlers, nothing to timers.
+            trigger = str(indexes.get("reason") or "timer")
+            memo.metrics.reconciled((meta["namespace"], meta["name"]), trigger, time.monotonic() - started, failed)
     for key, value in plan.status.items():
         if current.get(key) != value:
             patch.status[key] = value
@@ -147,6 +173,7 @@ def _plan(body: kopf.Body, current: dict[str, Any], memo: kopf.Memo, indexes: di
     if server and server.ready_replicas >= 1 and not current.get("completionTime"):
         url = status_url(settings, meta["name"], meta["namespace"])
         memo.poll = poll(url, memo.get("poll", Poll()), settings.poll_timeout)
+        memo.metrics.polled(key, failed=memo.poll.error is not None)
     else:
         memo.poll = Poll()
     observed = _observe(key, indexes, expected, memo.poll)

@@ -30,6 +30,8 @@ class Settings:
     """Where the operator reads a job's status document; placeholders: name, namespace, port."""
     run_as_user: int = 10001
     """Non-root UID of the workload's pods (the workload image's user)."""
+    metrics_port: int = 9090
+    """Port of the operator's own Prometheus metrics (`/metrics`, see `metrics`)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -42,4 +44,5 @@ class Settings:
             poll_failure_tolerance=float(_env("POLL_FAILURE_TOLERANCE", str(d.poll_failure_tolerance))),
             status_url=_env("STATUS_URL", d.status_url),
             run_as_user=int(_env("RUN_AS_USER", str(d.run_as_user))),
+            metrics_port=int(_env("METRICS_PORT", str(d.metrics_port))),
         )

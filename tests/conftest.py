@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,12 +28,20 @@ def wait_for(probe: Callable[[], T], timeout: float, what: str) -> T:
         time.sleep(0.1)
 
 
+def free_port() -> int:
+    """A port nothing listens on now (fixed ports were found taken on these machines)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
 def running_operator(kube: Any, **env: str) -> Iterator[Any]:
-    """The real operator (kubeflower.operator.handlers) logged in through the server's kubeconfig."""
+    """The real operator (kubeflower.operator.handlers) logged in through the server's kubeconfig,
+    its metrics on a free port unless `KUBEFLOWER_METRICS_PORT` is given."""
     from kopf.testing import KopfRunner
 
-    settings = {"KUBECONFIG": str(kube.kubeconfig), **env}
+    settings = {"KUBECONFIG": str(kube.kubeconfig), "KUBEFLOWER_METRICS_PORT": str(free_port()), **env}
     with mock.patch.dict(os.environ, settings):
         args = ["run", "--standalone", "--all-namespaces", "-m", "kubeflower.operator.handlers"]
         with KopfRunner(args, timeout=30) as runner:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kubeflower.server_status import RoundRecord, RunPhase, ServerStatus
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.images.containers import LABEL
 from tests.images.engine import REPO, Docker
 from tests.images.federation import render
@@ -65,7 +65,8 @@ def operator_container(docker: Docker, operator_image: str, tmp_path: Path) -> I
                "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
                "--volume", f"{kube.kubeconfig}:/etc/kubeflower/kubeconfig:ro",
                "--env", "KUBECONFIG=/etc/kubeflower/kubeconfig", "--env", "KUBEFLOWER_RECONCILE_INTERVAL=1",
-               "--env", f"KUBEFLOWER_STATUS_URL={board.url_template}", operator_image)
+               "--env", f"KUBEFLOWER_STATUS_URL={board.url_template}",
+               "--env", f"KUBEFLOWER_METRICS_PORT={free_port()}", operator_image)  # host network: a free port
         try:
             yield kube, board
         except BaseException:
