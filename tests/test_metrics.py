@@ -110,3 +110,24 @@ def test_metrics_count_a_jobs_phases_reconciles_polls_and_api_errors(kube: KubeS
                      "the job's series removed with it")
         assert jobs(m) == dict.fromkeys(PHASES, 0)
     assert Settings().metrics_port == 9090
+
+
+def test_the_text_format_escapes_labels_and_a_deleted_job_takes_its_series() -> None:
+    from kubeflower.operator.metrics import Metrics
+
+    m, odd = Metrics(), ("ns", 'a"b\\c')
+    m.job_seen(odd, None)
+    m.reconciled(odd, "timer", 0.02, failed=True)
+    m.polled(odd, failed=True)
+    m.api_error("patch", "StatefulSet", 500)
+    text = m.render()
+    assert 'kubeflower_jobs{phase="Pending"} 1' in text, "no phase yet counts as Pending"
+    assert 'kubeflower_reconciles_total{namespace="ns",job="a\\"b\\\\c",trigger="timer"} 1' in text
+    assert 'kubeflower_reconcile_failures_total{namespace="ns",job="a\\"b\\\\c"} 1' in text
+    assert 'kubeflower_reconcile_duration_seconds_bucket{le="0.01"} 0' in text
+    assert 'kubeflower_reconcile_duration_seconds_bucket{le="0.025"} 1' in text
+    assert 'kubeflower_api_errors_total{verb="patch",kind="StatefulSet",code="500"} 1' in text
+    m.job_gone(odd)
+    after = m.render()
+    assert "a\\\"b" not in after and 'kubeflower_jobs{phase="Pending"} 0' in after
+    assert 'code="500"} 1' in after, "API errors are not a job's series"
