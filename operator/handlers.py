@@ -19,7 +19,7 @@ import kopf
 from kubernetes import client, config
 
 from kubeflower import api
-from kubeflower.operator import builders, metrics, reconcile
+from kubeflower.operator import builders, leadership, metrics, reconcile
 from kubeflower.operator.children import Children
 from kubeflower.operator.observed import Child, Observed, Poll, restart_count, summarize
 from kubeflower.operator.poll import poll, status_url
@@ -67,13 +67,36 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     memo.settings = Settings.from_env()
     memo.metrics = metrics.Metrics()
-    memo.children = Children(client.ApiClient(), on_error=memo.metrics.api_error)
+    memo.leadership = None
+    memo.children = Children(client.ApiClient(), on_error=memo.metrics.api_error, before_write=lambda: _fence(memo))
     memo.metrics_server = metrics.serve(memo.metrics, memo.settings.metrics_port)
     logger.info("kubeflower operator started: %s", memo.settings)
 
 
+@kopf.on.startup()
+async def lead(memo: kopf.Memo, **_: Any) -> None:
+    """With leader election, wait here (before kopf watches anything) until this process holds the
+    Lease; then renew it in the background. Async: kopf runs it in its loop, the main thread."""
+    settings: Settings = memo.settings
+    if not settings.leader_election:
+        return
+    namespace = settings.lease_namespace or leadership.lease_namespace()
+    memo.leadership = leadership.Leadership(client.ApiClient(), namespace, leadership.LEASE_NAME)
+    await memo.leadership.acquire()
+    memo.leadership.start_renewing()
+    memo.leadership.exit_on_late_wake()
+
+
+def _fence(memo: kopf.Memo) -> None:
+    """Before every write of ours: a leader past its renew deadline stops the process here."""
+    if memo.leadership is not None:
+        memo.leadership.check()
+
+
 @kopf.on.cleanup()
 def stop(memo: kopf.Memo, **_: Any) -> None:
+    if memo.leadership is not None:
+        memo.leadership.release()
     memo.metrics_server.shutdown()
     memo.metrics_server.server_close()
 
@@ -143,9 +166,12 @@ def reconcile_job(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo:
             # from has not seen it yet, so plan from what we wrote, not from the stale body.
             seen_version, written = memo.get("written", (None, None))
             current = written if seen_version == meta["resourceVersion"] else dict(status)
+            _fence(memo)
             plan = _plan(body, current, memo, indexes)
             _apply(plan, body, memo)
             memo.written = (meta["resourceVersion"], plan.status)
+            # kopf sends the status patch after we return: the last moment we can fence it.
+            _fence(memo)
             failed = False
         finally:
             # kopf passes `reason` (create, update, resume) to change handlers, nothing to timers.
@@ -198,6 +224,7 @@ def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> None:
         children.delete(namespace, kind, child_name)
         log.info("%s: deleted %s %s (runPolicy.cleanPolicy)", job, kind, child_name)
     for event in plan.events:
+        _fence(memo)
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         (log.warning if event.type == "Warning" else log.info)("%s: %s: %s", job, event.reason, event.message)
     if plan.delete_job:

@@ -15,6 +15,13 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"KUBEFLOWER_{name}", default)
 
 
+def _flag(name: str, default: bool) -> bool:
+    value = _env(name, str(default).lower()).strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"KUBEFLOWER_{name} must be true or false, not {value!r}")
+    return value == "true"
+
+
 @dataclass(frozen=True)
 class Settings:
     image: str = WORKLOAD_IMAGE
@@ -32,6 +39,10 @@ class Settings:
     """Non-root UID of the workload's pods (the workload image's user)."""
     metrics_port: int = 9090
     """Port of the operator's own Prometheus metrics (`/metrics`, see `metrics`)."""
+    leader_election: bool = False
+    """Work only while holding the Lease `kubeflower-operator` (see `leadership`); deploy/ turns it on."""
+    lease_namespace: str = ""
+    """Namespace of that Lease; empty: the pod's own namespace."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,4 +56,6 @@ class Settings:
             status_url=_env("STATUS_URL", d.status_url),
             run_as_user=int(_env("RUN_AS_USER", str(d.run_as_user))),
             metrics_port=int(_env("METRICS_PORT", str(d.metrics_port))),
+            leader_election=_flag("LEADER_ELECTION", d.leader_election),
+            lease_namespace=_env("LEASE_NAMESPACE", d.lease_namespace),
         )

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from kubeflower import contract
-from kubeflower.operator import builders
+from kubeflower.operator import builders, leadership
 from kubeflower.operator.settings import Settings
 from kubeflower.validation import parse_job
 from tests.jobs import job
@@ -54,3 +54,27 @@ def test_the_monitors_select_the_operator_and_every_jobs_server() -> None:
     policy = builders.server_network_policy(parse_job(job()))
     assert policy is not None
     assert {"ports": [{"port": contract.STATUS_PORT, "protocol": "TCP"}]} in policy["spec"]["ingress"]
+
+
+def test_two_replicas_elect_a_leader_with_the_rbac_it_needs_and_a_disruption_budget() -> None:
+    objects = kustomize(DEPLOY)
+    deployment = objects["Deployment/kubeflower-operator"]
+    pod = deployment["spec"]["template"]
+    assert deployment["spec"]["replicas"] == 2
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KUBEFLOWER_LEADER_ELECTION"]["value"] == "true"
+    assert env["KUBEFLOWER_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # A standby must pass its probes (kopf's health port opens only on the leader).
+    assert container["livenessProbe"]["httpGet"]["port"] == container["readinessProbe"]["httpGet"]["port"] == "metrics"
+    budget = objects["PodDisruptionBudget/kubeflower-operator"]["spec"]
+    assert budget["minAvailable"] == 1 and budget["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    role = objects["Role/kubeflower-operator-leader-election"]
+    granted = {(verb, name) for rule in role["rules"] if "leases" in rule["resources"]
+               for verb in rule["verbs"] for name in rule.get("resourceNames", ["*"])}
+    assert granted == {("get", leadership.LEASE_NAME), ("update", leadership.LEASE_NAME), ("create", "*")}
+    binding = objects["RoleBinding/kubeflower-operator-leader-election"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["spec"]["serviceAccountName"],
+                                    "namespace": deployment["metadata"]["namespace"]}]
+    assert role["metadata"]["namespace"] == deployment["metadata"]["namespace"], "the Lease is in the operator's namespace"
