@@ -148,7 +148,7 @@ class Leadership:
         return self._replace(lease, sent)
 
     def _create(self, sent: float) -> bool:
-        body = {
+        body: Any = {  # the client's methods take plain dicts as well as its models
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {"name": self.name, "namespace": self.namespace},
@@ -173,7 +173,7 @@ class Leadership:
         self._valid_until = sent + RENEW_DEADLINE
         return True
 
-    def _replace(self, lease: dict[str, Any], sent: float) -> bool:
+    def _replace(self, lease: Any, sent: float) -> bool:
         """Write the Lease with its resourceVersion: refused (409) if anyone wrote it since we read it."""
         try:
             self._lease = self._json(self._api.replace_namespaced_lease(
@@ -200,7 +200,8 @@ class Leadership:
 
     @staticmethod
     def _json(response: Any) -> dict[str, Any]:
-        return json.loads(response.data)
+        lease: dict[str, Any] = json.loads(response.data)
+        return lease
 
     # Tenure.
 

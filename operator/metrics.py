@@ -101,11 +101,13 @@ class Metrics:
                    ((_labels(phase=p), n) for p, n in counts.items()))
             family("kubeflower_reconciles_total", "counter",
                    "Reconciles of a job, by what started them (create, update, resume, timer).",
-                   ((_labels(namespace=ns, job=name, trigger=t), n) for ((ns, name), t), n in sorted(self._reconciles.items())))
-            family("kubeflower_reconcile_failures_total", "counter", "Reconciles of a job that raised (kopf retries them).",
+                   ((_labels(namespace=ns, job=name, trigger=t), n)
+                    for ((ns, name), t), n in sorted(self._reconciles.items())))
+            family("kubeflower_reconcile_failures_total", "counter",
+                   "Reconciles of a job that raised (kopf retries them).",
                    ((_labels(namespace=ns, job=name), n) for (ns, name), n in sorted(self._reconcile_failures.items())))
             # A histogram's samples are name_bucket{le=...}, name_sum, name_count: the suffix goes before the labels.
-            buckets = [("_bucket" + _labels(le=_number(b)), n) for b, n in zip(BUCKETS, self._buckets)]
+            buckets = [("_bucket" + _labels(le=_number(b)), n) for b, n in zip(BUCKETS, self._buckets, strict=True)]
             family("kubeflower_reconcile_duration_seconds", "histogram", "Time of one reconcile (plan and writes).",
                    [*buckets, ("_bucket" + _labels(le="+Inf"), self._duration_count),
                     ("_sum", self._duration_sum), ("_count", self._duration_count)])
@@ -123,7 +125,7 @@ class Metrics:
 class _Handler(BaseHTTPRequestHandler):
     metrics: Metrics
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:  # http.server's name
         path = self.path.split("?")[0]
         if path == "/healthz":  # the pod's probes: alive and serving, leader or standby
             body, content_type = b"ok\n", "text/plain"

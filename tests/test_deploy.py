@@ -31,7 +31,8 @@ def test_the_operators_metrics_port_is_served_exposed_and_let_in() -> None:
     assert ports["metrics"] == Settings().metrics_port
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
     service = objects["Service/kubeflower-operator-metrics"]["spec"]
-    assert service["selector"].items() <= pod["metadata"]["labels"].items() and service["ports"][0]["targetPort"] == "metrics"
+    assert service["selector"].items() <= pod["metadata"]["labels"].items()
+    assert service["ports"][0]["targetPort"] == "metrics"
     policy = objects["NetworkPolicy/kubeflower-operator"]["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     (rule,) = policy["ingress"]
@@ -66,9 +67,11 @@ def test_two_replicas_elect_a_leader_with_the_rbac_it_needs_and_a_disruption_bud
     assert env["KUBEFLOWER_LEADER_ELECTION"]["value"] == "true"
     assert env["KUBEFLOWER_LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     # A standby must pass its probes (kopf's health port opens only on the leader).
-    assert container["livenessProbe"]["httpGet"]["port"] == container["readinessProbe"]["httpGet"]["port"] == "metrics"
+    probes = (container["livenessProbe"], container["readinessProbe"])
+    assert [p["httpGet"]["port"] for p in probes] == ["metrics", "metrics"]
     budget = objects["PodDisruptionBudget/kubeflower-operator"]["spec"]
-    assert budget["minAvailable"] == 1 and budget["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert budget["minAvailable"] == 1
+    assert budget["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     role = objects["Role/kubeflower-operator-leader-election"]
     granted = {(verb, name) for rule in role["rules"] if "leases" in rule["resources"]
                for verb in rule["verbs"] for name in rule.get("resourceNames", ["*"])}
@@ -77,4 +80,4 @@ def test_two_replicas_elect_a_leader_with_the_rbac_it_needs_and_a_disruption_bud
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["spec"]["serviceAccountName"],
                                     "namespace": deployment["metadata"]["namespace"]}]
-    assert role["metadata"]["namespace"] == deployment["metadata"]["namespace"], "the Lease is in the operator's namespace"
+    assert role["metadata"]["namespace"] == deployment["metadata"]["namespace"], "the Lease: the operator's namespace"
