@@ -8,7 +8,9 @@
 #   BASE_IMAGE    the Python base of both images. Default: the official python:3.11-slim-bookworm
 #                 pinned by digest (Dockerfile.*) when the engine has it or can pull it, else a
 #                 Debian 12 base built here from Debian's packages (scripts/base-image.sh)
-#   TORCH         cpu | cuda (default: cpu when PyTorch's CPU index answers, else cuda from PyPI)
+#   TORCH         cpu | cuda (default: cpu when PyTorch's CPU index answers, else cuda from PyPI).
+#                 TORCH=cuda, asked for, builds the GPU variant, tagged workload:<version>-cuda; the
+#                 default keeps the plain tag whichever torch it found (tests, deploy/ use that one)
 #   SAVE          1 (default) writes dist/*.tar; 0 only builds
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,7 @@ if [ -z "${BASE_IMAGE:-}" ]; then
   fi
 fi
 
+if [ "${TORCH:-}" = cuda ]; then WORKLOAD="$WORKLOAD-cuda"; fi
 if [ -z "${TORCH:-}" ]; then
   if curl -fs -o /dev/null --max-time 15 "$CPU_INDEX/torch/"; then TORCH=cpu; else
     echo "images: PyTorch's CPU index does not answer: the workload image gets PyPI's CUDA build of torch" >&2

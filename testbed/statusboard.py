@@ -19,6 +19,8 @@ class StatusBoard:
         self._documents: dict[tuple[str, str], ServerStatus] = {}
         self._lock = threading.Lock()
         self.reads = 0
+        self.failures = 0
+        """Reads answered 503 (no document posted)."""
         board = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -27,6 +29,7 @@ class StatusBoard:
                 with board._lock:
                     board.reads += 1
                     document = board._documents.get((parts[0], parts[1])) if len(parts) == 3 else None
+                    board.failures += document is None
                 if document is None:
                     self.send_error(503, "no status document")
                     return

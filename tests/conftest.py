@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,12 +13,20 @@ from unittest import mock
 os.environ.setdefault("KUBEFLOWER_RECONCILE_INTERVAL", "0.3")
 
 
+def free_port() -> int:
+    """A port nothing listens on now (fixed ports were found taken on these machines)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
 def running_operator(kube: Any, **env: str) -> Iterator[Any]:
-    """The real operator (kubeflower_operator.handlers) logged in through the server's kubeconfig."""
+    """The real operator (kubeflower_operator.handlers) logged in through the server's kubeconfig,
+    its metrics on a free port unless `KUBEFLOWER_METRICS_PORT` is given."""
     from kopf.testing import KopfRunner
 
-    settings = {"KUBECONFIG": str(kube.kubeconfig), **env}
+    settings = {"KUBECONFIG": str(kube.kubeconfig), "KUBEFLOWER_METRICS_PORT": str(free_port()), **env}
     with mock.patch.dict(os.environ, settings):
         args = ["run", "--standalone", "--all-namespaces", "-m", "kubeflower_operator.handlers"]
         with KopfRunner(args, timeout=30) as runner:

@@ -100,6 +100,62 @@ def test_torch_threads_follow_the_client_containers_cpu_limit_unless_the_user_se
     ] == [{"name": contract.ENV_THREADS, "value": "4"}]
 
 
+def spread_of(**clients: object) -> list | None:
+    pod = builders.client_statefulset(parse_job(job(clients={"replicas": 3, **clients})), SETTINGS)["spec"]["template"][
+        "spec"
+    ]
+    return pod.get("topologySpreadConstraints")
+
+
+def test_clients_spread_softly_over_nodes_by_default() -> None:
+    assert spread_of() == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": builders.selector_labels("digits-fedavg", "clients")},
+        }
+    ]
+    # It selects exactly the job's client pods: their template's labels, not the server's.
+    clients = builders.client_statefulset(parse_job(job()), SETTINGS)
+    selected = spread_of()[0]["labelSelector"]["matchLabels"]
+    assert selected.items() <= clients["spec"]["template"]["metadata"]["labels"].items()
+    server = builders.server_deployment(parse_job(job()), SETTINGS)
+    assert not selected.items() <= server["spec"]["template"]["metadata"]["labels"].items()
+    assert "topologySpreadConstraints" not in server["spec"]["template"]["spec"]
+
+
+def test_the_users_own_spread_or_pod_affinity_replaces_the_default() -> None:
+    zones = [
+        {
+            "maxSkew": 2,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"site": "a"}},
+        }
+    ]
+    assert spread_of(topologySpreadConstraints=zones) == zones
+    assert spread_of(topologySpreadConstraints=[]) is None, "[] turns the spread off"
+    anti = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"x": "y"}}}
+            ]
+        }
+    }
+    assert spread_of(affinity=anti) is None
+    # A nodeAffinity only says which nodes: the spread stays, over those nodes.
+    nodes = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}]
+            }
+        }
+    }
+    assert spread_of(affinity=nodes)[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert spread_of(nodeSelector={"pool": "a"})[0]["whenUnsatisfiable"] == "ScheduleAnyway"
+
+
 @pytest.mark.parametrize("kind", ["Deployment", "StatefulSet"])
 def test_pods_meet_the_restricted_pod_security_standard(kind: str) -> None:
     manifest = {m["kind"]: m for m in builders.all_children(parse_job(job()), SETTINGS)}[kind]

@@ -135,7 +135,7 @@ def test_progress_events_kubectl_then_success_cleanup_and_ttl(
         assert status["round"] == "3/3" and status["completionTime"] and status["reason"] == "RunSucceeded"
         wait_for(lambda: cluster.children("fl")["StatefulSet"] == [], 20, "clients removed")
         assert len(cluster.children("fl")["Deployment"]) == 1, "the server is kept after success"
-        assert len(cluster.events("fl", "RoundCompleted")) == 3
+        wait_for(lambda: len(cluster.events("fl", "RoundCompleted")) == 3, 20, "one event per round")  # kopf's queue
         assert "RoundCompleted" in cluster.kubectl("describe", "ftj", "fl")
     finally:
         time.sleep(1)
@@ -153,7 +153,9 @@ def test_failed_run_reports_flowers_message(operator: None, cluster: Cluster, bo
     status = cluster.wait_status("fl", lambda s: s.get("phase") == "Failed")
     assert status["reason"] == "RunFailed" and "KeyError: 'lr'" in status["message"]
     wait_for(lambda: cluster.children("fl")["StatefulSet"] == [], 20, "clients removed")
-    assert cluster.events("fl", "RunFailed")[0]["type"] == "Warning"
+    # kopf posts events from its own queue, after the handler has returned: wait for it.
+    (event,) = wait_for(lambda: cluster.events("fl", "RunFailed"), 20, "the RunFailed event")
+    assert event["type"] == "Warning"
 
 
 def test_delete_mid_run_removes_every_child(operator: None, cluster: Cluster, board: StatusBoard) -> None:

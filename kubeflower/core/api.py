@@ -179,6 +179,13 @@ class ClientsSpec(PodSettings):
             "false: Flower's stock process per message."
         ),
     )
+    topology_spread_constraints: list[FreeForm] | None = Field(
+        default=None,
+        description=(
+            "How the client pods spread over the cluster (pod spec's topologySpreadConstraints). Unset: a soft "
+            "spread over nodes (kubernetes.io/hostname, ScheduleAnyway); set, even to [], it replaces that default."
+        ),
+    )
 
 
 class StrategySpec(ApiModel):

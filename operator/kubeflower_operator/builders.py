@@ -219,6 +219,28 @@ def client_replicas(job: FederatedTrainingJob) -> int:
     return 0 if job.spec.run_policy.suspend else job.spec.clients.replicas
 
 
+def client_spread(job: FederatedTrainingJob) -> list[Manifest]:
+    """Where the client pods go relative to each other: a federation models many sites, so by
+    default one pod per node as far as the nodes allow. Soft (`ScheduleAnyway`), so a one-node
+    cluster still runs every client. The user's own `topologySpreadConstraints` (even `[]`) replace
+    it, and so does an affinity that places pods by other pods (podAffinity, podAntiAffinity), which
+    says the same thing in the user's words; a nodeAffinity or nodeSelector keeps it (the spread is
+    then over the nodes they allow)."""
+    clients = job.spec.clients
+    if clients.topology_spread_constraints is not None:
+        return clients.topology_spread_constraints
+    if clients.affinity and ({"podAffinity", "podAntiAffinity"} & set(clients.affinity)):
+        return []
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(job.metadata.name, CLIENTS)},
+        }
+    ]
+
+
 def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifest:
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
@@ -228,6 +250,10 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifes
         resources.setdefault("requests", {})["memory"] = WARM_CLIENT_MEMORY_REQUEST
     if not resources:
         del container["resources"]
+    pod_spec = _pod_spec(container, job.spec.clients, settings)
+    spread = client_spread(job)
+    if spread:
+        pod_spec["topologySpreadConstraints"] = spread
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -239,7 +265,7 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifes
             "selector": {"matchLabels": selector_labels(job.metadata.name, CLIENTS)},
             "template": {
                 "metadata": {"labels": labels(job.metadata.name, CLIENTS)},
-                "spec": _pod_spec(container, job.spec.clients, settings),
+                "spec": pod_spec,
             },
         },
     }

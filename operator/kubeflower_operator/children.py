@@ -31,13 +31,31 @@ _KINDS: dict[str, tuple[Callable[[client.ApiClient], Any], str]] = {
 class Children:
     """The operator's hands on child objects, sharing one API client."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        on_error: Callable[[str, str, int | None], None] = lambda *_: None,
+        before_write: Callable[[], None] = lambda: None,
+    ) -> None:
         self._client = api_client
+        self._on_error = on_error
+        """Told (verb, kind, HTTP code) of every error answer, expected ones included (metrics)."""
+        self._before_write = before_write
+        """Called before every write: the leader's fence (`leadership.Leadership.check`)."""
 
     def _method(self, verb: str, kind: str) -> Callable[..., Any]:
         api_class, suffix = _KINDS[kind]
         method: Callable[..., Any] = getattr(api_class(self._client), f"{verb}_namespaced_{suffix}")
-        return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._before_write()
+            try:
+                return method(*args, **kwargs)
+            except ApiException as exc:
+                self._on_error(verb, kind, exc.status)
+                raise
+
+        return call
 
     def create(self, namespace: str, manifest: Manifest) -> None:
         try:
@@ -60,10 +78,12 @@ class Children:
                 raise
 
     def delete_job(self, namespace: str, name: str) -> None:
+        self._before_write()
         try:
             client.CustomObjectsApi(self._client).delete_namespaced_custom_object(
                 api.GROUP, api.VERSION, namespace, api.PLURAL, name, propagation_policy="Background"
             )
         except ApiException as exc:
+            self._on_error("delete", api.KIND, exc.status)
             if exc.status != 404:
                 raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from kubeflower.core import api, contract, environment
 from kubeflower.core.api import FederatedTrainingJobStatus
 from kubeflower.core.validation import JobInvalid, parse_job
-from kubeflower_operator import builders, reconcile
+from kubeflower_operator import builders, leadership, metrics, reconcile
 from kubeflower_operator.children import Children
 from kubeflower_operator.observed import Child, Observed, Poll, restart_count, summarize
 from kubeflower_operator.poll import poll, status_url
@@ -69,8 +70,49 @@ def configure(
         # The client reads KUBECONFIG when it is imported; read it now, as kopf does.
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     memo.settings = Settings.from_env()
-    memo.children = Children(client.ApiClient())
+    memo.metrics = metrics.Metrics()
+    memo.leadership = None
+    memo.children = Children(client.ApiClient(), on_error=memo.metrics.api_error, before_write=lambda: _fence(memo))
+    memo.metrics_server = metrics.serve(memo.metrics, memo.settings.metrics_port)
     logger.info("kubeflower operator started: %s", memo.settings)
+
+
+@kopf.on.startup()
+async def lead(memo: kopf.Memo, **_: Any) -> None:
+    """With leader election, wait here (before kopf watches anything) until this process holds the
+    Lease; then renew it in the background. Async: kopf runs it in its loop, the main thread."""
+    settings: Settings = memo.settings
+    if not settings.leader_election:
+        return
+    namespace = settings.lease_namespace or leadership.lease_namespace()
+    memo.leadership = leadership.Leadership(client.ApiClient(), namespace, leadership.LEASE_NAME)
+    await memo.leadership.acquire()
+    memo.leadership.start_renewing()
+    memo.leadership.exit_on_late_wake()
+
+
+def _fence(memo: kopf.Memo) -> None:
+    """Before every write of ours: a leader past its renew deadline stops the process here."""
+    if memo.leadership is not None:
+        memo.leadership.check()
+
+
+@kopf.on.cleanup()
+def stop(memo: kopf.Memo, **_: Any) -> None:
+    if memo.leadership is not None:
+        memo.leadership.release()
+    memo.metrics_server.shutdown()
+    memo.metrics_server.server_close()
+
+
+@kopf.on.event(*JOB)
+def count_job(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Jobs by phase, from every watch event of a job: what the API says, deletions included."""
+    key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
+    if type == "DELETED":
+        memo.metrics.job_gone(key)
+    else:
+        memo.metrics.job_seen(key, (body.get("status") or {}).get("phase"))
 
 
 def _job_key(body: kopf.Body) -> tuple[str, str] | None:
@@ -127,14 +169,24 @@ def reconcile_job(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo:
         return  # Going away: the garbage collector removes the children through their owner references.
     # Handlers and the timer of one job run in different threads: one reconcile at a time.
     with memo.setdefault("lock", threading.Lock()):
-        # Our last status patch is applied after we return; a body still at the version we planned
-        # from has not seen it yet, so plan from what we wrote, not from the stale body.
-        seen_version, written = memo.get("written", (None, None))
-        current = written if seen_version == meta["resourceVersion"] else dict(status)
-        plan = _plan(body, _typed_status(current, meta), memo, indexes)
-        _apply(plan, body, memo)
-        desired = plan.status.wire()
-        memo.written = (meta["resourceVersion"], desired)
+        started, failed = time.monotonic(), True
+        try:
+            # Our last status patch is applied after we return; a body still at the version we planned
+            # from has not seen it yet, so plan from what we wrote, not from the stale body.
+            seen_version, written = memo.get("written", (None, None))
+            current = written if seen_version == meta["resourceVersion"] else dict(status)
+            _fence(memo)
+            plan = _plan(body, _typed_status(current, meta), memo, indexes)
+            _apply(plan, body, memo)
+            desired = plan.status.wire()
+            memo.written = (meta["resourceVersion"], desired)
+            # kopf sends the status patch after we return: the last moment we can fence it.
+            _fence(memo)
+            failed = False
+        finally:
+            # kopf passes `reason` (create, update, resume) to change handlers, nothing to timers.
+            trigger = str(indexes.get("reason") or "timer")
+            memo.metrics.reconciled((meta["namespace"], meta["name"]), trigger, time.monotonic() - started, failed)
     for key, value in desired.items():
         if current.get(key) != value:
             patch.status[key] = value
@@ -168,6 +220,7 @@ def _plan(
     if server and server.ready_replicas >= 1 and current.completion_time is None:
         url = status_url(settings, meta["name"], meta["namespace"])
         memo.poll = poll(url, memo.get("poll", Poll()), settings.poll_timeout)
+        memo.metrics.polled(key, failed=memo.poll.error is not None)
     else:
         memo.poll = Poll()
     observed = _observe(key, indexes, expected, memo.poll)
@@ -192,6 +245,7 @@ def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> None:
         children.delete(namespace, kind, child_name)
         log.info("%s: deleted %s %s (runPolicy.cleanPolicy)", job, kind, child_name)
     for event in plan.events:
+        _fence(memo)
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         (log.warning if event.type == "Warning" else log.info)("%s: %s: %s", job, event.reason, event.message)
     if plan.delete_job:

@@ -15,6 +15,13 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"KUBEFLOWER_{name}", default)
 
 
+def _flag(name: str, default: bool) -> bool:
+    value = _env(name, str(default).lower()).strip().lower()
+    if value not in ("true", "false"):
+        raise ValueError(f"KUBEFLOWER_{name} must be true or false, not {value!r}")
+    return value == "true"
+
+
 @dataclass(frozen=True)
 class Settings:
     image: str = WORKLOAD_IMAGE
@@ -30,6 +37,12 @@ class Settings:
     """Where the operator reads a job's status document; placeholders: name, namespace, port."""
     run_as_user: int = 10001
     """Non-root UID of the workload's pods (the workload image's user)."""
+    metrics_port: int = 9090
+    """Port of the operator's own Prometheus metrics (`/metrics`, see `metrics`)."""
+    leader_election: bool = False
+    """Work only while holding the Lease `kubeflower-operator` (see `leadership`); deploy/ turns it on."""
+    lease_namespace: str = ""
+    """Namespace of that Lease; empty: the pod's own namespace."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -42,4 +55,7 @@ class Settings:
             poll_failure_tolerance=float(_env("POLL_FAILURE_TOLERANCE", str(d.poll_failure_tolerance))),
             status_url=_env("STATUS_URL", d.status_url),
             run_as_user=int(_env("RUN_AS_USER", str(d.run_as_user))),
+            metrics_port=int(_env("METRICS_PORT", str(d.metrics_port))),
+            leader_election=_flag("LEADER_ELECTION", d.leader_election),
+            lease_namespace=_env("LEASE_NAMESPACE", d.lease_namespace),
         )

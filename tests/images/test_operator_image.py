@@ -20,6 +20,7 @@ from testbed.containers.federation import render
 from testbed.containers.pods import LABEL
 from testbed.kubeserver import KubeServer
 from testbed.statusboard import StatusBoard
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.images
 DIGITS = REPO / "examples" / "digits-fedavg.yaml"
@@ -96,6 +97,8 @@ def operator_container(docker: Docker, operator_image: str, tmp_path: Path) -> I
             "KUBEFLOWER_RECONCILE_INTERVAL=1",
             "--env",
             f"KUBEFLOWER_STATUS_URL={board.url_template}",
+            "--env",
+            f"KUBEFLOWER_METRICS_PORT={free_port()}",  # the host's network: a free port
             operator_image,
         )
         try:

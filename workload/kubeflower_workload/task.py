@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from kubeflower_workload import datasets, models, partitioning, training
+from kubeflower_workload import datasets, device, models, partitioning, training
 from kubeflower_workload.appconfig import TaskConfig
 from kubeflower_workload.messages import ARRAYS, CONFIG, EVALUATE_RECEIVED, EVALUATION, METRICS, NUM_EXAMPLES
 
@@ -96,4 +96,7 @@ def _prepare(msg: Message, context: Context) -> tuple[TaskConfig, torch.nn.Modul
     partition_id, num_partitions = partition_of(context.node_config)
     model = models.build(task.model)
     model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
-    return task, model, local_data(task, partition_id, num_partitions, datasets.data_dir()), partition_id
+    data = local_data(task, partition_id, num_partitions, datasets.data_dir())
+    # Here, in the process that trains: the GPU when the pod has one; model and data moved once.
+    model, data = device.place(model, data, device.select())
+    return task, model, data, partition_id

@@ -32,9 +32,11 @@ def train(
     velocity = [torch.zeros_like(p) for p in params]
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    total, batches = 0.0, 0
+    # Summed on the device in float64 (the sum a Python float gives): no GPU sync per step.
+    total, batches = torch.zeros((), dtype=torch.float64, device=x.device), 0
     for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
+        # Drawn on the CPU (the same order on every device for a seed), then moved to the data.
+        order = torch.randperm(len(x), generator=generator).to(x.device)
         for start in range(0, len(x), batch_size):
             batch = order[start : start + batch_size]
             loss = F.cross_entropy(model(x[batch]), y[batch])
@@ -49,9 +51,9 @@ def train(
                         grad = grad + proximal_mu * (p - anchors[i])
                     velocity[i].mul_(MOMENTUM).add_(grad)
                     p.sub_(learning_rate * velocity[i])
-            total += loss.item()
+            total += loss.detach().to(torch.float64)
             batches += 1
-    return total / max(batches, 1)
+    return float(total) / max(batches, 1)
 
 
 @torch.no_grad()
