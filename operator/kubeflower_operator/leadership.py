@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
@@ -160,36 +161,35 @@ class Leadership:
                 "leaseTransitions": 0,
             },
         }
-        try:
-            self._lease = self._json(
-                self._api.create_namespaced_lease(
-                    self.namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-                )
-            )
-        except ApiException as exc:
-            if exc.status != 409:  # 409: another candidate created it first
-                self._warn("create", exc)
-            return False
-        except UNREACHABLE as exc:
-            self._warn("create", exc)
-            return False
-        self._valid_until = sent + RENEW_DEADLINE
-        return True
+        return self._write(
+            "create",  # 409: another candidate created it first
+            lambda: self._api.create_namespaced_lease(
+                self.namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            ),
+            sent,
+        )
 
     def _replace(self, lease: Any, sent: float) -> bool:
         """Write the Lease with its resourceVersion: refused (409) if anyone wrote it since we read it."""
+        return self._write(
+            "update",  # 409: someone wrote it since we read it
+            lambda: self._api.replace_namespaced_lease(
+                self.name, self.namespace, lease, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            ),
+            sent,
+        )
+
+    def _write(self, verb: str, request: Callable[[], Any], sent: float) -> bool:
+        """One write of the Lease; held until `sent` + RENEW_DEADLINE if the server took it. A 409
+        (someone else wrote or created it first) is a lost race, not worth a warning."""
         try:
-            self._lease = self._json(
-                self._api.replace_namespaced_lease(
-                    self.name, self.namespace, lease, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-                )
-            )
+            self._lease = self._json(request())
         except ApiException as exc:
-            if exc.status != 409:  # 409: someone wrote it since we read it
-                self._warn("update", exc)
+            if exc.status != 409:
+                self._warn(verb, exc)
             return False
         except UNREACHABLE as exc:
-            self._warn("update", exc)
+            self._warn(verb, exc)
             return False
         self._valid_until = sent + RENEW_DEADLINE
         return True
