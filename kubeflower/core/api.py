@@ -443,6 +443,9 @@ class FederatedTrainingJobStatus(ApiModel):
     metrics: JobMetrics | None = None
     server_address: str | None = None
     server_restarts: int | None = None
+    status_failing_since: str | None = Field(
+        default=None, description="Since when the server's status document has been unreadable (the failure clock)."
+    )
     start_time: str | None = None
     completion_time: str | None = None
     reason: str | None = None

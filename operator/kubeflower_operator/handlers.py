@@ -217,13 +217,14 @@ def _plan(
     key = (meta["namespace"], meta["name"])
     expected: dict[str, Child] = memo.setdefault("expected", {})
     server = _observe(key, indexes, expected, Poll()).children.get("Deployment")
+    polled = Poll()
     if server and server.ready_replicas >= 1 and current.completion_time is None:
         url = status_url(settings, meta["name"], meta["namespace"])
-        memo.poll = poll(url, memo.get("poll", Poll()), settings.poll_timeout)
-        memo.metrics.polled(key, failed=memo.poll.error is not None)
-    else:
-        memo.poll = Poll()
-    observed = _observe(key, indexes, expected, memo.poll)
+        since = current.status_failing_since
+        since_epoch = reconcile.parse_timestamp(since).timestamp() if since else None
+        polled = poll(url, since_epoch, settings.poll_timeout, job.spec.rounds)
+        memo.metrics.polled(key, failed=polled.error is not None)
+    observed = _observe(key, indexes, expected, polled)
     return reconcile.plan(job, generation, current, observed, now, settings)
 
 

@@ -56,6 +56,8 @@ class Poll:
     error: str | None = None
     failing_since: float | None = None
     """Monotonic-free wall time (epoch seconds) of the first failure in the current run of failures."""
+    invalid: bool = False
+    """The server answered, with something that is not a status document."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Reading a job server's status document over HTTP."""
+"""Reading a job server's status document over HTTP.
+
+The server runs the user's image, so its answer is untrusted: `fetch` reads it within one deadline
+and a size cap, follows no redirect and checks every field; a failure is described in our words
+(which field, which limit), never with the body's text.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,20 @@ def status_url(settings: Settings, name: str, namespace: str) -> str:
     return settings.status_url.format(name=name, namespace=namespace, port=contract.STATUS_PORT)
 
 
-def poll(url: str, previous: Poll, timeout: float) -> Poll:
-    """The next Poll: the document, or the error and since when reads have been failing."""
+def poll(url: str, failing_since: float | None, timeout: float, rounds: int) -> Poll:
+    """The next Poll: the document, or the error and since when reads have been failing.
+
+    `failing_since` comes from the job's status (`statusFailingSince`), not from memory, so an
+    operator restarted more often than the tolerance still fails a job whose server is dead. A
+    round past the job's `rounds` is refused like any other nonsense.
+    """
+    since = failing_since if failing_since is not None else time.time()
     try:
-        return Poll(document=fetch(url, timeout))
-    except (OSError, ValueError) as exc:  # unreachable, an HTTP error; not a status document
-        since = previous.failing_since if previous.failing_since is not None else time.time()
-        return Poll(document=None, error=f"{type(exc).__name__}: {exc}", failing_since=since)
+        document = fetch(url, timeout)
+        if document.current_round > rounds:
+            raise ValueError(f"not a status document: currentRound {document.current_round} is past spec.rounds")
+        return Poll(document=document)
+    except ValueError as exc:  # too large, not a status document
+        return Poll(error=str(exc)[:500], failing_since=since, invalid=True)
+    except OSError as exc:  # unreachable, too slow, an HTTP error
+        return Poll(error=f"{type(exc).__name__}: {exc}"[:500], failing_since=since)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
@@ -25,6 +26,9 @@ Manifest = dict[str, Any]
 METRIC_DIGITS = 4
 """Significant digits of the metrics in the status: `kubectl get ftj` prints them as they are (an
 ACCURACY of 0.9778, not 0.9777777777777777); the server's metrics.json keeps every digit."""
+MAX_ROUND_EVENTS = 3
+"""RoundCompleted events per reconcile: rounds beyond these (a document that jumped ahead, an
+operator back from a long pause) are told in one event, so a document cannot flood the API."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def timestamp_of(epoch: float) -> str:
+    return timestamp(datetime.fromtimestamp(epoch, UTC))
+
+
 def parse_timestamp(value: str) -> datetime:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
@@ -85,18 +93,25 @@ def _condition(
 
 
 def _round_events(previous_round: int, document: ServerStatus) -> list[Event]:
+    """One event per new round, at most MAX_ROUND_EVENTS (the oldest new rounds summed up in one);
+    a round with a NaN or infinite metric is a Warning (the training diverged), not an error."""
+    new = [record for record in document.history if record.round > previous_round]
     events = []
-    for record in document.history:
-        if record.round > previous_round:
-            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(record.metrics.items()))
-            events.append(
-                Event(
-                    "Normal",
-                    "RoundCompleted",
-                    f"round {record.round}/{document.total_rounds} in {record.seconds:.1f}s: "
-                    f"{metrics or 'no metrics'} ({record.replies} replies, {record.failures} failures)",
-                )
+    if len(new) > MAX_ROUND_EVENTS:
+        skipped, new = new[: 1 - MAX_ROUND_EVENTS], new[1 - MAX_ROUND_EVENTS :]
+        message = f"rounds {skipped[0].round} to {skipped[-1].round}/{document.total_rounds} completed"
+        events.append(Event("Normal", "RoundCompleted", message))
+    for record in new:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(record.metrics.items()))
+        finite = all(math.isfinite(v) for v in record.metrics.values())
+        events.append(
+            Event(
+                "Normal" if finite else "Warning",
+                "RoundCompleted",
+                f"round {record.round}/{document.total_rounds} in {record.seconds:.1f}s: "
+                f"{metrics or 'no metrics'} ({record.replies} replies, {record.failures} failures)",
             )
+        )
     return events
 
 
@@ -162,6 +177,9 @@ def progress(
         "start_time": previous.start_time or timestamp(now),
         "current_round": previous.current_round or 0,
         "server_restarts": restarts,
+        "status_failing_since": None
+        if observed.poll.failing_since is None
+        else timestamp_of(observed.poll.failing_since),
     }
     if restarts > restarts_before and not finished:
         events.append(
@@ -179,9 +197,12 @@ def progress(
     if document is not None and not finished:
         events += _round_events(previous.current_round or 0, document)
         update["current_round"] = document.current_round
-        if document.metrics:
+        # NaN and Infinity have no JSON form the API server takes: they are left out of the status
+        # (the round's event shows them, as a Warning), and the finite metrics stay.
+        finite = {key: value for key, value in document.metrics.items() if math.isfinite(value)}
+        if finite:
             update["metrics"] = JobMetrics.model_validate(
-                {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in document.metrics.items()}
+                {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in finite.items()}
             )
     return previous.model_copy(update=update), events
 
@@ -226,7 +247,7 @@ def verdict(
     if poll.failing_since is not None and now.timestamp() - poll.failing_since > settings.poll_failure_tolerance:
         return Verdict(
             Phase.FAILED,
-            "StatusUnreachable",
+            "StatusInvalid" if poll.invalid else "StatusUnreachable",
             f"the server's status endpoint failed for more than {settings.poll_failure_tolerance:g}s: {poll.error}",
         )
     deadline = policy.active_deadline_seconds

@@ -18,7 +18,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
+from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus, bounded_message
 from kubeflower_workload.control import RunState
 
 EVENT_PREFIX = "KUBEFLOWER_ROUND "
@@ -48,7 +48,7 @@ def with_run(status: ServerStatus, run: RunState, connected: int, now: str) -> S
             update |= {"phase": Phase.SUCCEEDED, "message": ""}
         else:
             reason = run.details or f"the run ended as {run.sub_status or 'unknown'}"
-            update |= {"phase": Phase.FAILED, "message": reason}
+            update |= {"phase": Phase.FAILED, "message": bounded_message(reason)}
         update["finish_time"] = now
     return status.model_copy(update=update)
 
