@@ -71,6 +71,132 @@ INVALID: list[tuple[str, list[Any], str]] = [
     ("bulyan-with-two-clients", [_set("spec.strategy", {"name": "Bulyan"})], "spec.strategy.name"),
     ("negative-learning-rate", [_set("spec.task.learningRate", -0.1)], "spec.task.learningRate"),
     ("fractional-epochs", [_set("spec.task.localEpochs", 1.5)], "spec.task.localEpochs"),
+    # No coercion: what the API server refuses, `kubeflower validate` refuses too.
+    ("rounds-as-a-string", [_set("spec.rounds", "3")], "spec.rounds"),
+    ("replicas-as-a-float", [_set("spec.clients.replicas", 2.0)], "spec.clients.replicas"),
+    ("epochs-as-a-boolean", [_set("spec.task.localEpochs", True)], "spec.task.localEpochs"),
+    ("warm-as-a-string", [_set("spec.clients.warmClientApps", "yes")], "spec.clients.warmClientApps"),
+    # A maximum on every number: a value past it overflows a computation or wedges the job.
+    (
+        "deadline-overflows",
+        [_set("spec.runPolicy.activeDeadlineSeconds", 300000000000)],
+        "spec.runPolicy.activeDeadlineSeconds",
+    ),
+    (
+        "ttl-as-a-huge-float",
+        [_set("spec.runPolicy.ttlSecondsAfterFinished", 1e14)],
+        "spec.runPolicy.ttlSecondsAfterFinished",
+    ),
+    (
+        "ttl-past-ten-years",
+        [_set("spec.runPolicy.ttlSecondsAfterFinished", 10**9)],
+        "spec.runPolicy.ttlSecondsAfterFinished",
+    ),
+    ("backoff-limit-huge", [_set("spec.runPolicy.backoffLimit", 10**6)], "spec.runPolicy.backoffLimit"),
+    ("rounds-too-many", [_set("spec.rounds", 100001)], "spec.rounds"),
+    ("replicas-too-many", [_set("spec.clients.replicas", 1001)], "spec.clients.replicas"),
+    ("seed-too-large", [_set("spec.task.seed", 2**40)], "spec.task.seed"),
+    (
+        "alpha-too-large",
+        [_set("spec.task.partitioning", {"type": "dirichlet", "alpha": 1e9})],
+        "spec.task.partitioning.alpha",
+    ),
+    ("eta-too-large", [_set("spec.strategy", {"name": "FedAdam", "eta": 1e6})], "spec.strategy.eta"),
+    # Kubernetes' own types, checked by their generated schemas and the quantity grammar.
+    ("cpu-lots", [_set("spec.clients.resources", {"limits": {"cpu": "lots"}})], "spec.clients.resources.limits.cpu"),
+    (
+        "memory-negative",
+        [_set("spec.clients.resources", {"limits": {"memory": -1}})],
+        "spec.clients.resources.limits.memory",
+    ),
+    (
+        "memory-in-gigabits",
+        [_set("spec.server.resources", {"requests": {"memory": "1.5Gb"}})],
+        "spec.server.resources.requests.memory",
+    ),
+    (
+        "resources-unknown-field",
+        [_set("spec.server.resources", {"maximum": {"cpu": 1}})],
+        "spec.server.resources.maximum",
+    ),
+    (
+        "value-from-bogus",
+        [_set("spec.clients.env", [{"name": "A", "valueFrom": {"bogus": 1}}])],
+        "spec.clients.env[0].valueFrom.bogus",
+    ),
+    ("env-without-name", [_set("spec.clients.env", [{"value": "1"}])], "spec.clients.env[0].name"),
+    ("env-name-with-equals", [_set("spec.server.env", [{"name": "A=B", "value": "1"}])], "spec.server.env[0].name"),
+    ("env-value-a-number", [_set("spec.server.env", [{"name": "A", "value": 1}])], "spec.server.env[0].value"),
+    (
+        "env-too-many",
+        [_set("spec.clients.env", [{"name": f"V{i}", "value": "1"} for i in range(129)])],
+        "spec.clients.env",
+    ),
+    ("affinity-bogus", [_set("spec.server.affinity", {"bogus": True})], "spec.server.affinity.bogus"),
+    (
+        "affinity-term-without-key",
+        [
+            _set(
+                "spec.clients.affinity",
+                {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [{"matchExpressions": [{"operator": "In"}]}]
+                        }
+                    }
+                },
+            )
+        ],
+        "spec.clients.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key",
+    ),
+    (
+        "toleration-unknown-field",
+        [_set("spec.clients.tolerations", [{"key": "gpu", "tolerance": 1}])],
+        "spec.clients.tolerations[0].tolerance",
+    ),
+    (
+        "toleration-seconds-text",
+        [_set("spec.clients.tolerations", [{"key": "gpu", "tolerationSeconds": "60"}])],
+        "spec.clients.tolerations[0].tolerationSeconds",
+    ),
+    (
+        "tolerations-too-many",
+        [_set("spec.clients.tolerations", [{"key": f"k{i}"} for i in range(65)])],
+        "spec.clients.tolerations",
+    ),
+    (
+        "spread-bogus",
+        [_set("spec.clients.topologySpreadConstraints", [{"maxSkew": 1, "bogus": 1}])],
+        "spec.clients.topologySpreadConstraints[0].bogus",
+    ),
+    (
+        "node-selector-value-too-long",
+        [_set("spec.clients.nodeSelector", {"zone": "z" * 64})],
+        "spec.clients.nodeSelector.zone",
+    ),
+    ("node-selector-not-text", [_set("spec.clients.nodeSelector", {"gpu": True})], "spec.clients.nodeSelector.gpu"),
+    ("invalid-image", [_set("spec.image", "Not An Image!")], "spec.image"),
+    ("empty-image", [_set("spec.image", "")], "spec.image"),
+    # The contract's variables are the operator's.
+    (
+        "reserved-partition-env",
+        [_set("spec.clients.env", [{"name": "KUBEFLOWER_PARTITION_ID", "value": "0"}])],
+        "spec.clients.env[0].name",
+    ),
+    (
+        "reserved-flower-env",
+        [_set("spec.server.env", [{"name": "FLWR_HOME", "value": "/tmp"}])],
+        "spec.server.env[0].name",
+    ),
+    (
+        "run-config-key-too-long",
+        [
+            _set("spec.task", _DELETE),
+            _set("spec.image", "me/app:1"),
+            _set("spec.app", {"path": "/app", "runConfig": {"k" * 318: 1}}),
+        ],
+        "spec.app.runConfig",
+    ),
 ]
 
 

@@ -91,3 +91,14 @@ def test_two_replicas_elect_a_leader_with_the_rbac_it_needs_and_a_disruption_bud
         }
     ]
     assert role["metadata"]["namespace"] == deployment["metadata"]["namespace"], "the Lease: the operator's namespace"
+
+
+def test_job_rights_fold_into_the_built_in_user_roles() -> None:
+    objects = kustomize(DEPLOY)
+    edit = objects["ClusterRole/kubeflower-edit"]
+    view = objects["ClusterRole/kubeflower-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert "create" in edit["rules"][0]["verbs"] and "federatedtrainingjobs" in edit["rules"][0]["resources"]
+    assert set(view["rules"][0]["verbs"]) == {"get", "list", "watch"}

@@ -13,13 +13,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from kubeflower.core.server_status import Phase
+from kubeflower.core import corev1
+from kubeflower.core.server_status import MAX_ROUNDS, Phase
 
 API_VERSION: Final = "kubeflower.io/v1alpha1"
 GROUP, VERSION = API_VERSION.split("/")
@@ -34,16 +35,34 @@ LONGEST_CHILD_SUFFIX = "-clients"
 MAX_NAME_LENGTH = 52 - len(LONGEST_CHILD_SUFFIX)
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
-Quantity = Annotated[
-    int | str,
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
-]
-FreeForm = Annotated[
-    dict[str, Any],
-    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
-]
+# Every integer, duration, string, list and map has a maximum: a value past it would overflow a
+# computation (a deadline of 10^11 s), grow the operator's memory, or push a CEL rule's cost
+# estimate past the API server's budget.
+MAX_SECONDS = 10 * 365 * 24 * 3600
+"""Durations (deadlines, TTLs): ten years, far below what a datetime can add without overflowing."""
+MAX_SEED = 2**31 - 1
+MAX_CLIENTS = 1000
+MAX_ENV = 128
+MAX_LIST = 64
+MAX_STRING = 1024
+IMAGE_PATTERN = (
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+"""A container image reference (registry/path:tag@digest), as the container runtime parses it."""
+LabelKey = Annotated[str, Field(min_length=1, max_length=corev1.MAX_KEY)]
+LabelValue = Annotated[str, Field(max_length=63)]
+RunConfigKey = Annotated[str, Field(min_length=1, max_length=corev1.MAX_KEY)]
 # Any scalar: Flower run config values are str, int, float or bool; pydantic checks the type.
-RunConfigValue = Annotated[bool | int | float | str, WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True})]
+RunConfigValue = Annotated[
+    bool | int | float | Annotated[str, Field(max_length=MAX_STRING)],
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+RESERVED_ENV_PREFIXES = ("KUBEFLOWER_", "FLWR_")
+"""Environment variables of the contract between operator and workload (`contract`) and Flower's
+own: a user's value would change what the pods are (a partition, a bind address, a Control API
+reopened on 0.0.0.0), so they are refused. Others, OMP_NUM_THREADS included, stay the user's."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +89,7 @@ class CelRule:
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are errors, not silently lost."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False)
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = ()
 
@@ -143,25 +162,49 @@ class ServiceType(str, Enum):
     LOAD_BALANCER = "LoadBalancer"
 
 
-class ResourceRequirements(ApiModel):
-    requests: dict[str, Quantity] | None = None
-    limits: dict[str, Quantity] | None = None
+class KubernetesObject(ApiModel):
+    """A Kubernetes core type in the job's spec, its model generated (`kubeflower.core.corev1`)."""
+
+    def wire(self) -> dict[str, Any]:
+        """As the pod spec carries it (camelCase, unset fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-class EnvVar(ApiModel):
-    name: str = Field(min_length=1)
-    value: str | None = None
-    value_from: FreeForm | None = None
+if TYPE_CHECKING:  # built at import time from corev1.json; to the type checker, each is a KubernetesObject
+    EnvVar: TypeAlias = KubernetesObject
+    Toleration: TypeAlias = KubernetesObject
+    Affinity: TypeAlias = KubernetesObject
+    ResourceRequirements: TypeAlias = KubernetesObject
+    TopologySpreadConstraint: TypeAlias = KubernetesObject
+else:
+    EnvVar = corev1.model("EnvVar", KubernetesObject)
+    Toleration = corev1.model("Toleration", KubernetesObject)
+    Affinity = corev1.model("Affinity", KubernetesObject)
+    ResourceRequirements = corev1.model("ResourceRequirements", KubernetesObject)
+    TopologySpreadConstraint = corev1.model("TopologySpreadConstraint", KubernetesObject)
+
+_RESERVED_CEL = " && ".join(f"!self.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
+EnvVar.cel_rules = (
+    CelRule(
+        rule=_RESERVED_CEL,
+        message=(
+            "KUBEFLOWER_* and FLWR_* variables are set by the operator (partition, addresses, Flower's own "
+            "settings); rename it (OMP_NUM_THREADS and other variables stay yours)"
+        ),
+        field_path=".name",
+        check=lambda env: not env.name.startswith(RESERVED_ENV_PREFIXES),
+    ),
+)
 
 
 class PodSettings(ApiModel):
     """Scheduling and resources shared by the server pod and the client pods."""
 
     resources: ResourceRequirements | None = None
-    env: list[EnvVar] | None = None
-    node_selector: dict[str, str] | None = None
-    tolerations: list[FreeForm] | None = None
-    affinity: FreeForm | None = None
+    env: list[EnvVar] | None = Field(default=None, max_length=MAX_ENV)
+    node_selector: dict[LabelKey, LabelValue] | None = Field(default=None, max_length=MAX_LIST)
+    tolerations: list[Toleration] | None = Field(default=None, max_length=MAX_LIST)
+    affinity: Affinity | None = None
 
 
 class ServerSpec(PodSettings):
@@ -169,7 +212,7 @@ class ServerSpec(PodSettings):
 
 
 class ClientsSpec(PodSettings):
-    replicas: int = Field(default=2, ge=1, le=1000, description="Number of client pods (SuperNodes).")
+    replicas: int = Field(default=2, ge=1, le=MAX_CLIENTS, description="Number of client pods (SuperNodes).")
     warm_client_apps: bool = Field(
         default=True,
         description=(
@@ -179,8 +222,9 @@ class ClientsSpec(PodSettings):
             "false: Flower's stock process per message."
         ),
     )
-    topology_spread_constraints: list[FreeForm] | None = Field(
+    topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(
         default=None,
+        max_length=16,
         description=(
             "How the client pods spread over the cluster (pod spec's topologySpreadConstraints). Unset: a soft "
             "spread over nodes (kubernetes.io/hostname, ScheduleAnyway); set, even to [], it replaces that default."
@@ -197,19 +241,30 @@ class StrategySpec(ApiModel):
     min_available_clients: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_CLIENTS,
         description="Clients that must be connected before a round starts; defaults to clients.replicas.",
     )
-    proximal_mu: float | None = Field(default=None, ge=0, description="FedProx: weight of the proximal term.")
-    server_learning_rate: float | None = Field(default=None, gt=0, description="FedAvgM: server-side learning rate.")
+    proximal_mu: float | None = Field(default=None, ge=0, le=1000, description="FedProx: weight of the proximal term.")
+    server_learning_rate: float | None = Field(
+        default=None, gt=0, le=1000, description="FedAvgM: server-side learning rate."
+    )
     server_momentum: float | None = Field(default=None, ge=0, lt=1, description="FedAvgM: server-side momentum.")
-    eta: float | None = Field(default=None, gt=0, description="FedAdam, FedYogi, FedAdagrad: server learning rate.")
-    eta_l: float | None = Field(default=None, gt=0, description="FedAdam, FedYogi, FedAdagrad: client learning rate.")
+    eta: float | None = Field(
+        default=None, gt=0, le=1000, description="FedAdam, FedYogi, FedAdagrad: server learning rate."
+    )
+    eta_l: float | None = Field(
+        default=None, gt=0, le=1000, description="FedAdam, FedYogi, FedAdagrad: client learning rate."
+    )
     beta1: float | None = Field(default=None, ge=0, lt=1, description="FedAdam, FedYogi: first moment decay.")
     beta2: float | None = Field(default=None, ge=0, lt=1, description="FedAdam, FedYogi: second moment decay.")
-    tau: float | None = Field(default=None, gt=0, description="FedAdam, FedYogi, FedAdagrad: adaptivity.")
+    tau: float | None = Field(default=None, gt=0, le=1000, description="FedAdam, FedYogi, FedAdagrad: adaptivity.")
     beta: float | None = Field(default=None, gt=0, lt=0.5, description="FedTrimmedAvg: fraction cut at each end.")
-    num_malicious_clients: int | None = Field(default=None, ge=0, description="Krum, MultiKrum, Bulyan.")
-    num_clients_to_keep: int | None = Field(default=None, ge=1, description="MultiKrum: updates averaged.")
+    num_malicious_clients: int | None = Field(
+        default=None, ge=0, le=MAX_CLIENTS, description="Krum, MultiKrum, Bulyan."
+    )
+    num_clients_to_keep: int | None = Field(
+        default=None, ge=1, le=MAX_CLIENTS, description="MultiKrum: updates averaged."
+    )
 
     # Which strategies accept each optional parameter (wire name -> strategies).
     PARAMETERS: ClassVar[dict[str, tuple[StrategyName, ...]]] = {
@@ -253,8 +308,10 @@ StrategySpec.cel_rules = tuple(_parameter_rule(p, s) for p, s in StrategySpec.PA
 
 class Partitioning(ApiModel):
     type: PartitioningType = PartitioningType.IID
-    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration; smaller is more skewed.")
-    seed: int = Field(default=42, ge=0, description="Seed of the split: the same seed gives the same partitions.")
+    alpha: float = Field(default=0.5, gt=0, le=1000, description="Dirichlet concentration; smaller is more skewed.")
+    seed: int = Field(
+        default=42, ge=0, le=MAX_SEED, description="Seed of the split: the same seed gives the same partitions."
+    )
 
 
 class TaskSpec(ApiModel):
@@ -269,7 +326,7 @@ class TaskSpec(ApiModel):
     test_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Share of each client's data held out to evaluate."
     )
-    seed: int = Field(default=0, ge=0, description="Seed of model initialisation and training order.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of model initialisation and training order.")
     fused_train_evaluate: bool = Field(
         default=True,
         description=(
@@ -292,9 +349,13 @@ class AppSpec(ApiModel):
     """Bring your own Flower App, baked into `image`."""
 
     path: str = Field(
-        min_length=1, description="Directory of the Flower App project (its pyproject.toml) in the image."
+        min_length=1,
+        max_length=MAX_STRING,
+        description="Directory of the Flower App project (its pyproject.toml) in the image.",
     )
-    run_config: dict[str, RunConfigValue] | None = Field(default=None, description="Overrides of the app's run config.")
+    run_config: dict[RunConfigKey, RunConfigValue] | None = Field(
+        default=None, max_length=MAX_LIST, description="Overrides of the app's run config."
+    )
 
 
 class RunPolicy(ApiModel):
@@ -302,12 +363,12 @@ class RunPolicy(ApiModel):
         default=CleanPolicy.CLIENTS, description="Children removed when the job finishes."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the job this long after it finishes."
+        default=None, ge=0, le=MAX_SECONDS, description="Delete the job this long after it finishes."
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the job when it runs longer than this."
+        default=None, ge=1, le=MAX_SECONDS, description="Fail the job when it runs longer than this."
     )
-    backoff_limit: int = Field(default=3, ge=0, description="Server restarts tolerated before the job fails.")
+    backoff_limit: int = Field(default=3, ge=0, le=1000, description="Server restarts tolerated before the job fails.")
     suspend: bool = Field(default=False, description="Scale the federation to zero and keep the job.")
 
 
@@ -321,8 +382,13 @@ def _min_clients_ok(spec: FederatedTrainingJobSpec) -> bool:
 
 
 class FederatedTrainingJobSpec(ApiModel):
-    image: str | None = Field(default=None, description="Workload image; defaults to the operator's configured image.")
-    rounds: int = Field(default=3, ge=1, le=100000)
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=IMAGE_PATTERN,
+        description="Workload image; defaults to the operator's configured image.",
+    )
+    rounds: int = Field(default=3, ge=1, le=MAX_ROUNDS)
     clients: ClientsSpec = Field(default_factory=ClientsSpec)
     server: ServerSpec = Field(default_factory=ServerSpec)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
@@ -356,12 +422,6 @@ class FederatedTrainingJobSpec(ApiModel):
             ),
             field_path=".strategy.name",
             check=lambda s: s.strategy.name != StrategyName.BULYAN or s.clients.replicas >= 5,
-        ),
-        CelRule(
-            rule="!has(self.image) || self.image.size() > 0",
-            message="image must not be empty; remove it to use the operator's default image",
-            field_path=".image",
-            check=lambda s: s.image is None or len(s.image) > 0,
         ),
         CelRule(
             rule="!has(self.app) || has(self.image)",

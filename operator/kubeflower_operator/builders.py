@@ -55,7 +55,7 @@ def _env(values: dict[str, str]) -> list[Manifest]:
 
 
 def _user_env(env: list[EnvVar] | None) -> list[Manifest]:
-    return [e.model_dump(by_alias=True, exclude_none=True) for e in env or []]
+    return [e.wire() for e in env or []]
 
 
 _VOLUMES = {
@@ -87,7 +87,7 @@ def _container(
         "volumeMounts": [{"name": v, "mountPath": p} for v, p in _VOLUMES.items()],
     }
     if settings.resources is not None:
-        container["resources"] = settings.resources.model_dump(by_alias=True, exclude_none=True)
+        container["resources"] = settings.resources.wire()
     return container
 
 
@@ -109,8 +109,8 @@ def _pod_spec(container: Manifest, settings: PodSettings, app: Settings) -> Mani
     }
     for key, value in (
         ("nodeSelector", settings.node_selector),
-        ("tolerations", settings.tolerations),
-        ("affinity", settings.affinity),
+        ("tolerations", [t.wire() for t in settings.tolerations or []]),
+        ("affinity", settings.affinity.wire() if settings.affinity else None),
     ):
         if value:
             spec[key] = value
@@ -196,7 +196,7 @@ def client_env(job: FederatedTrainingJob) -> list[Manifest]:
     values = environment.client_environment(job)
     pod_name = {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     env = [pod_name, *_env(values)]
-    if contract.ENV_THREADS not in {e.name for e in job.spec.clients.env or []}:  # the user's value wins
+    if contract.ENV_THREADS not in {e.wire()["name"] for e in job.spec.clients.env or []}:  # the user's value wins
         cpus = {
             "containerName": CLIENT_CONTAINER,
             "resource": _cpu_resource(job),
@@ -209,8 +209,8 @@ def client_env(job: FederatedTrainingJob) -> list[Manifest]:
 def _cpu_resource(job: FederatedTrainingJob) -> str:
     """The client container's CPUs, as the downward API reads them: the limit, else the request
     (clusters that set no CPU limits), else `limits.cpu`, which then reads the node's CPUs."""
-    resources = job.spec.clients.resources
-    if resources is not None and "cpu" not in (resources.limits or {}) and "cpu" in (resources.requests or {}):
+    resources: Manifest = job.spec.clients.resources.wire() if job.spec.clients.resources else {}
+    if "cpu" not in resources.get("limits", {}) and "cpu" in resources.get("requests", {}):
         return "requests.cpu"
     return "limits.cpu"
 
@@ -228,8 +228,8 @@ def client_spread(job: FederatedTrainingJob) -> list[Manifest]:
     then over the nodes they allow)."""
     clients = job.spec.clients
     if clients.topology_spread_constraints is not None:
-        return clients.topology_spread_constraints
-    if clients.affinity and ({"podAffinity", "podAntiAffinity"} & set(clients.affinity)):
+        return [c.wire() for c in clients.topology_spread_constraints]
+    if clients.affinity and ({"podAffinity", "podAntiAffinity"} & set(clients.affinity.wire())):
         return []
     return [
         {
