@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from kubeflower.core import contract
 from kubeflower.core.server_status import Phase
 
 API_VERSION: Final = "kubeflower.io/v1alpha1"
@@ -295,6 +296,15 @@ class AppSpec(ApiModel):
         min_length=1, description="Directory of the Flower App project (its pyproject.toml) in the image."
     )
     run_config: dict[str, RunConfigValue] | None = Field(default=None, description="Overrides of the app's run config.")
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule=f"!has(self.runConfig) || !('{contract.RUN_CONFIG_ROUNDS}' in self.runConfig)",
+            message=f"the number of rounds is spec.rounds: remove {contract.RUN_CONFIG_ROUNDS} from app.runConfig",
+            field_path=".runConfig",
+            check=lambda a: contract.RUN_CONFIG_ROUNDS not in (a.run_config or {}),
+        ),
+    )
 
 
 class RunPolicy(ApiModel):

@@ -1,8 +1,8 @@
 """A job's children as plain manifest dicts, built by pure functions from the validated spec.
 
-The operator creates what these return (after `kopf.adopt`), `kubeflower render` prints it, and
-`kubeflower run` reads the containers' commands and environment from it: this module is the one
-description of what a job's pods run (their environment's values: `kubeflower.core.environment`).
+The operator creates what these return (after `kopf.adopt`) and `kubeflower render` prints it. The
+containers' commands and environment values come from the core (`kubeflower.core.contract` and
+`kubeflower.core.environment`), which `kubeflower run` uses directly for its local processes.
 Every pod meets the "restricted" Pod Security Standard.
 """
 
@@ -121,7 +121,7 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     """One server pod. `Recreate`: two SuperLinks for one job must never overlap."""
     name = server_name(job.metadata.name)
     container = _container(
-        job, SERVER, ["kubeflower-server"], _env(environment.server_environment(job)), job.spec.server, settings
+        job, SERVER, list(contract.SERVER_COMMAND), _env(environment.server_environment(job)), job.spec.server, settings
     )
     container["ports"] = [
         {"name": "flower", "containerPort": contract.SUPERLINK_PORT, "protocol": "TCP"},
@@ -244,7 +244,9 @@ def client_spread(job: FederatedTrainingJob) -> list[Manifest]:
 def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifest:
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
-    container = _container(job, CLIENT_CONTAINER, ["kubeflower-client"], client_env(job), job.spec.clients, settings)
+    container = _container(
+        job, CLIENT_CONTAINER, list(contract.CLIENT_COMMAND), client_env(job), job.spec.clients, settings
+    )
     resources = container.setdefault("resources", {})
     if job.spec.clients.warm_client_apps and not any("memory" in resources.get(k, {}) for k in ("requests", "limits")):
         resources.setdefault("requests", {})["memory"] = WARM_CLIENT_MEMORY_REQUEST
