@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from kubeflower.core import contract
 from kubeflower.core.api import FederatedTrainingJobSpec
+from kubeflower.core.vocabulary import run_config_key
 
 RunConfig = dict[str, bool | int | float | str]
 
@@ -40,9 +41,5 @@ def run_config(spec: FederatedTrainingJobSpec) -> RunConfig:
         contract.RUN_CONFIG_MIN_CLIENTS: spec.min_available_clients,
     }
     for wire_name, value in strategy.parameters().items():
-        config[_kebab(wire_name)] = value
+        config[run_config_key(wire_name)] = value
     return config
-
-
-def _kebab(camel: str) -> str:
-    return "".join(f"-{c.lower()}" if c.isupper() else c for c in camel)
