@@ -31,6 +31,9 @@ OUTPUT_DIR = "/var/lib/kubeflower/output"
 DATA_DIR = "/var/lib/kubeflower/data"
 FLWR_HOME = "/var/lib/kubeflower/flwr"
 TMP_DIR = "/tmp"
+POD_FOLDERS = {"output": OUTPUT_DIR, "data": DATA_DIR, "flwr-home": FLWR_HOME, "tmp": TMP_DIR}
+"""The pods' writable folders, by volume name: the root file system is read-only, and these
+volumes (emptyDirs) are mounted over whatever the image has at those paths."""
 
 
 @dataclass(frozen=True)

@@ -58,15 +58,6 @@ def _user_env(env: list[EnvVar] | None) -> list[Manifest]:
     return [e.model_dump(by_alias=True, exclude_none=True) for e in env or []]
 
 
-_VOLUMES = {
-    "output": contract.OUTPUT_DIR,
-    "data": contract.DATA_DIR,
-    "flwr-home": contract.FLWR_HOME,
-    "tmp": contract.TMP_DIR,
-}
-"""emptyDir volumes: the root file system is read-only, these are where the workload writes."""
-
-
 def _container(
     job: FederatedTrainingJob, name: str, command: list[str], env: list[Manifest], settings: PodSettings, app: Settings
 ) -> Manifest:
@@ -84,7 +75,7 @@ def _container(
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": v, "mountPath": p} for v, p in _VOLUMES.items()],
+        "volumeMounts": [{"name": v, "mountPath": p} for v, p in contract.POD_FOLDERS.items()],
     }
     if settings.resources is not None:
         container["resources"] = settings.resources.model_dump(by_alias=True, exclude_none=True)
@@ -94,7 +85,7 @@ def _container(
 def _pod_spec(container: Manifest, settings: PodSettings, app: Settings) -> Manifest:
     spec: Manifest = {
         "containers": [container],
-        "volumes": [{"name": v, "emptyDir": {}} for v in _VOLUMES],
+        "volumes": [{"name": v, "emptyDir": {}} for v in contract.POD_FOLDERS],
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": app.run_as_user,
