@@ -5,6 +5,7 @@ through the test server; what a job's server reports comes from a StatusBoard.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from kubeflower.core.environment import SERVER
 from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
+from kubeflower_operator import builders
 from testbed.cluster import Cluster, wait_for
 from testbed.jobs import INVALID, invalid_job, job
 from testbed.kubeserver import KubeServer
@@ -169,13 +172,15 @@ def test_delete_mid_run_removes_every_child(operator: None, cluster: Cluster, bo
 
 def test_scale_changes_the_client_replicas(operator: None, cluster: Cluster, board: StatusBoard) -> None:
     start_running(cluster, board, "fl")
+    (before,) = cluster.children("fl")["StatefulSet"]
     cluster.kubectl("scale", "ftj", "fl", "--replicas=4")
     assert cluster.job("fl")["spec"]["clients"]["replicas"] == 4
     (clients,) = wait_for(
         lambda: [s for s in cluster.children("fl")["StatefulSet"] if s["spec"]["replicas"] == 4], 20, "scaled clients"
     )
     env = {e["name"]: e.get("value") for e in clients["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["KUBEFLOWER_NUM_PARTITIONS"] == "4"
+    assert env["KUBEFLOWER_NUM_PARTITIONS"] == "2", "the data's split is fixed when the clients are made"
+    assert clients["spec"]["template"] == before["spec"]["template"], "a scale must not restart the clients"
     cluster.clients_ready("fl", 4)
     cluster.wait_status("fl", lambda s: s.get("clients") == "4/4" and s.get("replicas") == 4)
     server = cluster.children("fl")["Deployment"][0]
@@ -238,3 +243,129 @@ def test_operator_restart_mid_job_continues_without_duplicates(
     assert sorted(posted) == ["round 1/3", "round 2/3", "round 3/3"], (
         "one event per round, none repeated after the restart"
     )
+
+
+# --- No wedged job: where a job used to be stuck, it now goes on or ends with a reason. ---
+
+
+def _server(cluster: Cluster, name: str) -> dict[str, Any]:
+    (deployment,) = wait_for(lambda: cluster.children(name)["Deployment"], 20, "server Deployment")
+    return dict(deployment)
+
+
+def _containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(manifest["spec"]["template"]["spec"]["containers"])
+
+
+def test_a_refused_server_is_the_jobs_reason_until_the_spec_is_fixed(operator: None, cluster: Cluster) -> None:
+    def no_bad_images(resource: str, obj: dict[str, Any]) -> str | None:
+        images = [
+            c.get("image", "") for c in (obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []))
+        ]
+        bad = [i for i in images if "forbidden-registry" in i]
+        return (
+            f"spec.template.spec.containers[0].image: Forbidden: {bad[0]} is not an allowed registry" if bad else None
+        )
+
+    cluster.kube.admission.append(no_bad_images)
+    cluster.apply(job("fl", image="forbidden-registry.example.com/app:1"))
+    status = cluster.wait_status("fl", lambda s: s.get("reason") == "ChildRefused")
+    assert status["phase"] == "Pending" and "not an allowed registry" in status["message"], status
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["ChildrenAccepted"]["status"] == "False"
+    assert cluster.children("fl")["Deployment"] == []
+    (event,) = wait_for(lambda: cluster.events("fl", "ChildRefused"), 20, "the ChildRefused event")
+    assert event["type"] == "Warning"
+
+    cluster.kubectl(
+        "patch", "ftj", "fl", "--type=merge", "-p", json.dumps({"spec": {"image": "allowed.example.com/app:1"}})
+    )
+    server = _server(cluster, "fl")
+    assert _containers(server)[0]["image"] == "allowed.example.com/app:1"
+    status = cluster.wait_status("fl", lambda s: s.get("reason") == "WaitingForServer")
+    assert "ChildrenAccepted" not in {c["type"] for c in status["conditions"]}
+
+
+def test_a_spec_fix_reaches_a_server_that_never_started(operator: None, cluster: Cluster) -> None:
+    """Resources no node has: the server never gets ready; removing them replaces the Deployment."""
+    cluster.apply(job("fl", server={"resources": {"requests": {"cpu": "64"}}}))
+    assert _containers(_server(cluster, "fl"))[0]["resources"] == {"requests": {"cpu": "64"}}
+    cluster.kubectl("patch", "ftj", "fl", "--type=json", "-p", '[{"op": "remove", "path": "/spec/server/resources"}]')
+    fixed = wait_for(
+        lambda: [d for d in cluster.children("fl")["Deployment"] if "resources" not in _containers(d)[0]],
+        20,
+        "the server replaced without its resources",
+    )
+    uid = cluster.job("fl")["metadata"]["uid"]
+    assert fixed[0]["metadata"]["ownerReferences"][0]["uid"] == uid, "a replace keeps the owner"
+
+
+def test_a_removed_node_selector_leaves_the_clients(operator: None, cluster: Cluster, board: StatusBoard) -> None:
+    start_running(cluster, board, "fl", clients={"replicas": 2, "nodeSelector": {"pool": "gpu"}})
+    (clients,) = cluster.children("fl")["StatefulSet"]
+    assert clients["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}
+    cluster.kubectl(
+        "patch", "ftj", "fl", "--type=json", "-p", '[{"op": "remove", "path": "/spec/clients/nodeSelector"}]'
+    )
+    wait_for(
+        lambda: [
+            s for s in cluster.children("fl")["StatefulSet"] if "nodeSelector" not in s["spec"]["template"]["spec"]
+        ],
+        20,
+        "the clients without the nodeSelector",
+    )
+    cluster.kubectl("patch", "ftj", "fl", "--type=merge", "-p", '{"spec": {"service": {"type": "NodePort"}}}')
+    wait_for(
+        lambda: [s for s in cluster.children("fl")["Service"] if s["spec"]["type"] == "NodePort"],
+        20,
+        "a NodePort Service",
+    )
+
+
+def test_a_name_taken_by_another_owner_is_a_conflict_not_adopted(operator: None, cluster: Cluster) -> None:
+    other = {
+        "apiVersion": "kubeflower.io/v1alpha1",
+        "kind": "FederatedTrainingJob",
+        "name": "someone-else",
+        "uid": "0000-other",
+        "controller": True,
+    }
+    taken = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "fl-server", "namespace": cluster.ns, "ownerReferences": [other]},
+        "spec": {"ports": [{"port": 80}]},
+    }
+    cluster.kube.create(taken)
+    cluster.apply(job("fl"))
+    status = cluster.wait_status("fl", lambda s: s.get("reason") == "ChildRefused")
+    assert "Service fl-server already exists and belongs to" in status["message"] and "0000-other" in status["message"]
+    (service,) = cluster.children("fl")["Service"] or [cluster.kube.get("v1", "services", cluster.ns, "fl-server")]
+    assert service["metadata"]["ownerReferences"] == [other], "never adopted"
+    assert service["spec"]["ports"] == [{"port": 80}], "never overwritten"
+
+
+def test_server_pods_made_anew_count_against_the_backoff_limit(
+    operator: None, cluster: Cluster, board: StatusBoard
+) -> None:
+    start_running(cluster, board, "fl", runPolicy={"backoffLimit": 1})
+    labels = builders.labels("fl", SERVER)
+    for i in range(3):  # the first pod, then two made anew (an eviction, a lost node)
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"fl-server-{i}", "namespace": cluster.ns, "labels": labels},
+            "spec": {"containers": [{"name": "server", "image": "x"}]},
+        }
+        cluster.kube.create(pod)
+        wait_for(
+            lambda i=i: (cluster.status("fl").get("serverPod") or "").endswith(
+                cluster.kube.get("v1", "pods", cluster.ns, f"fl-server-{i}")["metadata"]["uid"]
+            ),
+            20,
+            f"pod {i} seen",
+        )
+        if i < 2:
+            cluster.kube.delete("v1", "pods", cluster.ns, f"fl-server-{i}")
+    status = cluster.wait_status("fl", lambda s: s.get("phase") == "Failed")
+    assert status["reason"] == "BackoffLimitExceeded" and status["serverRestarts"] == 2, status

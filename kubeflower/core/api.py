@@ -479,7 +479,17 @@ class FederatedTrainingJobStatus(ApiModel):
     selector: str | None = Field(default=None, description="Label selector of the client pods (scale subresource).")
     metrics: JobMetrics | None = None
     server_address: str | None = None
-    server_restarts: int | None = None
+    server_restarts: int | None = Field(
+        default=None, description="Server restarts, container restarts and re-created pods (eviction, node loss) alike."
+    )
+    server_pod: str | None = Field(
+        default=None,
+        description="UID of the server pod the restart count follows ('!' + UID: a new pod is expected after it).",
+    )
+    server_pod_restarts: int | None = Field(default=None, description="Container restarts of that pod, last seen.")
+    partitions: int | None = Field(
+        default=None, description="Shards the data is split into: the client replicas when the clients were made."
+    )
     status_failing_since: str | None = Field(
         default=None, description="Since when the server's status document has been unreadable (the failure clock)."
     )

@@ -60,14 +60,16 @@ def user_values(settings: PodSettings) -> dict[str, str]:
     return {var["name"]: var["value"] for var in wired if "value" in var}
 
 
-def client_environment(job: FederatedTrainingJob) -> dict[str, str]:
+def client_environment(job: FederatedTrainingJob, partitions: int | None = None) -> dict[str, str]:
     """A client entry point's environment, the same for every client (before the user's
     `spec.clients.env`); its partition comes from its pod's name (ENV_POD_NAME), its torch threads
-    from its CPUs (ENV_THREADS), which only the pod knows."""
+    from its CPUs (ENV_THREADS), which only the pod knows. `partitions`: how many shards the data
+    is split into, fixed when the clients were first made (a scale must not change it: that would
+    restart every client and re-split the data mid-run); by default the replica count."""
     values = {
         contract.ENV_JOB_NAME: job.metadata.name,
         contract.ENV_SUPERLINK: superlink_address(job),
-        contract.ENV_NUM_PARTITIONS: str(job.spec.clients.replicas),
+        contract.ENV_NUM_PARTITIONS: str(partitions or job.spec.clients.replicas),
         contract.ENV_SUPERNODE_PORT: str(contract.SUPERNODE_PORT),
         contract.ENV_DATA_DIR: contract.DATA_DIR,
         contract.ENV_WARM_CLIENTAPPS: str(job.spec.clients.warm_client_apps).lower(),

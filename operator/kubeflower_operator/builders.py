@@ -181,10 +181,10 @@ def server_network_policy(job: FederatedTrainingJob) -> Manifest | None:
     }
 
 
-def client_env(job: FederatedTrainingJob) -> list[Manifest]:
+def client_env(job: FederatedTrainingJob, partitions: int | None = None) -> list[Manifest]:
     """The client environment's entries: the job's values, and the pod's name and CPUs from the
     downward API."""
-    values = environment.client_environment(job)
+    values = environment.client_environment(job, partitions)
     pod_name = {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     env = [pod_name, *_env(values)]
     if contract.ENV_THREADS not in {e.wire()["name"] for e in job.spec.clients.env or []}:  # the user's value wins
@@ -232,11 +232,11 @@ def client_spread(job: FederatedTrainingJob) -> list[Manifest]:
     ]
 
 
-def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifest:
+def client_statefulset(job: FederatedTrainingJob, settings: Settings, partitions: int | None = None) -> Manifest:
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
     container = _container(
-        job, CLIENT_CONTAINER, list(contract.CLIENT_COMMAND), client_env(job), job.spec.clients, settings
+        job, CLIENT_CONTAINER, list(contract.CLIENT_COMMAND), client_env(job, partitions), job.spec.clients, settings
     )
     resources = container.setdefault("resources", {})
     if job.spec.clients.warm_client_apps and not any("memory" in resources.get(k, {}) for k in ("requests", "limits")):
@@ -270,5 +270,5 @@ def server_children(job: FederatedTrainingJob, settings: Settings) -> list[Manif
     return [server_deployment(job, settings), server_service(job), *([policy] if policy else [])]
 
 
-def all_children(job: FederatedTrainingJob, settings: Settings) -> list[Manifest]:
-    return [*server_children(job, settings), client_statefulset(job, settings)]
+def all_children(job: FederatedTrainingJob, settings: Settings, partitions: int | None = None) -> list[Manifest]:
+    return [*server_children(job, settings), client_statefulset(job, settings, partitions)]

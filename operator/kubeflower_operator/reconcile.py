@@ -19,7 +19,7 @@ from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, Jo
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, ServerStatus
 from kubeflower_operator import builders
-from kubeflower_operator.observed import CONFIG_HASH, Child, Observed
+from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, ServerPod
 from kubeflower_operator.settings import Settings
 
 Manifest = dict[str, Any]
@@ -58,9 +58,42 @@ def with_config_hash(manifest: Manifest) -> Manifest:
     return manifest
 
 
-def desired_children(job: FederatedTrainingJob, settings: Settings) -> list[Manifest]:
+def desired_children(job: FederatedTrainingJob, settings: Settings, partitions: int | None = None) -> list[Manifest]:
     """Every child of the job as the operator creates it (before owner references)."""
-    return [with_config_hash(m) for m in builders.all_children(job, settings)]
+    return [with_config_hash(m) for m in builders.all_children(job, settings, partitions)]
+
+
+def count_restarts(previous: JobStatus, pods: tuple[ServerPod, ...]) -> dict[str, Any]:
+    """serverRestarts, serverPod and serverPodRestarts after a look at the server's pods.
+
+    A container restart counts, and so does a pod made anew (an eviction, a lost node: the run
+    starts over there too), which a pod's own restartCount never shows. `serverPod` '!' + UID marks
+    a new pod as expected after that one (the operator replaced the server, or it was suspended).
+    """
+    total = previous.server_restarts or 0
+    known, seen = previous.server_pod, previous.server_pod_restarts or 0
+    if not pods:
+        return {"server_restarts": total, "server_pod": known, "server_pod_restarts": seen}
+    pod = max(pods, key=lambda p: p.created)
+    if known is None:  # the first pod seen (or a status written before this count existed)
+        total = max(total, pod.restarts)
+    elif known.startswith("!"):
+        total += 0 if pod.uid == known[1:] else pod.restarts
+        if pod.uid == known[1:]:
+            return {"server_restarts": total, "server_pod": known, "server_pod_restarts": pod.restarts}
+    elif pod.uid == known:
+        total += max(0, pod.restarts - seen)
+    else:
+        total += 1 + pod.restarts
+    return {"server_restarts": total, "server_pod": pod.uid, "server_pod_restarts": pod.restarts}
+
+
+def expect_new_server_pod(status: JobStatus) -> JobStatus:
+    """The server's next pod is the operator's doing (a replace, a resume): not a restart."""
+    known = status.server_pod
+    if known is None or known.startswith("!"):
+        return status
+    return status.model_copy(update={"server_pod": "!" + known})
 
 
 def timestamp(moment: datetime) -> str:
@@ -167,7 +200,8 @@ def progress(
     spec = job.spec
     events: list[Event] = []
     restarts_before = previous.server_restarts or 0
-    restarts = max(observed.server_restarts, restarts_before)
+    counted = count_restarts(previous, observed.server_pods)
+    restarts = counted["server_restarts"]
     finished = previous.completion_time is not None
     update: dict[str, Any] = {
         "observed_generation": generation,
@@ -176,7 +210,7 @@ def progress(
         "selector": builders.label_selector(job.metadata.name, environment.CLIENTS),
         "start_time": previous.start_time or timestamp(now),
         "current_round": previous.current_round or 0,
-        "server_restarts": restarts,
+        **counted,
         "status_failing_since": None
         if observed.poll.failing_since is None
         else timestamp_of(observed.poll.failing_since),
@@ -205,6 +239,37 @@ def progress(
                 {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in finite.items()}
             )
     return previous.model_copy(update=update), events
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A child's write the API server refused: the job cannot go on until something changes."""
+
+    kind: str
+    name: str
+    code: int
+    message: str
+    """The API server's own words (its Status message), which name the field and the rule."""
+
+
+def refused(
+    previous: JobStatus, status: JobStatus, refusals: list[Refusal], generation: int, now: datetime
+) -> tuple[JobStatus, list[Event]]:
+    """The planned status, told why the job waits: reason ChildRefused with the API server's
+    message, and a ChildrenAccepted condition that is False. Waiting, not Failed: fixing the spec
+    (or the quota, the policy, the other owner's object) lets the next reconcile go on. A Warning
+    event when the refusal is new."""
+    message = "; ".join(f"{r.kind} {r.name} refused ({r.code}): {r.message}" for r in refusals)[:1000]
+    message += "; fix the job's spec (or what the message names)"
+    found = [
+        *(status.conditions or []),
+        _condition(previous.conditions or [], "ChildrenAccepted", False, "ChildRefused", message, generation, now),
+    ]
+    update: dict[str, Any] = {"conditions": found}
+    if status.completion_time is None:
+        update |= {"phase": Phase.PENDING, "reason": "ChildRefused", "message": message}
+    repeated = previous.reason == "ChildRefused" and previous.message == message
+    return status.model_copy(update=update), [] if repeated else [Event("Warning", "ChildRefused", message)]
 
 
 class Verdict(NamedTuple):
@@ -282,8 +347,17 @@ def children_step(
         if ttl is not None and now >= parse_timestamp(finished_at) + timedelta(seconds=ttl):
             out.delete_job = True
     else:
-        desired = {m["kind"]: m for m in desired_children(job, settings)}
-        _running_children(desired, children, server_ready, out)
+        # The data's split is fixed when the clients are made: a scale changes the replica count,
+        # not the pods' template, so no training client restarts (README, "Scaling a running job").
+        kept = (status.partitions or clients.partitions) if clients is not None else None
+        partitions = kept or spec.clients.replicas
+        desired = {m["kind"]: m for m in desired_children(job, settings, partitions)}
+        run_started = (status.current_round or 0) > 0
+        replaced_server = _running_children(desired, children, server_ready, run_started, out)
+        if clients is not None or any(m["kind"] == "StatefulSet" for m in out.create):
+            update["partitions"] = partitions
+        if replaced_server or spec.run_policy.suspend:
+            status = expect_new_server_pod(status)
         update["phase"], update["reason"], update["message"] = _phase(job, server, clients, observed.poll.document)
     return status.model_copy(update=update)
 
@@ -339,23 +413,41 @@ def _phase(
     return Phase.RUNNING, "Running", "the federation is running"
 
 
-def _running_children(desired: dict[str, Manifest], children: dict[str, Child], server_ready: bool, out: Plan) -> None:
-    """Create what is missing; bring drifted children back to the spec.
+def _running_children(
+    desired: dict[str, Manifest], children: dict[str, Child], server_ready: bool, run_started: bool, out: Plan
+) -> bool:
+    """Create what is missing; bring drifted children back to the spec. True when the server is replaced.
 
-    The server is never replaced mid-run (that would restart the Flower run): only its replica
-    count follows `suspend`. The clients are created once the server is ready, and follow every
-    spec change (replicas, env, resources).
+    A drifted child is replaced whole, guarded by the resourceVersion it was observed at (a field
+    removed from the spec leaves the child too, which a merge patch would not do; a child changed
+    since is not overwritten, and the next reconcile tries again). The server is replaced only
+    before its run starts: while it has never been ready and no round has finished (a wrong image
+    or resources can be fixed); after that only its replica count follows `suspend`, since
+    replacing it would restart the Flower run (a scale changes its run config's minimum of clients:
+    the running run keeps its own). The clients
+    are created once the server is ready, and follow every spec change.
     """
+    replaced_server = False
     for kind, manifest in desired.items():
         child = children.get(kind)
         if kind == "StatefulSet" and not server_ready and child is None:
             continue
         if child is None:
             out.create.append(manifest)
-        elif kind == "Deployment" and child.replicas != manifest["spec"]["replicas"]:
-            out.update.append({**manifest, "spec": {"replicas": manifest["spec"]["replicas"]}})
-        elif kind == "StatefulSet" and child.config_hash != manifest["metadata"]["annotations"][CONFIG_HASH]:
-            out.update.append(manifest)
+            continue
+        if child.deleting or child.config_hash == manifest["metadata"]["annotations"][CONFIG_HASH]:
+            continue
+        if kind == "Deployment" and (server_ready or run_started):
+            if child.replicas != manifest["spec"]["replicas"]:
+                name = {"name": manifest["metadata"]["name"]}
+                out.update.append({**manifest, "metadata": name, "spec": {"replicas": manifest["spec"]["replicas"]}})
+            continue
+        if child.resource_version is None:
+            continue  # created by us, not seen by the watch yet: the next reconcile has it
+        meta = {**manifest["metadata"], "resourceVersion": child.resource_version}
+        out.update.append({**manifest, "metadata": meta})
+        replaced_server |= kind == "Deployment"
+    return replaced_server
 
 
 def _finished_children(job: FederatedTrainingJob, children: dict[str, Child], out: Plan) -> None:
