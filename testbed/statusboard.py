@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
+from kubeflower.core import contract
 from kubeflower.core.server_status import ServerStatus
 
 
@@ -38,6 +39,8 @@ class StatusBoard:
         self.failures = 0
         """Reads answered 503 (no document posted)."""
         self.reads_by_job: Counter[tuple[str, str]] = Counter()
+        self.stops: list[tuple[str, str, str]] = []
+        """`POST /<namespace>/<name>/stop` received: (namespace, name, the stop token sent)."""
         board = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,6 +71,17 @@ class StatusBoard:
                         time.sleep(reply.drip)
                 except OSError:
                     pass  # the reader gave up: what a drip is for
+
+            def do_POST(self) -> None:
+                parts = self.path.strip("/").split("/")
+                if len(parts) == 3 and parts[2] == "stop":
+                    with board._lock:
+                        board.stops.append((parts[0], parts[1], self.headers.get(contract.STOP_TOKEN_HEADER, "")))
+                    self.send_response(202)
+                else:
+                    self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, *args: object) -> None:
                 pass

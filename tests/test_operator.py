@@ -161,6 +161,23 @@ def test_failed_run_reports_flowers_message(operator: None, cluster: Cluster, bo
     assert event["type"] == "Warning"
 
 
+def test_a_job_the_operator_fails_stops_its_servers_run_and_fleet_port(
+    operator: None, cluster: Cluster, board: StatusBoard
+) -> None:
+    start_running(cluster, board, "fl", runPolicy={"activeDeadlineSeconds": 1})
+    status = cluster.wait_status("fl", lambda s: s.get("phase") == "Failed")
+    assert status["reason"] == "DeadlineExceeded"
+    uid = cluster.job("fl")["metadata"]["uid"]
+    wait_for(lambda: (cluster.ns, "fl", uid) in board.stops, 20, "the stop sent to the server, with the job's UID")
+    (service,) = wait_for(
+        lambda: [s for s in cluster.children("fl")["Service"] if len(s["spec"]["ports"]) == 1], 20, "Fleet port removed"
+    )
+    assert service["spec"]["ports"][0]["name"] == "status", "the status and logs stay served until the TTL"
+    (server,) = cluster.children("fl")["Deployment"]
+    env = {e["name"]: e.get("value") for e in _containers(server)[0]["env"]}
+    assert env["KUBEFLOWER_STOP_TOKEN"] == uid, "the server obeys a stop carrying its job's UID"
+
+
 def test_delete_mid_run_removes_every_child(operator: None, cluster: Cluster, board: StatusBoard) -> None:
     start_running(cluster, board, "fl")
     board.post(cluster.ns, "fl", document(1))

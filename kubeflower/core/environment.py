@@ -47,6 +47,9 @@ def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
     if spec.app is not None:
         env[contract.ENV_APP_PATH] = spec.app.path
         env[contract.ENV_MIN_CLIENTS] = str(spec.min_available_clients)
+    uid = (job.metadata.model_extra or {}).get("uid")
+    if uid:  # a job in a cluster: the operator may stop its run
+        env[contract.ENV_STOP_TOKEN] = str(uid)
     return env
 
 

@@ -137,7 +137,12 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     }
 
 
-def server_service(job: FederatedTrainingJob) -> Manifest:
+def server_service(job: FederatedTrainingJob, fleet: bool = True) -> Manifest:
+    """The server's Service; `fleet=False` (a finished job): the status port alone."""
+    ports = [
+        {"name": "flower", "port": contract.SUPERLINK_PORT, "targetPort": "flower", "protocol": "TCP"},
+        {"name": "status", "port": contract.STATUS_PORT, "targetPort": "status", "protocol": "TCP"},
+    ]
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -145,10 +150,7 @@ def server_service(job: FederatedTrainingJob) -> Manifest:
         "spec": {
             "type": job.spec.service.type.value,
             "selector": selector_labels(job.metadata.name, SERVER),
-            "ports": [
-                {"name": "flower", "port": contract.SUPERLINK_PORT, "targetPort": "flower", "protocol": "TCP"},
-                {"name": "status", "port": contract.STATUS_PORT, "targetPort": "status", "protocol": "TCP"},
-            ],
+            "ports": ports if fleet else ports[1:],
         },
     }
 

@@ -25,6 +25,7 @@ from kubeflower.core import api, contract, environment
 from kubeflower.core.api import FederatedTrainingJobStatus
 from kubeflower.core.validation import JobInvalid, parse_job
 from kubeflower_operator import builders, leadership, metrics, reconcile
+from kubeflower_operator import poll as polling
 from kubeflower_operator.children import Children, NotOurs
 from kubeflower_operator.observed import Child, Observed, Poll, ServerPod, server_pod, summarize
 from kubeflower_operator.poll import poll, status_url
@@ -303,6 +304,14 @@ def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> list[recon
         children.delete(namespace, kind, child_name)
         log.info("%s: deleted %s %s (runPolicy.cleanPolicy)", job, kind, child_name)
     _post(body, memo, plan.events)
+    if plan.stop_server:
+        settings: Settings = memo.settings
+        url = polling.stop_url(status_url(settings, name, namespace))
+        try:
+            answer = polling.stop(url, str(body["metadata"].get("uid", "")), settings.poll_timeout)
+            log.info("%s: asked the server to stop its run: HTTP %d", job, answer)
+        except OSError as exc:  # a dead server stops nothing; its Service loses the Fleet port anyway
+            log.info("%s: the server could not be told to stop: %s", job, exc)
     if plan.delete_job:
         log.info("%s: deleting the job: ttlSecondsAfterFinished has passed", job)
         children.delete_job(namespace, name)

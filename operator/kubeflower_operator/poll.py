@@ -7,7 +7,9 @@ and a size cap, follows no redirect and checks every field; a failure is describ
 
 from __future__ import annotations
 
+import http.client
 import time
+import urllib.parse
 
 from kubeflower.core import contract
 from kubeflower.core.server_status import fetch
@@ -17,6 +19,24 @@ from kubeflower_operator.settings import Settings
 
 def status_url(settings: Settings, name: str, namespace: str) -> str:
     return settings.status_url.format(name=name, namespace=namespace, port=contract.STATUS_PORT)
+
+
+def stop_url(status: str) -> str:
+    """The server's stop endpoint, beside its status document (`.../status` -> `.../stop`)."""
+    return status.rsplit("/status", 1)[0] + "/stop"
+
+
+def stop(url: str, token: str, timeout: float) -> int:
+    """POST the job's stop to its server (its UID as the token); the HTTP status. Raises OSError."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
+    try:
+        connection.request("POST", parts.path, headers={contract.STOP_TOKEN_HEADER: token, "Content-Length": "0"})
+        return connection.getresponse().status
+    except http.client.HTTPException as exc:
+        raise OSError(f"not an HTTP answer: {type(exc).__name__}") from None
+    finally:
+        connection.close()
 
 
 def poll(url: str, failing_since: float | None, timeout: float, rounds: int) -> Poll:

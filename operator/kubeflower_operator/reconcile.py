@@ -48,6 +48,8 @@ class Plan:
     """The whole desired status; the handler patches only the fields that differ (`JobStatus.wire`)."""
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
+    stop_server: bool = False
+    """The operator failed the job while its server may still run it: tell the server to stop."""
 
 
 def with_config_hash(manifest: Manifest) -> Manifest:
@@ -181,6 +183,7 @@ def plan(
         decided = verdict(job, status, observed, now, settings)
         if decided is not None:
             status = finish(status, decided, now)
+            out.stop_server = decided.phase == Phase.FAILED and decided.reason != "RunFailed"
             kind = "Normal" if decided.phase == Phase.SUCCEEDED else "Warning"
             out.events.append(Event(kind, decided.reason, decided.message))
     status = children_step(job, status, observed, now, settings, out)
@@ -457,3 +460,11 @@ def _finished_children(job: FederatedTrainingJob, children: dict[str, Child], ou
         child = children.get(kind)
         if child is not None and not child.deleting:
             out.delete.append((kind, child.name))
+    # A finished job's server serves its status and logs until the TTL, nothing more: its Service
+    # loses the Fleet API's port (a SuperLink the operator stopped, or one that stopped itself).
+    service = children.get("Service")
+    if service is not None and "Service" not in doomed and not service.deleting and service.resource_version:
+        manifest = with_config_hash(builders.server_service(job, fleet=False))
+        if service.config_hash != manifest["metadata"]["annotations"][CONFIG_HASH]:
+            manifest["metadata"]["resourceVersion"] = service.resource_version
+            out.update.append(manifest)

@@ -66,6 +66,7 @@ class Settings:
     status_port: int
     bind_host: str
     output_dir: Path
+    stop_token: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -106,6 +107,7 @@ class Settings:
             status_port=number(contract.ENV_STATUS_PORT),
             bind_host=env.get(contract.ENV_BIND_HOST) or "0.0.0.0",
             output_dir=Path(need(contract.ENV_OUTPUT_DIR)),
+            stop_token=env.get(contract.ENV_STOP_TOKEN, ""),
         )
 
 
@@ -190,6 +192,8 @@ class Supervisor:
     def __init__(self, settings: Settings, board: Board) -> None:
         self.settings, self.board = settings, board
         self.stop = threading.Event()
+        self.abort = threading.Event()
+        """The operator failed the job (`POST /stop`): end the run as Failed, stop the SuperLink."""
         self.wake = threading.Event()
         self.control = Control(f"127.0.0.1:{settings.superlink_port}")
         self.superlink: subprocess.Popen[bytes] | None = None
@@ -198,6 +202,10 @@ class Supervisor:
 
     def request_stop(self) -> None:
         self.stop.set()
+        self.wake.set()
+
+    def request_abort(self) -> None:
+        self.abort.set()
         self.wake.set()
 
     def healthy(self) -> bool:
@@ -246,6 +254,11 @@ class Supervisor:
         follower = LogFollower(self.control, run_id, self.board, on_end=self.wake.set)
         follower.start()
         while not self.stop.is_set():
+            if self.abort.is_set():
+                LOG.warning("the operator failed the job: stopping run %d and the SuperLink", run_id)
+                self._stop_run(run_id)
+                self._finished(RunState("finished", "stopped", "stopped by the operator: the job failed"), None)
+                return self._serve_final()
             if self.superlink.poll() is not None:
                 LOG.error("the SuperLink exited with code %s during run %d", self.superlink.returncode, run_id)
                 return 1
@@ -267,11 +280,14 @@ class Supervisor:
             self.wake.wait(POLL_INTERVAL)
             self.wake.clear()
         LOG.info("stopping run %d", run_id)
+        self._stop_run(run_id)
+        return 0
+
+    def _stop_run(self, run_id: int) -> None:
         try:
             self.control.stop_run(run_id)
         except ControlError as exc:
             LOG.warning("stopping run %d: %s", run_id, exc)
-        return 0
 
     def _submit(self, fab: bytes) -> int:
         """Start the run; a refusal carries the reason the SuperLink logged with it."""
@@ -371,7 +387,14 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
     supervisor.start_superlink()
-    http = status_server.serve(settings.status_port, board.get, supervisor.healthy, settings.job, settings.bind_host)
+    http = status_server.serve(
+        settings.status_port,
+        board.get,
+        supervisor.healthy,
+        settings.job,
+        settings.bind_host,
+        stop=status_server.Stop(settings.stop_token, supervisor.request_abort) if settings.stop_token else None,
+    )
     LOG.info("serving /status, /metrics and /healthz on %s:%d", settings.bind_host, settings.status_port)
     try:
         return supervisor.run()
