@@ -164,7 +164,10 @@ def test_failed_run_reports_flowers_message(operator: None, cluster: Cluster, bo
 def test_a_job_the_operator_fails_stops_its_servers_run_and_fleet_port(
     operator: None, cluster: Cluster, board: StatusBoard
 ) -> None:
-    start_running(cluster, board, "fl", runPolicy={"activeDeadlineSeconds": 1})
+    cluster.apply(job("fl", runPolicy={"activeDeadlineSeconds": 2}))
+    _server(cluster, "fl")
+    cluster.server_ready("fl")
+    board.post(cluster.ns, "fl", document(0))
     status = cluster.wait_status("fl", lambda s: s.get("phase") == "Failed")
     assert status["reason"] == "DeadlineExceeded"
     uid = cluster.job("fl")["metadata"]["uid"]
