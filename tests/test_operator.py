@@ -6,6 +6,7 @@ through the test server; what a job's server reports comes from a StatusBoard.
 from __future__ import annotations
 
 import json
+import urllib.parse
 import subprocess
 import time
 from collections.abc import Iterator
@@ -389,3 +390,18 @@ def test_server_pods_made_anew_count_against_the_backoff_limit(
             cluster.kube.delete("v1", "pods", cluster.ns, f"fl-server-{i}")
     status = cluster.wait_status("fl", lambda s: s.get("phase") == "Failed")
     assert status["reason"] == "BackoffLimitExceeded" and status["serverRestarts"] == 2, status
+
+
+def test_children_are_watched_with_server_side_label_selectors(operator: None, kube: KubeServer) -> None:
+    """The operator asks the API server for its own children only, not every object of the cluster."""
+    wanted = {
+        "/deployments": "managed-by",
+        "/statefulsets": "managed-by",
+        "/services": "managed-by",
+        "/networkpolicies": "managed-by",
+        "/pods": "component",
+    }
+    for suffix, label in wanted.items():
+        lists = [r for r in kube.requests if r.method == "GET" and r.path.endswith(suffix)]
+        assert lists, suffix
+        assert all(label in urllib.parse.unquote(r.query) for r in lists), (suffix, [r.query for r in lists])

@@ -34,6 +34,13 @@ from kubeflower_operator.settings import Settings
 TIMER_INTERVAL = Settings.from_env().reconcile_interval
 log = logging.getLogger("kubeflower_operator")
 MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
+MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED.items())
+CHILD_RESOURCES = (
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("", "services"),
+    ("networking.k8s.io", "networkpolicies"),
+)
 JOB = (api.GROUP, api.VERSION, api.PLURAL)
 
 
@@ -57,6 +64,14 @@ def configure(
     # Events are posted on purpose (one per round, one per verdict), not for every log line.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 20
+    # The children's watches ask the API server for the operator's own objects only (a label
+    # selector on the watch request), not every Deployment, StatefulSet, Service, NetworkPolicy
+    # and server pod of the cluster, filtered in memory.
+    for group, plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[group, plural] = MANAGED_SELECTOR
+    settings.watching.label_selectors["", "pods"] = (
+        f"{MANAGED_SELECTOR},{contract.COMPONENT_LABEL}={environment.SERVER}"
+    )
     # A job is deleted from inside its own timer (ttlSecondsAfterFinished), or while one runs: kopf
     # then waits for the timer to exit before it removes its finalizer, and checks again only after
     # cancellation_polling (60 s by default) unless the timer exits within a few event-loop cycles.
