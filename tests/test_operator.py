@@ -6,9 +6,9 @@ through the test server; what a job's server reports comes from a StatusBoard.
 from __future__ import annotations
 
 import json
-import urllib.parse
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -402,6 +402,9 @@ def test_children_are_watched_with_server_side_label_selectors(operator: None, k
         "/pods": "component",
     }
     for suffix, label in wanted.items():
-        lists = [r for r in kube.requests if r.method == "GET" and r.path.endswith(suffix)]
-        assert lists, suffix
+        lists = wait_for(
+            lambda suffix=suffix: [r for r in kube.requests if r.method == "GET" and r.path.endswith(suffix)],
+            20,
+            f"the operator's watch of {suffix}",
+        )
         assert all(label in urllib.parse.unquote(r.query) for r in lists), (suffix, [r.query for r in lists])
