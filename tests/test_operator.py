@@ -483,3 +483,16 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
         ("networking.k8s.io", "networkpolicies", "delete"),
     }
     assert granted - used == not_here, "grants no request used (or the list above is stale)"
+
+
+def test_a_namespaced_operator_leaves_other_namespaces_alone(
+    lone_kube: KubeServer, board: StatusBoard, tmp_path: Path
+) -> None:
+    watched = Cluster.new_namespace(lone_kube, "ml-team", tmp_path)
+    other = Cluster.new_namespace(lone_kube, "elsewhere", tmp_path)
+    with running_operator(lone_kube, namespaces=("ml-team",), KUBEFLOWER_STATUS_URL=board.url_template):
+        other.apply(job("fl"))
+        watched.apply(job("fl"))
+        _server(watched, "fl")
+        watched.wait_status("fl", lambda s: s.get("phase") == "Pending")
+    assert other.children("fl")["Deployment"] == [] and "status" not in (other.job("fl") or {})
