@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
 from kubeflower_workload import progress
 from kubeflower_workload.control import RunState
@@ -88,3 +90,25 @@ def test_a_failed_run_carries_flowers_message() -> None:
 def test_summary_reads_like_a_log_line() -> None:
     record = RoundRecord(round=1, metrics={"loss": 0.41, "accuracy": 0.88}, replies=2, seconds=7.94)
     assert progress.summary(record) == "accuracy 0.8800, loss 0.4100 (2 replies, 0 failures, 7.9 s)"
+
+
+def test_nan_and_infinite_metrics_travel_and_a_broken_event_is_skipped() -> None:
+    """A diverged round is reported (NaN, Infinity), never the end of the run's progress."""
+    record = RoundRecord(round=1, metrics={"loss": float("nan"), "accuracy": 0.1}, train_metrics={"loss": float("inf")})
+    parser = progress.LogProgress()
+    text = f"{progress.event_line(record)}\n{progress.EVENT_PREFIX}{{not a record}}\n"
+    (found,) = parser.feed(text, now=0.0)
+    assert math.isnan(found.metrics["loss"]) and found.train_metrics["loss"] == math.inf
+    round_trip = ServerStatus.model_validate_json(ServerStatus(total_rounds=3).with_round(found).to_json(), strict=True)
+    assert math.isnan(round_trip.metrics["loss"])
+    flower = progress.LogProgress()
+    lines = [
+        "[ROUND 1/3]",
+        "aggregate_evaluate: Received 2 results and 0 failures",
+        "Aggregated MetricRecord: {'loss': nan, 'accuracy': inf, 'name': 'nanny'}",
+        "Strategy execution finished",
+    ]
+    (parsed,) = flower.feed("\n".join(lines) + "\n", now=0.0)
+    assert (
+        math.isnan(parsed.metrics["loss"]) and parsed.metrics["accuracy"] == math.inf and "name" not in parsed.metrics
+    )

@@ -15,6 +15,7 @@ built-in app); otherwise Flower's strategy log lines are parsed (a user's app).
 from __future__ import annotations
 
 import ast
+import logging
 import re
 from dataclasses import dataclass, field
 
@@ -27,6 +28,9 @@ _RECEIVED = re.compile(r"aggregate_(train|evaluate): Received (\d+) results and 
 _AGGREGATED = re.compile(r"Aggregated MetricRecord: (\{.*\})")
 _FINISHED = re.compile(r"Strategy execution finished")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NAN = re.compile(r"(?<![\w'\"])nan(?![\w'\"])")
+_INF = re.compile(r"(?<![\w'\"])inf(?![\w'\"])")
+LOG = logging.getLogger(__name__)
 
 
 def strip_ansi(text: str) -> str:
@@ -107,7 +111,11 @@ class LogProgress:
         if EVENT_PREFIX in line:
             self.structured = True
             self._pending = None
-            return [RoundRecord.model_validate_json(line.split(EVENT_PREFIX, 1)[1])]
+            try:
+                return [RoundRecord.model_validate_json(line.split(EVENT_PREFIX, 1)[1])]
+            except ValueError as exc:  # one bad line costs its round's record, not the progress
+                LOG.warning("a round event that is not a round record was skipped: %s", exc.__class__.__name__)
+                return []
         if self.structured:
             return []
         if match := _ROUND.search(line):
@@ -141,11 +149,17 @@ class LogProgress:
 
 
 def _metrics(text: str) -> dict[str, float]:
-    """The numbers of a logged MetricRecord (`{'loss': 0.5, ...}`); anything else is skipped."""
+    """The numbers of a logged MetricRecord (`{'loss': 0.5, ...}`), NaN and infinities included (a
+    diverged training is reported as such); anything else is skipped."""
+    text = _INF.sub("1e999", _NAN.sub("'nan'", text))
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return {}
     if not isinstance(value, dict):
         return {}
-    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {
+        str(k): float(v)
+        for k, v in value.items()
+        if (isinstance(v, int | float) and not isinstance(v, bool)) or v == "nan"
+    }
