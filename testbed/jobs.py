@@ -37,6 +37,8 @@ def _set(path: str, value: Any) -> Any:
 
 _DELETE = object()
 
+_OWN_APP = [_set("spec.task", _DELETE), _set("spec.image", "me/app:1")]
+
 # (id, mutations, the field path every layer must name)
 INVALID: list[tuple[str, list[Any], str]] = [
     ("rounds-not-a-number", [_set("spec.rounds", "three")], "spec.rounds"),
@@ -71,6 +73,17 @@ INVALID: list[tuple[str, list[Any], str]] = [
     ("bulyan-with-two-clients", [_set("spec.strategy", {"name": "Bulyan"})], "spec.strategy.name"),
     ("negative-learning-rate", [_set("spec.task.learningRate", -0.1)], "spec.task.learningRate"),
     ("fractional-epochs", [_set("spec.task.localEpochs", 1.5)], "spec.task.localEpochs"),
+    ("app-under-a-pod-volume", [*_OWN_APP, _set("spec.app", {"path": "/tmp/app"})], "spec.app.path"),
+    (
+        "app-rounds-in-run-config",
+        [*_OWN_APP, _set("spec.app", {"path": "/app", "runConfig": {"num-server-rounds": 2}})],
+        "spec.app.runConfig",
+    ),
+    (
+        "strategy-for-an-own-app",
+        [*_OWN_APP, _set("spec.app", {"path": "/app"}), _set("spec.strategy", {"name": "FedProx", "proximalMu": 0.1})],
+        "spec.strategy",
+    ),
 ]
 
 

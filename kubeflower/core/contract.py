@@ -27,6 +27,8 @@ OUTPUT_DIR = "/var/lib/kubeflower/output"
 DATA_DIR = "/var/lib/kubeflower/data"
 FLWR_HOME = "/var/lib/kubeflower/flwr"
 TMP_DIR = "/tmp"
+POD_VOLUME_ROOTS = ("/var/lib/kubeflower", TMP_DIR)
+"""Every volume of the pods is mounted at or under one of these: an image's files there are hidden."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ class OutputFolder:
 
     @property
     def app(self) -> Path:
-        """A user's Flower App's own working folder (for the bring-your-own-app work: nothing writes it yet)."""
+        """A user's Flower App's working directory (ENV_WORK_DIR): what it saves under a relative
+        path lands here, beside the results, never over them (`metrics.json` is written after the run)."""
         return self.root / "app"
 
     def results(self) -> tuple[Path, ...]:
@@ -78,6 +81,11 @@ class OutputFolder:
 # Variables read by both entry points.
 ENV_JOB_NAME = "KUBEFLOWER_JOB_NAME"
 ENV_DATA_DIR = "KUBEFLOWER_DATA_DIR"
+
+ENV_WORK_DIR = "KUBEFLOWER_WORK_DIR"
+"""The working directory of the Flower App's processes (both entry points change into it, and
+their ServerApp and ClientApp processes inherit it): `OutputFolder.app`, writable where the root
+file system is read-only."""
 
 # Server entry point.
 ENV_RUN_CONFIG = "KUBEFLOWER_RUN_CONFIG"

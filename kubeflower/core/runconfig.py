@@ -14,9 +14,9 @@ RunConfig = dict[str, bool | int | float | str]
 
 
 def run_config(spec: FederatedTrainingJobSpec) -> RunConfig:
-    """The run config for the job: built-in task keys, or the user's app overrides as given."""
-    if spec.app is not None:
-        return dict(spec.app.run_config or {})
+    """The run config for the job: built-in task keys, or the user's app's rounds key and overrides."""
+    if spec.app is not None:  # spec.rounds under the app's own key, which it must declare
+        return {spec.app.rounds_key: spec.rounds, **(spec.app.run_config or {})}
     assert spec.task is not None  # guaranteed by the model's task/app rule
     task, strategy = spec.task, spec.strategy
     config: RunConfig = {
