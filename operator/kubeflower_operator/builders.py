@@ -1,8 +1,8 @@
 """A job's children as plain manifest dicts, built by pure functions from the validated spec.
 
-The operator creates what these return (after `kopf.adopt`), `kubeflower render` prints it, and
-`kubeflower run` reads the containers' commands and environment from it: this module is the one
-description of what a job's pods run (their environment's values: `kubeflower.core.environment`).
+The operator creates what these return (after `kopf.adopt`) and `kubeflower render` prints it. The
+containers' commands and environment values come from the core (`kubeflower.core.contract` and
+`kubeflower.core.environment`), which `kubeflower run` uses directly for its local processes.
 Every pod meets the "restricted" Pod Security Standard.
 """
 
@@ -58,15 +58,6 @@ def _user_env(env: list[EnvVar] | None) -> list[Manifest]:
     return [e.model_dump(by_alias=True, exclude_none=True) for e in env or []]
 
 
-_VOLUMES = {
-    "output": contract.OUTPUT_DIR,
-    "data": contract.DATA_DIR,
-    "flwr-home": contract.FLWR_HOME,
-    "tmp": contract.TMP_DIR,
-}
-"""emptyDir volumes: the root file system is read-only, these are where the workload writes."""
-
-
 def _container(
     job: FederatedTrainingJob, name: str, command: list[str], env: list[Manifest], settings: PodSettings, app: Settings
 ) -> Manifest:
@@ -84,7 +75,7 @@ def _container(
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": v, "mountPath": p} for v, p in _VOLUMES.items()],
+        "volumeMounts": [{"name": v, "mountPath": p} for v, p in contract.POD_FOLDERS.items()],
     }
     if settings.resources is not None:
         container["resources"] = settings.resources.model_dump(by_alias=True, exclude_none=True)
@@ -94,7 +85,7 @@ def _container(
 def _pod_spec(container: Manifest, settings: PodSettings, app: Settings) -> Manifest:
     spec: Manifest = {
         "containers": [container],
-        "volumes": [{"name": v, "emptyDir": {}} for v in _VOLUMES],
+        "volumes": [{"name": v, "emptyDir": {}} for v in contract.POD_FOLDERS],
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": app.run_as_user,
@@ -121,7 +112,7 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     """One server pod. `Recreate`: two SuperLinks for one job must never overlap."""
     name = server_name(job.metadata.name)
     container = _container(
-        job, SERVER, ["kubeflower-server"], _env(environment.server_environment(job)), job.spec.server, settings
+        job, SERVER, list(contract.SERVER_COMMAND), _env(environment.server_environment(job)), job.spec.server, settings
     )
     container["ports"] = [
         {"name": "flower", "containerPort": contract.SUPERLINK_PORT, "protocol": "TCP"},
@@ -244,7 +235,9 @@ def client_spread(job: FederatedTrainingJob) -> list[Manifest]:
 def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifest:
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
-    container = _container(job, CLIENT_CONTAINER, ["kubeflower-client"], client_env(job), job.spec.clients, settings)
+    container = _container(
+        job, CLIENT_CONTAINER, list(contract.CLIENT_COMMAND), client_env(job), job.spec.clients, settings
+    )
     resources = container.setdefault("resources", {})
     if job.spec.clients.warm_client_apps and not any("memory" in resources.get(k, {}) for k in ("requests", "limits")):
         resources.setdefault("requests", {})["memory"] = WARM_CLIENT_MEMORY_REQUEST

@@ -138,7 +138,10 @@ class LogProgress:
     def _line(self, line: str, now: float) -> list[RoundRecord]:
         if self.builtin:
             if EVENT_PREFIX in line:
-                return [RoundRecord.model_validate_json(line.split(EVENT_PREFIX, 1)[1])]
+                try:
+                    return [RoundRecord.model_validate_json(line.split(EVENT_PREFIX, 1)[1])]
+                except ValueError:  # a line cut short: that round is missing, the run goes on
+                    return []
             return []
         pending = self._pending
         if pending is not None and pending.all_failed and self.failure is None:
