@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kubeflower.core.server_status import METRICS_LIMIT, Phase, ServerStatus
+from tests.test_local_report import colored_pixels
 from tests.workload.conftest import write_job
 from tests.workload.ownapp import write_own_app
 
@@ -30,14 +31,6 @@ def run_own_app(tmp_path: Path, kubeflower_run: Any, mode: str = "ok", **app: An
     output = tmp_path / "out"
     result = kubeflower_run(job_file, output)
     return result, ServerStatus.model_validate_json((output / "metrics.json").read_text()), output
-
-
-def colored_pixels(png: Path) -> int:
-    """Pixels of saturated colour: the curves (axes, grid and text are black, grey or white)."""
-    from matplotlib import image
-
-    pixels = image.imread(png)[..., :3]
-    return int(((pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.3).sum())
 
 
 def test_an_own_apps_metrics_log_rounds_and_model(tmp_path: Path, kubeflower_run: Any) -> None:
