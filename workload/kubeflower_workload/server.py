@@ -353,7 +353,7 @@ class Supervisor:
         return False
 
     def _finished(self, state: RunState, connected: int | None) -> None:
-        """Write metrics.json, then publish the final phase: whoever sees it finds the file."""
+        """Write metrics.json and log the outcome, then publish the final phase: whoever sees it finds both."""
         current = self.board.get()
         status = progress.with_run(
             current, state, current.clients.connected if connected is None else connected, _now()
@@ -363,7 +363,6 @@ class Supervisor:
         tmp = output.with_suffix(".tmp")
         tmp.write_text(status.to_json())
         tmp.replace(output)
-        self.board.apply(lambda _: status)
         outcome = f"failed: {status.message}" if status.phase == Phase.FAILED else "succeeded"
         saved = _app_files(self.settings.work_dir)
         LOG.info(
@@ -375,6 +374,7 @@ class Supervisor:
             f"results in {self.settings.output_dir}",
             f"; the app saved {', '.join(saved)} in {self.settings.work_dir}" if saved else "",
         )
+        self.board.apply(lambda _: status)  # last: whoever sees the final phase finds the file and the log
 
     def _serve_final(self) -> int:
         """Stop the SuperLink (its work is done) and serve the final status until told to stop."""
