@@ -88,7 +88,8 @@ def _round_events(previous_round: int, document: ServerStatus) -> list[Event]:
     events = []
     for record in document.history:
         if record.round > previous_round:
-            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(record.metrics.items()))
+            shown = record.metrics or record.server_metrics  # an app may evaluate on its server only
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items()))
             events.append(
                 Event(
                     "Normal",
