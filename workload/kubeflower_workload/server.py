@@ -389,10 +389,12 @@ APP_FILES_LISTED = 20
 
 
 def _app_files(work_dir: Path | None) -> list[str]:
-    """What the app left in its working directory (the first APP_FILES_LISTED names), for the log."""
+    """What the app left in its working directory (the first APP_FILES_LISTED names, quoted when
+    not printable: they are the app's), for the log."""
     if work_dir is None or not work_dir.is_dir():
         return []
-    return sorted(path.name for path in work_dir.iterdir())[:APP_FILES_LISTED]
+    names = sorted(path.name for path in work_dir.iterdir())[:APP_FILES_LISTED]
+    return [name if name.isprintable() else repr(name) for name in names]
 
 
 def _check_declared(app_dir: Path, config: Mapping[str, object]) -> None:
