@@ -259,8 +259,11 @@ def _heading(group: str, name: str) -> str:
     return f"{group} {name}"
 
 
+DEFAULT_NAMES = MetricNames()
+
+
 def _loss_and_accuracy(history: list[RoundRecord], names: MetricNames) -> list[tuple[str, list[tuple[str, str]]]]:
-    """The loss and the accuracy curves, (group, name) each, as `names` picks them in each group."""
+    """The loss and the accuracy curves, (group, name) each, as `names` (else the defaults) pick them in each group."""
     wanted: tuple[tuple[str, tuple[tuple[str, MetricKind], ...]], ...] = (
         ("loss", (("train", "train_loss"), ("evaluate", "loss"), ("server", "loss"))),
         ("accuracy", (("evaluate", "accuracy"), ("server", "accuracy"))),
@@ -269,7 +272,9 @@ def _loss_and_accuracy(history: list[RoundRecord], names: MetricNames) -> list[t
     for title, kinds in wanted:
         curves = []
         for group, kind in kinds:
-            name = next((n for r in history if (n := names.pick(kind, _group(r, group)))), None)
+            metrics = [_group(r, group) for r in history]
+            # The job's names, else (the centralized evaluation often names its own) the defaults.
+            name = next((n for m in metrics if (n := names.pick(kind, m) or DEFAULT_NAMES.pick(kind, m))), None)
             if name is not None:
                 curves.append((group, name))
         panels.append((title, curves))
