@@ -102,8 +102,6 @@ def test_nan_metrics_are_reported_not_fatal_and_a_flood_of_rounds_is_few_events(
         board.post(cluster.ns, "diverged", nan)
         status = cluster.wait_status("diverged", lambda s: s.get("round") == "1/3")
         assert status["metrics"] == {"accuracy": 0.25} and status["phase"] == "Running", status
-        (event,) = wait_for(lambda: cluster.events("diverged", "RoundCompleted"), 20, "the round's event")
-        assert event["type"] == "Warning" and "loss=nan" in event["message"], event
         board.post(cluster.ns, "diverged", document(3, Phase.SUCCEEDED))
         cluster.wait_status("diverged", lambda s: s.get("phase") == "Succeeded")
 

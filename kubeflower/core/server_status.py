@@ -9,41 +9,62 @@ the two sides cannot drift. JSON shape (camelCase, every field always present):
       "totalRounds": 3,
       "clients": {"connected": 2, "expected": 2},
       "metrics": {"loss": 0.41, "accuracy": 0.88},   # last finished round; {} before the first
+      "serverMetrics": {},             # last finished round's centralized (ServerApp-side) evaluation
       "history": [                     # one entry per finished round, oldest first, bounded
         {"round": 1, "metrics": {"loss": 1.2, "accuracy": 0.61}, "trainMetrics": {"loss": 1.5},
-         "replies": 2, "failures": 0, "seconds": 7.9}
+         "serverMetrics": {}, "replies": 2, "failures": 0, "seconds": 7.9}
       ],
       "message": "",                   # why it failed, or what it is waiting for
       "runId": 1234,                   # Flower's run id, once submitted
       "startTime": "2026-11-28T14:00:00Z",
       "finishTime": null
     }
+
+Metrics come from the app (a user's app is untrusted input): every metric dictionary keeps at
+most METRICS_LIMIT finite numbers with names of at most METRIC_NAME_LIMIT printable characters, and
+the message at most MESSAGE_LIMIT characters, whoever builds or reads the document.
 """
 
 from __future__ import annotations
 
 import http.client
 import io
+import math
 import socket
 import time
 import urllib.parse
+from collections.abc import Mapping
 from enum import Enum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 HISTORY_LIMIT = 1000
 """Rounds kept in `history`: enough for the curves, bounded so a long job's document stays small."""
 MAX_ROUNDS = 100000
 """The most rounds a run may have (`spec.rounds`' maximum); a document claiming more is not ours."""
-MAX_METRICS = 32
-"""Metric names per record: a reader keeps no more (a document with more is refused)."""
-MAX_MESSAGE = 2000
-"""Characters of `message`: enough for a traceback's last lines, bounded for the job's status."""
 MAX_DOCUMENT_BYTES = 1024 * 1024
 """The most bytes a reader takes from the server: the full history of HISTORY_LIMIT rounds with a
 few metrics each is about 200 KiB; more is refused, not buffered."""
+METRICS_LIMIT = 16
+"""Metrics kept per dictionary (a round's train, evaluate or server metrics); the first ones reported."""
+METRIC_NAME_LIMIT = 40
+MESSAGE_LIMIT = 1024
+
+
+def bounded_metrics(values: Mapping[str, float]) -> dict[str, float]:
+    """The metrics a document keeps: finite numbers under short printable names, at most METRICS_LIMIT."""
+    kept: dict[str, float] = {}
+    for name, value in values.items():
+        if len(kept) == METRICS_LIMIT:
+            break
+        if 0 < len(name) <= METRIC_NAME_LIMIT and name.isprintable() and math.isfinite(value):
+            kept[name] = value
+    return kept
+
+
+Metrics = Annotated[dict[str, float], AfterValidator(bounded_metrics)]
 
 
 # The one phase vocabulary: the job's (`status.phase`) and its run's (this document's). The server
@@ -62,16 +83,10 @@ class Phase(str, Enum):
 
 
 class _Doc(BaseModel):
-    # NaN and Infinity travel as JSON's NaN/Infinity (not null, which would fail the reader's float
-    # check): a diverged round is reported as such, and readers decide what to show.
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", ser_json_inf_nan="constants"
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
 Count = Annotated[int, Field(ge=0, le=1_000_000)]
-MetricName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-Metrics = Annotated[dict[MetricName, float], Field(max_length=MAX_METRICS)]
 """Every field is bounded: the document comes from a pod running the user's image (untrusted)."""
 
 
@@ -82,25 +97,12 @@ class ClientCounts(_Doc):
 
 class RoundRecord(_Doc):
     round: int = Field(ge=1, le=MAX_ROUNDS)
-    metrics: Metrics = Field(default_factory=dict, description="Aggregated evaluation metrics.")
+    metrics: Metrics = Field(default_factory=dict, description="Aggregated evaluation metrics (the clients').")
     train_metrics: Metrics = Field(default_factory=dict, description="Aggregated training metrics.")
+    server_metrics: Metrics = Field(default_factory=dict, description="Centralized evaluation (the ServerApp's).")
     replies: Count = 0
     failures: Count = 0
     seconds: float = Field(default=0.0, ge=0)
-
-    def bounded(self) -> RoundRecord:
-        """The record within the readers' limits: the first MAX_METRICS names of each mapping, in order."""
-        return self.model_copy(
-            update={
-                "metrics": dict(sorted(self.metrics.items())[:MAX_METRICS]),
-                "train_metrics": dict(sorted(self.train_metrics.items())[:MAX_METRICS]),
-            }
-        )
-
-
-def bounded_message(text: str) -> str:
-    """A message within MAX_MESSAGE characters: its end kept (a traceback's last lines say most)."""
-    return text if len(text) <= MAX_MESSAGE else "..." + text[-(MAX_MESSAGE - 3) :]
 
 
 Timestamp = Annotated[str, StringConstraints(max_length=40)]
@@ -112,8 +114,9 @@ class ServerStatus(_Doc):
     total_rounds: int = Field(default=0, ge=0, le=MAX_ROUNDS)
     clients: ClientCounts = Field(default_factory=ClientCounts)
     metrics: Metrics = Field(default_factory=dict)
+    server_metrics: Metrics = Field(default_factory=dict)
     history: list[RoundRecord] = Field(default_factory=list, max_length=HISTORY_LIMIT)
-    message: str = Field(default="", max_length=MAX_MESSAGE)
+    message: Annotated[str, AfterValidator(lambda text: text[:MESSAGE_LIMIT])] = ""
     run_id: int | None = Field(default=None, ge=0, lt=2**64)
     start_time: Timestamp | None = None
     finish_time: Timestamp | None = None
@@ -130,10 +133,14 @@ class ServerStatus(_Doc):
 
     def with_round(self, record: RoundRecord) -> ServerStatus:
         """The document after one more finished round; history keeps the newest HISTORY_LIMIT."""
-        record = record.bounded()
         history = [*self.history, record][-HISTORY_LIMIT:]
         return self.model_copy(
-            update={"current_round": record.round, "metrics": dict(record.metrics), "history": history}
+            update={
+                "current_round": record.round,
+                "metrics": dict(record.metrics),
+                "server_metrics": dict(record.server_metrics),
+                "history": history,
+            }
         )
 
     def to_json(self) -> str:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 from kubeflower.core import environment
-from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, JobMetrics
+from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, JobMetrics, MetricNames
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, ServerStatus
 from kubeflower_operator import builders
@@ -128,8 +127,7 @@ def _condition(
 
 
 def _round_events(previous_round: int, document: ServerStatus) -> list[Event]:
-    """One event per new round, at most MAX_ROUND_EVENTS (the oldest new rounds summed up in one);
-    a round with a NaN or infinite metric is a Warning (the training diverged), not an error."""
+    """One event per new round, at most MAX_ROUND_EVENTS (the oldest new rounds summed up in one)."""
     new = [record for record in document.history if record.round > previous_round]
     events = []
     if len(new) > MAX_ROUND_EVENTS:
@@ -137,11 +135,11 @@ def _round_events(previous_round: int, document: ServerStatus) -> list[Event]:
         message = f"rounds {skipped[0].round} to {skipped[-1].round}/{document.total_rounds} completed"
         events.append(Event("Normal", "RoundCompleted", message))
     for record in new:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(record.metrics.items()))
-        finite = all(math.isfinite(v) for v in record.metrics.values())
+        shown = record.metrics or record.server_metrics  # an app may evaluate on its server only
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items()))
         events.append(
             Event(
-                "Normal" if finite else "Warning",
+                "Normal",
                 "RoundCompleted",
                 f"round {record.round}/{document.total_rounds} in {record.seconds:.1f}s: "
                 f"{metrics or 'no metrics'} ({record.replies} replies, {record.failures} failures)",
@@ -234,13 +232,8 @@ def progress(
     if document is not None and not finished:
         events += _round_events(previous.current_round or 0, document)
         update["current_round"] = document.current_round
-        # NaN and Infinity have no JSON form the API server takes: they are left out of the status
-        # (the round's event shows them, as a Warning), and the finite metrics stay.
-        finite = {key: value for key, value in document.metrics.items() if math.isfinite(value)}
-        if finite:
-            update["metrics"] = JobMetrics.model_validate(
-                {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in finite.items()}
-            )
+        if document.metrics or document.server_metrics:
+            update["metrics"] = job_metrics(job.spec.metric_names, document)
     return previous.model_copy(update=update), events
 
 
@@ -275,6 +268,21 @@ def refused(
     return status.model_copy(update=update), [] if repeated else [Event("Warning", "ChildRefused", message)]
 
 
+def job_metrics(names: MetricNames, document: ServerStatus) -> JobMetrics:
+    """The last round's metrics for the job's status: the clients' evaluation by name, the ServerApp's
+    where the name is free, and `accuracy` and `loss` as spec.metricNames picks them (bounded: the
+    document keeps few metrics, with short names)."""
+    merged = document.server_metrics | document.metrics
+    picked = {kind: merged[name] for kind in ("accuracy", "loss") if (name := _pick(names, kind, document))}
+    return JobMetrics.model_validate(
+        {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in (merged | picked).items()}
+    )
+
+
+def _pick(names: MetricNames, kind: Literal["accuracy", "loss"], document: ServerStatus) -> str | None:
+    return names.pick(kind, document.metrics) or names.pick(kind, document.server_metrics)
+
+
 class Verdict(NamedTuple):
     phase: Phase
     reason: str
@@ -300,7 +308,7 @@ def verdict(
     document = observed.poll.document
     restarts = status.server_restarts or 0
     if document is not None and document.phase == Phase.SUCCEEDED:
-        accuracy = document.metrics.get("accuracy")
+        accuracy = job_metrics(job.spec.metric_names, document).accuracy
         detail = f", accuracy {accuracy:.4f}" if accuracy is not None else ""
         return Verdict(Phase.SUCCEEDED, "RunSucceeded", f"all {document.total_rounds} rounds completed{detail}")
     if document is not None and document.phase == Phase.FAILED:
