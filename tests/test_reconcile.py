@@ -325,3 +325,22 @@ def test_a_hostile_document_is_read_bounded() -> None:
     parsed = _own_app_job()
     result = plan(parsed, 1, JobStatus(), Observed(children=children(parsed), poll=Poll(document=doc)), NOW, SETTINGS)
     assert len(result.status.wire()["metrics"]) == 16
+
+
+def test_a_documents_history_keeps_it_within_what_a_reader_takes() -> None:
+    """An app with the most metrics of the longest names, for 1000 rounds, would make a 3 MB
+    document; the server keeps the newest rounds that fit, so the operator's bounded read (1 MiB)
+    never refuses a document of ours. A built-in job's 1000 rounds all fit."""
+    from kubeflower.core.server_status import HISTORY_LIMIT, MAX_DOCUMENT_BYTES, METRIC_NAME_LIMIT, METRICS_LIMIT
+
+    names = [f"{i:02d}".ljust(METRIC_NAME_LIMIT, "m") for i in range(METRICS_LIMIT)]
+    wide = {name: -1.2345678901234567e-300 for name in names}
+    heavy = light = ServerStatus(total_rounds=HISTORY_LIMIT)
+    for r in range(1, HISTORY_LIMIT + 1):
+        heavy = heavy.with_round(RoundRecord(round=r, metrics=wide, train_metrics=wide, server_metrics=wide))
+        light = light.with_round(RoundRecord(round=r, metrics={"loss": 0.1, "accuracy": 0.9}, replies=2))
+    body = heavy.to_json().encode()
+    assert len(body) <= MAX_DOCUMENT_BYTES and heavy.history[-1].round == HISTORY_LIMIT
+    assert 0 < len(heavy.history) < HISTORY_LIMIT
+    assert ServerStatus.model_validate_json(body, strict=True).current_round == HISTORY_LIMIT
+    assert [r.round for r in light.history] == list(range(1, HISTORY_LIMIT + 1))

@@ -47,6 +47,10 @@ MAX_ROUNDS = 100000
 MAX_DOCUMENT_BYTES = 1024 * 1024
 """The most bytes a reader takes from the server: the full history of HISTORY_LIMIT rounds with a
 few metrics each is about 200 KiB; more is refused, not buffered."""
+HISTORY_BYTES = MAX_DOCUMENT_BYTES * 3 // 4
+"""The most bytes of `history` a document keeps (the newest rounds), so that the whole document
+stays within MAX_DOCUMENT_BYTES however many metrics an app reports: 1000 rounds of 3 x 16 metrics
+with long names would be about 3 MB."""
 METRICS_LIMIT = 16
 """Metrics kept per dictionary (a round's train, evaluate or server metrics); the first ones reported."""
 METRIC_NAME_LIMIT = 40
@@ -132,8 +136,14 @@ class ServerStatus(_Doc):
         return self
 
     def with_round(self, record: RoundRecord) -> ServerStatus:
-        """The document after one more finished round; history keeps the newest HISTORY_LIMIT."""
+        """The document after one more finished round; history keeps the newest rounds, at most
+        HISTORY_LIMIT of them in at most HISTORY_BYTES."""
         history = [*self.history, record][-HISTORY_LIMIT:]
+        sizes = [len(r.model_dump_json(by_alias=True)) + 1 for r in history]
+        total = sum(sizes)
+        while total > HISTORY_BYTES:
+            total -= sizes.pop(0)
+            history.pop(0)
         return self.model_copy(
             update={
                 "current_round": record.round,
