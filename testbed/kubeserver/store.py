@@ -316,9 +316,9 @@ class Store:
         deletes them, so this does too (at once, background), or they would live on forever here.
         """
         references = obj["metadata"].get("ownerReferences") or []
-        if references and not obj["metadata"].get("deletionTimestamp"):
-            if not any(ref.get("uid") in self._uids for ref in references):
-                self._delete(spec, obj)
+        alive = any(ref.get("uid") in self._uids for ref in references)
+        if references and not alive and not obj["metadata"].get("deletionTimestamp"):
+            self._delete(spec, obj)
 
     def _release_dependents(self, owner_uid: str) -> None:
         """The Orphan propagation policy: dependents lose their reference to the owner."""
