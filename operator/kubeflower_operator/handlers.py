@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client, config
+from kubernetes import config
+from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
@@ -90,7 +91,7 @@ def configure(
     memo.settings = Settings.from_env()
     memo.metrics = metrics.Metrics()
     memo.leadership = None
-    memo.children = Children(client.ApiClient(), on_error=memo.metrics.api_error, before_write=lambda: _fence(memo))
+    memo.children = Children(ApiClient(), on_error=memo.metrics.api_error, before_write=lambda: _fence(memo))
     memo.metrics_server = metrics.serve(memo.metrics, memo.settings.metrics_port)
     logger.info("kubeflower operator started: %s", memo.settings)
 
@@ -103,7 +104,7 @@ async def lead(memo: kopf.Memo, **_: Any) -> None:
     if not settings.leader_election:
         return
     namespace = settings.lease_namespace or leadership.lease_namespace()
-    memo.leadership = leadership.Leadership(client.ApiClient(), namespace, leadership.LEASE_NAME)
+    memo.leadership = leadership.Leadership(ApiClient(), namespace, leadership.LEASE_NAME)
     await memo.leadership.acquire()
     memo.leadership.start_renewing()
     memo.leadership.exit_on_late_wake()
