@@ -12,7 +12,7 @@ the two sides cannot drift. JSON shape (camelCase, every field always present):
       "serverMetrics": {},             # last finished round's centralized (ServerApp-side) evaluation
       "history": [                     # one entry per finished round, oldest first, bounded
         {"round": 1, "metrics": {"loss": 1.2, "accuracy": 0.61}, "trainMetrics": {"loss": 1.5},
-         "serverMetrics": {}, "replies": 2, "failures": 0, "seconds": 7.9}
+         "serverMetrics": {}, "nonFinite": {}, "replies": 2, "failures": 0, "seconds": 7.9}
       ],
       "message": "",                   # why it failed, or what it is waiting for
       "runId": 1234,                   # Flower's run id, once submitted
@@ -22,7 +22,9 @@ the two sides cannot drift. JSON shape (camelCase, every field always present):
 
 Metrics come from the app (a user's app is untrusted input): every metric dictionary keeps at
 most METRICS_LIMIT finite numbers with names of at most METRIC_NAME_LIMIT printable characters, and
-the message at most MESSAGE_LIMIT characters, whoever builds or reads the document.
+the message at most MESSAGE_LIMIT characters, whoever builds or reads the document. A NaN or
+infinite metric is not a number of the document (JSON has none) but is named in its round's
+`nonFinite` (`{"loss": "NaN"}`): the user must see that a run diverged.
 """
 
 from __future__ import annotations
