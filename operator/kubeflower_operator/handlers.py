@@ -73,7 +73,8 @@ def configure(
     # ~700 connections alive together, for a peak of 190 MB, which Python keeps after the burst. At
     # most WORKER_LIMIT workers per watched kind (the watch waits for a free one; a worker only
     # waits for one of the 20 handler threads anyway), each gone 0.2 s after its last event (a new
-    # event makes a new one): bench/operator_scale.py, 1000 jobs at once: 131 MB, no slower. The
+    # event makes a new one): bench/operator_scale.py, 1000 jobs at once: 131-145 MB, times within the
+    # range measured before (the shared machine's load moves them more than this does). The
     # price, in a burst of more than WORKER_LIMIT objects: a worker that awaits its own patch's
     # event behind the waiting watch waits at most persistence.consistency_timeout (5 s).
     settings.queueing.worker_limit = WORKER_LIMIT
