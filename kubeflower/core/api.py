@@ -315,6 +315,54 @@ class ServiceSpec(ApiModel):
     type: ServiceType = ServiceType.CLUSTER_IP
 
 
+class SecuritySpec(ApiModel):
+    """TLS and SuperNode authentication with keys made for the job (Secrets owned by the job)."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "TLS on every Flower connection and SuperNode authentication, with a CA, a server certificate and one "
+            "key pair per client made for this job. false: plain HTTP and no authentication, for ClusterIP jobs "
+            "only (refused with NodePort or LoadBalancer). Flower's Control API stays inside the server pod either way."
+        ),
+    )
+    server_names: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = Field(
+        default=None,
+        max_length=16,
+        description=(
+            "More DNS names or IP addresses for the server certificate, beside the Service's own names: the "
+            "address clients outside the cluster dial (a LoadBalancer's name or IP, a node's address)."
+        ),
+    )
+
+
+class NetworkPolicySpec(ApiModel):
+    """Who may reach the job's pods, and whom its clients may reach (NetworkPolicy peers and rules)."""
+
+    fleet_from: list[FreeForm] | None = Field(
+        default=None,
+        description=(
+            "NodePort and LoadBalancer jobs: the NetworkPolicy peers (ipBlock, namespaceSelector, podSelector) "
+            "allowed to reach the Flower port, where the clients live outside the cluster. Unset: from everywhere. "
+            "The job's own client pods are always allowed."
+        ),
+    )
+    monitoring_namespace_selector: FreeForm | None = Field(
+        default=None,
+        description=(
+            "A namespaceSelector whose namespaces may read the server's status port (Prometheus), beside the "
+            "operator's own namespace."
+        ),
+    )
+    client_egress: list[FreeForm] | None = Field(
+        default=None,
+        description=(
+            "More egress rules for the client pods (NetworkPolicyEgressRule), e.g. to download a data set. By default "
+            "they reach only their server's Flower port and DNS."
+        ),
+    )
+
+
 def _min_clients_ok(spec: FederatedTrainingJobSpec) -> bool:
     m = spec.strategy.min_available_clients
     return m is None or m <= spec.clients.replicas
@@ -330,6 +378,8 @@ class FederatedTrainingJobSpec(ApiModel):
     app: AppSpec | None = None
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
+    security: SecuritySpec = Field(default_factory=SecuritySpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
@@ -362,6 +412,18 @@ class FederatedTrainingJobSpec(ApiModel):
             message="image must not be empty; remove it to use the operator's default image",
             field_path=".image",
             check=lambda s: s.image is None or len(s.image) > 0,
+        ),
+        CelRule(
+            rule=(
+                "!has(self.security) || self.security.enabled || !has(self.service) || self.service.type == 'ClusterIP'"
+            ),
+            message=(
+                "security.enabled: false is refused with a NodePort or LoadBalancer service: Flower would be "
+                "reachable from outside the cluster without TLS or SuperNode authentication; remove "
+                "security.enabled or use service.type ClusterIP"
+            ),
+            field_path=".security.enabled",
+            check=lambda s: s.security.enabled or s.service.type == ServiceType.CLUSTER_IP,
         ),
         CelRule(
             rule="!has(self.app) || has(self.image)",

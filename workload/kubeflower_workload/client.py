@@ -21,7 +21,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from kubeflower.core import contract
+from kubeflower.core import contract, keys
 from kubeflower_workload import BUILTIN_APP, clientapp_shim, processes
 from kubeflower_workload.warm import PreloadError, WarmClientApps, preload_modules
 
@@ -54,7 +54,7 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
         )
     return [
         "flower-supernode",
-        "--insecure",
+        *security_flags(env, partition_id),
         "--superlink",
         superlink,
         "--port",
@@ -62,6 +62,28 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
         "--node-config",
         f"partition-id={partition_id} num-partitions={num_partitions}",
     ]
+
+
+def security_flags(env: Mapping[str, str], ordinal: int) -> list[str]:
+    """TLS against the job's CA and this client's own authentication key (its ordinal's), or
+    `--insecure` when the job turned security off (ClusterIP jobs only)."""
+    security = env.get(contract.ENV_SECURITY) or contract.SECURITY_ENABLED
+    if security == contract.SECURITY_DISABLED:
+        return ["--insecure"]
+    if security != contract.SECURITY_ENABLED:
+        raise SettingsError(
+            f"{contract.ENV_SECURITY} must be {contract.SECURITY_ENABLED} or {contract.SECURITY_DISABLED}"
+        )
+    folder = env.get(contract.ENV_CLIENT_KEYS_DIR)
+    if not folder:
+        raise SettingsError(f"{contract.ENV_CLIENT_KEYS_DIR} is not set (the folder of the job's client keys)")
+    ca, key = Path(folder) / keys.CA_CERT, Path(folder) / keys.client_private_key_file(ordinal)
+    missing = [str(p) for p in (ca, key) if not p.is_file()]
+    if missing:
+        raise SettingsError(
+            f"missing key files {', '.join(missing)}: the job's Secret has no key for client {ordinal} yet"
+        )
+    return ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
 
 
 def warm_setting(env: Mapping[str, str], command: list[str]) -> tuple[bool, str]:
