@@ -71,6 +71,16 @@ INVALID: list[tuple[str, list[Any], str]] = [
     ("bulyan-with-two-clients", [_set("spec.strategy", {"name": "Bulyan"})], "spec.strategy.name"),
     ("negative-learning-rate", [_set("spec.task.learningRate", -0.1)], "spec.task.learningRate"),
     ("fractional-epochs", [_set("spec.task.localEpochs", 1.5)], "spec.task.localEpochs"),
+    (
+        "security-off-with-node-port",
+        [_set("spec.security", {"enabled": False}), _set("spec.service", {"type": "NodePort"})],
+        "spec.security.enabled",
+    ),
+    (
+        "security-off-with-load-balancer",
+        [_set("spec.security", {"enabled": False}), _set("spec.service", {"type": "LoadBalancer"})],
+        "spec.security.enabled",
+    ),
 ]
 
 

@@ -24,7 +24,9 @@ def children(parsed: Any, *, ready: bool = True, clients: bool = True, ready_cli
             continue
         child = summarize(manifest)
         ready_n = (1 if ready else 0) if manifest["kind"] == "Deployment" else ready_clients
-        found[child.kind] = Child(child.kind, child.name, child.replicas, ready_n, child.config_hash)
+        found[child.key] = Child(
+            child.kind, child.name, child.replicas, ready_n, child.config_hash, False, child.component
+        )
     return found
 
 
@@ -38,7 +40,9 @@ def document(rounds_done: int, phase: Phase = Phase.RUNNING, total: int = 3, mes
 def test_new_job_gets_the_server_first_and_pending() -> None:
     parsed = parse_job(job(namespace="default"))
     result = plan(parsed, 1, JobStatus(), Observed(), NOW, SETTINGS)
-    assert [m["kind"] for m in result.create] == ["Deployment", "Service", "NetworkPolicy"]
+    # The NetworkPolicies first: no pod of the job is ever without one.
+    assert [m["kind"] for m in result.create] == ["NetworkPolicy", "NetworkPolicy", "Deployment", "Service"]
+    assert result.keys_for == 2, "the job's keys are made before the server that mounts them"
     assert result.status.wire()["phase"] == "Pending" and result.status.wire()["reason"] == "WaitingForServer"
     assert result.status.wire()["round"] == "0/3" and result.status.wire()["clients"] == "0/2"
     assert result.status.wire()["observedGeneration"] == 1
@@ -125,6 +129,11 @@ def test_clean_policy_all_and_none() -> None:
             SETTINGS,
         )
         assert {k for k, _ in done.delete} == expected
+        if policy == "All":
+            assert sorted(n for k, n in done.delete if k == "NetworkPolicy") == [
+                "digits-fedavg-clients",
+                "digits-fedavg-server",
+            ]
 
 
 def test_run_failure_reported_by_the_server() -> None:

@@ -25,6 +25,7 @@ _KINDS: dict[str, tuple[Callable[[client.ApiClient], Any], str]] = {
     "StatefulSet": (client.AppsV1Api, "stateful_set"),
     "Service": (client.CoreV1Api, "service"),
     "NetworkPolicy": (client.NetworkingV1Api, "network_policy"),
+    "Secret": (client.CoreV1Api, "secret"),
 }
 
 
@@ -64,6 +65,28 @@ class Children:
             if exc.status != 409:
                 raise
             log.debug("%s %s already exists", manifest["kind"], manifest["metadata"]["name"])
+
+    def read_secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The entry names of one of the job's own Secrets (by name: never listed or watched), or
+        None when it does not exist. The values are dropped here, unread."""
+        try:
+            secret = client.CoreV1Api(self._client).read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            self._on_error("get", "Secret", exc.status)
+            if exc.status == 404:
+                return None
+            raise
+        return set(secret.data or {})
+
+    def create_or_exists(self, namespace: str, manifest: Manifest) -> bool:
+        """Create; False when it existed already (nothing written)."""
+        try:
+            self._method("create", manifest["kind"])(namespace, manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return False
+        return True
 
     def patch(self, namespace: str, manifest: Manifest) -> None:
         self._method("patch", manifest["kind"])(

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from kubeflower.core import api, contract, environment
 from kubeflower.core.api import FederatedTrainingJobStatus
 from kubeflower.core.validation import JobInvalid, parse_job
-from kubeflower_operator import builders, leadership, metrics, reconcile
+from kubeflower_operator import builders, jobkeys, leadership, metrics, reconcile
 from kubeflower_operator.children import Children
 from kubeflower_operator.observed import Child, Observed, Poll, restart_count, summarize
 from kubeflower_operator.poll import poll, status_url
@@ -146,7 +146,7 @@ def _observe(
     found: dict[str, Child] = {}
     for index_name in CHILD_INDEXES:
         for child in indexes[index_name].get(key, []):
-            found[child.kind] = child
+            found[child.key] = child
     for kind in set(expected) & set(found):
         del expected[kind]  # the watch has caught up with what we created
     return Observed(
@@ -233,10 +233,12 @@ def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     job = f"{namespace}/{name}"
     children: Children = memo.children
+    if plan.keys_for is not None:  # before the pods that mount them
+        jobkeys.ensure(children, parse_job(dict(body)), body, plan.keys_for)
     for manifest in plan.create:
         kopf.adopt(manifest, owner=body)
         children.create(namespace, manifest)
-        memo.expected[manifest["kind"]] = summarize(manifest)
+        memo.expected[summarize(manifest).key] = summarize(manifest)
         log.info("%s: created %s %s", job, manifest["kind"], manifest["metadata"]["name"])
     for manifest in plan.update:
         children.patch(namespace, manifest)

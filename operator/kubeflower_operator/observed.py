@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubeflower.core import contract
+from kubeflower.core.environment import CLIENTS
 from kubeflower.core.server_status import ServerStatus
 
 CONFIG_HASH = "kubeflower.io/config-hash"
@@ -25,6 +27,25 @@ class Child:
     ready_replicas: int = 0
     config_hash: str | None = None
     deleting: bool = False
+    component: str = ""
+
+    @property
+    def key(self) -> str:
+        """How a reconcile names it (`child_key`)."""
+        return child_key(self.kind, self.component)
+
+
+CLIENTS_POLICY = "NetworkPolicy/clients"
+
+
+def child_key(kind: str, component: str) -> str:
+    """A child's name in a reconcile: its kind, one child per kind, but for the two NetworkPolicies
+    (the server's is `NetworkPolicy`, the clients' `CLIENTS_POLICY`)."""
+    return CLIENTS_POLICY if kind == "NetworkPolicy" and component == CLIENTS else kind
+
+
+def manifest_key(manifest: Any) -> str:
+    return child_key(manifest["kind"], manifest["metadata"].get("labels", {}).get(contract.COMPONENT_LABEL, ""))
 
 
 def summarize(body: Any) -> Child:
@@ -39,6 +60,7 @@ def summarize(body: Any) -> Child:
         ready_replicas=int(status.get("readyReplicas", 0) or 0),
         config_hash=(meta.get("annotations") or {}).get(CONFIG_HASH),
         deleting=bool(meta.get("deletionTimestamp")),
+        component=(meta.get("labels") or {}).get(contract.COMPONENT_LABEL, ""),
     )
 
 
@@ -61,6 +83,6 @@ class Poll:
 @dataclass(frozen=True)
 class Observed:
     children: dict[str, Child] = field(default_factory=dict)
-    """By kind: Deployment, Service, NetworkPolicy, StatefulSet."""
+    """By `child_key`: Deployment, Service, NetworkPolicy, CLIENTS_POLICY, StatefulSet."""
     server_restarts: int = 0
     poll: Poll = field(default_factory=Poll)

@@ -18,7 +18,7 @@ from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, Jo
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, ServerStatus
 from kubeflower_operator import builders
-from kubeflower_operator.observed import CONFIG_HASH, Child, Observed
+from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, manifest_key
 from kubeflower_operator.settings import Settings
 
 Manifest = dict[str, Any]
@@ -44,6 +44,9 @@ class Plan:
     """The whole desired status; the handler patches only the fields that differ (`JobStatus.wire`)."""
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
+    keys_for: int | None = None
+    """Before any create or update: the job's Secrets must hold keys for this many clients
+    (`jobkeys.ensure`); set when the server or the clients are created or changed."""
 
 
 def with_config_hash(manifest: Manifest) -> Manifest:
@@ -261,8 +264,11 @@ def children_step(
         if ttl is not None and now >= parse_timestamp(finished_at) + timedelta(seconds=ttl):
             out.delete_job = True
     else:
-        desired = {m["kind"]: m for m in desired_children(job, settings)}
+        desired = {manifest_key(m): m for m in desired_children(job, settings)}
         _running_children(desired, children, server_ready, out)
+        touched = {m["kind"] for m in out.create + out.update}
+        if spec.security.enabled and touched & {"Deployment", "StatefulSet"}:
+            out.keys_for = spec.clients.replicas
         update["phase"], update["reason"], update["message"] = _phase(job, server, clients, observed.poll.document)
     return status.model_copy(update=update)
 
@@ -340,7 +346,7 @@ def _running_children(desired: dict[str, Manifest], children: dict[str, Child], 
 def _finished_children(job: FederatedTrainingJob, children: dict[str, Child], out: Plan) -> None:
     policy = job.spec.run_policy.clean_policy
     doomed = {CleanPolicy.NONE: (), CleanPolicy.CLIENTS: ("StatefulSet",), CleanPolicy.ALL: tuple(children)}[policy]
-    for kind in doomed:
-        child = children.get(kind)
+    for key in doomed:
+        child = children.get(key)
         if child is not None and not child.deleting:
-            out.delete.append((kind, child.name))
+            out.delete.append((child.kind, child.name))

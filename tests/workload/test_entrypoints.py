@@ -17,7 +17,11 @@ from kubeflower.local import local_commands, pod_environment
 from kubeflower_workload import client, server
 from testbed.jobs import job
 
-BASE = {contract.ENV_SUPERLINK: "j-server.ns.svc:9092", contract.ENV_NUM_PARTITIONS: "3"}
+BASE = {
+    contract.ENV_SUPERLINK: "j-server.ns.svc:9092",
+    contract.ENV_NUM_PARTITIONS: "3",
+    contract.ENV_SECURITY: contract.SECURITY_DISABLED,  # keys: tests/test_security.py
+}
 
 
 def test_client_partition_from_the_pod_ordinal() -> None:
