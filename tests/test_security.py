@@ -102,7 +102,7 @@ def test_fleet_sources_and_client_egress_come_from_the_spec() -> None:
 
 @pytest.mark.parametrize("service", ["NodePort", "LoadBalancer"])
 def test_the_api_refuses_security_off_outside_the_cluster(service: str) -> None:
-    with pytest.raises(JobInvalid, match="spec.security.enabled"):
+    with pytest.raises(JobInvalid, match=r"spec\.security\.enabled"):
         parse_job(job(service={"type": service}, security={"enabled": False}))
     plain = parse_job(job(security={"enabled": False}))
     rendered = builders.all_children(plain, SETTINGS)
