@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,6 +28,14 @@ from kubeflower_workload.warm import PreloadError, WarmClientApps, preload_modul
 
 LOG = logging.getLogger("kubeflower-client")
 STOP_GRACE = 10.0
+NOT_REGISTERED = 305
+"""`flower-supernode`'s exit code when the SuperLink refuses to activate it: with SuperNode
+authentication, its key is not registered (yet)."""
+REGISTRATION_WAIT = 180.0
+"""Seconds a client keeps starting its SuperNode again while its key is not registered: the server
+registers the job's keys once its SuperLink is up, and a scale-up's new keys once the kubelet has
+brought them into the server's mounted Secret (up to about a minute and a half)."""
+RETRY_DELAY = 3.0
 
 
 class SettingsError(Exception):
@@ -132,17 +141,24 @@ def main() -> int:
         warm.start()
     else:
         LOG.info("warm ClientApps off: %s", why)
-    supernode = processes.start(command, env)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    deadline = time.monotonic() + REGISTRATION_WAIT
     try:
-        while supernode.poll() is None and not stop.wait(1.0):
-            if warm is not None:
-                warm.supervise()
-        if stop.is_set():
-            LOG.info("stopping the SuperNode")
-            processes.stop(supernode, STOP_GRACE)
+        while True:
+            supernode = processes.start(command, env)
+            while supernode.poll() is None and not stop.wait(1.0):
+                if warm is not None:
+                    warm.supervise()
+            if stop.is_set():
+                LOG.info("stopping the SuperNode")
+                processes.stop(supernode, STOP_GRACE)
+            elif supernode.returncode == NOT_REGISTERED and time.monotonic() < deadline:
+                LOG.info("the SuperLink does not know this client's key yet; starting the SuperNode again")
+                if not stop.wait(RETRY_DELAY):
+                    continue
+            break
     finally:
         if warm is not None:
             warm.stop(STOP_GRACE)
