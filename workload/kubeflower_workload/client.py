@@ -16,11 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 from kubeflower.core import contract, keys
 from kubeflower_workload import BUILTIN_APP, clientapp_shim, processes
@@ -28,9 +30,9 @@ from kubeflower_workload.warm import PreloadError, WarmClientApps, preload_modul
 
 LOG = logging.getLogger("kubeflower-client")
 STOP_GRACE = 10.0
-NOT_REGISTERED = 305
-"""`flower-supernode`'s exit code when the SuperLink refuses to activate it: with SuperNode
-authentication, its key is not registered (yet)."""
+NOT_REGISTERED = b"Exit Code: 305"
+"""What `flower-supernode` prints (its process exits with 1, as for any error) when the SuperLink
+refuses to activate it: with SuperNode authentication, its key is not registered (yet)."""
 REGISTRATION_WAIT = 180.0
 """Seconds a client keeps starting its SuperNode again while its key is not registered: the server
 registers the job's keys once its SuperLink is up, and a scale-up's new keys once the kubelet has
@@ -95,6 +97,21 @@ def security_flags(env: Mapping[str, str], ordinal: int) -> list[str]:
     return ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
 
 
+class SuperNodeOutput(threading.Thread):
+    """Relays the SuperNode's output to ours (the pod's log), noting whether it was refused activation."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(name="supernode-output", daemon=True)
+        self.stream = stream
+        self.not_registered = False
+
+    def run(self) -> None:
+        for line in self.stream:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            self.not_registered = self.not_registered or NOT_REGISTERED in line
+
+
 def warm_setting(env: Mapping[str, str], command: list[str]) -> tuple[bool, str]:
     """Whether this client forks its ClientApps, and why (for the log)."""
     value = env.get(contract.ENV_WARM_CLIENTAPPS, "true").strip().lower()
@@ -147,14 +164,18 @@ def main() -> int:
     deadline = time.monotonic() + REGISTRATION_WAIT
     try:
         while True:
-            supernode = processes.start(command, env)
+            supernode = processes.start(command, env, subprocess.PIPE)
+            assert supernode.stdout is not None
+            output = SuperNodeOutput(supernode.stdout)
+            output.start()
             while supernode.poll() is None and not stop.wait(1.0):
                 if warm is not None:
                     warm.supervise()
             if stop.is_set():
                 LOG.info("stopping the SuperNode")
                 processes.stop(supernode, STOP_GRACE)
-            elif supernode.returncode == NOT_REGISTERED and time.monotonic() < deadline:
+            output.join(STOP_GRACE)
+            if not stop.is_set() and output.not_registered and time.monotonic() < deadline:
                 LOG.info("the SuperLink does not know this client's key yet; starting the SuperNode again")
                 if not stop.wait(RETRY_DELAY):
                     continue
