@@ -38,6 +38,11 @@ def test_the_operators_metrics_port_is_served_exposed_and_let_in() -> None:
     (rule,) = policy["ingress"]
     assert "from" not in rule, "scrapers may come from any namespace"
     assert {p["port"] for p in rule["ports"]} == {ports["metrics"], ports["health"]}
+    # Egress: DNS, the API server, and the status port of the servers it manages (a job's label set).
+    status_rule = policy["egress"][-1]
+    server = builders.server_deployment(parse_job(job()), Settings())["spec"]["template"]["metadata"]["labels"]
+    assert status_rule["to"][0]["podSelector"]["matchLabels"].items() <= server.items()
+    assert status_rule["ports"] == [{"port": contract.STATUS_PORT, "protocol": "TCP"}]
 
 
 def test_the_monitors_select_the_operator_and_every_jobs_server() -> None:
