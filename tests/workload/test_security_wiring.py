@@ -162,3 +162,24 @@ def test_a_resnet18_round_passes_the_front_proxy(tmp_path: Path, kubeflower_run:
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file() and path.suffix != ".pt":
             assert "PRIVATE KEY" not in path.read_text(errors="replace"), path
+
+
+def test_a_key_added_during_the_run_is_registered_and_its_node_joins(
+    secured_server: tuple[dict[str, str], Control, Path], tmp_path: Path, marker: str
+) -> None:
+    """A scale-up: the operator adds a client's keys to the job's Secrets, the kubelet brings the
+    public key into the server's mounted folder, and the server registers it while the run goes on."""
+    env, control, client_keys = secured_server
+    pair = keys.client_key()
+    new_key = tmp_path / "client-2.key"
+    new_key.write_bytes(pair.private_openssh)
+    (Path(env[contract.ENV_TLS_DIR]) / keys.client_public_key_file(2)).write_bytes(pair.public_pem)
+    _wait(lambda: "(3 in all)" in (tmp_path / "server.log").read_text(), 60, "the new key registered")
+    ca = str(client_keys / keys.CA_CERT)
+    node = _supernode(
+        env, marker, tmp_path / "e" / "log", "--root-certificates", ca, "--auth-supernode-private-key", str(new_key)
+    )
+    try:
+        _wait(lambda: control.online_nodes() == 1, 60, "the new client online")
+    finally:
+        processes.stop(node, 5)
