@@ -26,11 +26,18 @@ STATUS_PORT = 8080
 SUPERNODE_PORT = 9094
 """A SuperNode's local ClientAppIo port (pod-local; local mode gives each client its own)."""
 
+# The workload image's entry points (its console scripts): what the server and client containers run.
+SERVER_COMMAND = ("kubeflower-server",)
+CLIENT_COMMAND = ("kubeflower-client",)
+
 # Paths inside the pods (emptyDir volumes: the root file system is read-only).
 OUTPUT_DIR = "/var/lib/kubeflower/output"
 DATA_DIR = "/var/lib/kubeflower/data"
 FLWR_HOME = "/var/lib/kubeflower/flwr"
 TMP_DIR = "/tmp"
+POD_FOLDERS = {"output": OUTPUT_DIR, "data": DATA_DIR, "flwr-home": FLWR_HOME, "tmp": TMP_DIR}
+"""The pods' writable folders, by volume name: the root file system is read-only, and these
+volumes (emptyDirs) are mounted over whatever the image has at those paths."""
 TLS_DIR = "/var/run/kubeflower/tls"
 """The server's keys (a Secret, read-only): the job's CA certificate, the server certificate and
 key, the clients' public keys to register (`kubeflower.core.keys` names the files)."""
@@ -84,6 +91,12 @@ class OutputFolder:
         return (self.metrics, self.final_model, self.plot)
 
 
+# Run-config keys the server entry point reads too (`kubeflower.core.runconfig` writes them).
+RUN_CONFIG_ROUNDS = "num-server-rounds"
+"""The number of rounds (`spec.rounds`), for every app: Flower's app templates read this key."""
+RUN_CONFIG_MIN_CLIENTS = "min-available-clients"
+"""The built-in app's minimum of connected clients before a round starts."""
+
 # Variables read by both entry points.
 ENV_JOB_NAME = "KUBEFLOWER_JOB_NAME"
 ENV_DATA_DIR = "KUBEFLOWER_DATA_DIR"
@@ -94,8 +107,10 @@ ENV_RUN_CONFIG = "KUBEFLOWER_RUN_CONFIG"
 ENV_APP_PATH = "KUBEFLOWER_APP_PATH"
 """Directory of the user's Flower App in the image; unset for the built-in app. The clients read
 what their fork server pre-imports from its pyproject.toml (warm ClientApps)."""
-ENV_ROUNDS = "KUBEFLOWER_ROUNDS"
 ENV_MIN_CLIENTS = "KUBEFLOWER_MIN_CLIENTS"
+"""Your own app only: the clients a round waits for (spec.strategy.minAvailableClients), for the
+server's waiting message. The built-in app has it in its run config, its one channel, as it has the
+number of rounds for every app (`kubeflower.core.runconfig`)."""
 ENV_SUPERLINK_PORT = "KUBEFLOWER_SUPERLINK_PORT"
 ENV_BIND_HOST = "KUBEFLOWER_BIND_HOST"
 """Interface the SuperLink and the status endpoint listen on; unset means all (a pod). `kubeflower

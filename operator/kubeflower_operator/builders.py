@@ -1,8 +1,8 @@
 """A job's children as plain manifest dicts, built by pure functions from the validated spec.
 
-The operator creates what these return (after `kopf.adopt`), `kubeflower render` prints it, and
-`kubeflower run` reads the containers' commands and environment from it: this module is the one
-description of what a job's pods run (their environment's values: `kubeflower.core.environment`).
+The operator creates what these return (after `kopf.adopt`) and `kubeflower render` prints it. The
+containers' commands and environment values come from the core (`kubeflower.core.contract` and
+`kubeflower.core.environment`), which `kubeflower run` uses directly for its local processes.
 Every pod meets the "restricted" Pod Security Standard.
 """
 
@@ -61,13 +61,6 @@ def _user_env(env: list[EnvVar] | None) -> list[Manifest]:
     return [e.model_dump(by_alias=True, exclude_none=True) for e in env or []]
 
 
-_VOLUMES = {
-    "output": contract.OUTPUT_DIR,
-    "data": contract.DATA_DIR,
-    "flwr-home": contract.FLWR_HOME,
-    "tmp": contract.TMP_DIR,
-}
-"""emptyDir volumes: the root file system is read-only, these are where the workload writes."""
 KEYS_VOLUME = "keys"
 KEYS_MODE = 0o440
 """The key files: readable by the pod's user and group (fsGroup), by nobody else, never writable."""
@@ -108,7 +101,7 @@ def _container(
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": v, "mountPath": p} for v, p in _VOLUMES.items()],
+        "volumeMounts": [{"name": v, "mountPath": p} for v, p in contract.POD_FOLDERS.items()],
     }
     if settings.resources is not None:
         container["resources"] = settings.resources.model_dump(by_alias=True, exclude_none=True)
@@ -118,7 +111,7 @@ def _container(
 def _pod_spec(container: Manifest, settings: PodSettings, app: Settings) -> Manifest:
     spec: Manifest = {
         "containers": [container],
-        "volumes": [{"name": v, "emptyDir": {}} for v in _VOLUMES],
+        "volumes": [{"name": v, "emptyDir": {}} for v in contract.POD_FOLDERS],
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": app.run_as_user,
@@ -145,7 +138,7 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     """One server pod. `Recreate`: two SuperLinks for one job must never overlap."""
     name = server_name(job.metadata.name)
     container = _container(
-        job, SERVER, ["kubeflower-server"], _env(environment.server_environment(job)), job.spec.server, settings
+        job, SERVER, list(contract.SERVER_COMMAND), _env(environment.server_environment(job)), job.spec.server, settings
     )
     pod_spec = _pod_spec(container, job.spec.server, settings)
     if job.spec.security.enabled:
@@ -348,7 +341,9 @@ def client_spread(job: FederatedTrainingJob) -> list[Manifest]:
 def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifest:
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
-    container = _container(job, CLIENT_CONTAINER, ["kubeflower-client"], client_env(job), job.spec.clients, settings)
+    container = _container(
+        job, CLIENT_CONTAINER, list(contract.CLIENT_COMMAND), client_env(job), job.spec.clients, settings
+    )
     resources = container.setdefault("resources", {})
     if job.spec.clients.warm_client_apps and not any("memory" in resources.get(k, {}) for k in ("requests", "limits")):
         resources.setdefault("requests", {})["memory"] = WARM_CLIENT_MEMORY_REQUEST
