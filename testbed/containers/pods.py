@@ -6,7 +6,8 @@ would give it: the command and environment that the pod runner's kubelet reading
 pod IP, resource fields), the image's own ENTRYPOINT/CMD/ENV read from the engine, the pod's user,
 group and fsGroup, a read-only root, dropped capabilities and no new privileges as its
 securityContext says, each emptyDir as a tmpfs of the pod's fsGroup (mode 2777 and executable, as
-a kubelet's emptyDir with fsGroup), the memory and CPU limits, the pod's grace period as the stop
+a kubelet's emptyDir with fsGroup), each secret volume as a read-only bind mount of a host folder
+with the Secret's files (defaultMode, group fsGroup), the memory and CPU limits, the pod's grace period as the stop
 timeout, and the pod name as hostname.
 
 Where it differs from a cluster, knowingly: one user-defined bridge network with an address per
