@@ -6,7 +6,7 @@ Flower's connections are secured in two ways, and a job gets what both need:
   127.0.0.1 (what the server pod's own processes dial: the front proxy, the run submission, the
   SuperLink's SuperExec). The CA's private key signs that one certificate and is then thrown away:
   nothing can sign another certificate for the job, so it is never stored anywhere.
-- SuperNode authentication: one ECDSA (P-384) key pair per client. Flower ties a node to its
+- SuperNode authentication: one ECDSA (NIST P-256) key pair per client. Flower ties a node to its
   public key (registering a key twice is refused, and two SuperNodes with one key would be one
   node), so a key per job is not possible; the key of client N authenticates the client with
   ordinal N. The SuperLink knows the public keys (registered through its Control API, from the
@@ -74,7 +74,7 @@ def server_tls(names: list[str], now: datetime.datetime | None = None) -> Server
     """A fresh CA and a server certificate for `names` (DNS names or IP addresses) and loopback."""
     now = now or datetime.datetime.now(datetime.UTC)
     until = now + datetime.timedelta(days=CERTIFICATE_DAYS)
-    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubeflower job CA")])
     ca_cert = (
         x509.CertificateBuilder()
@@ -89,9 +89,9 @@ def server_tls(names: list[str], now: datetime.datetime | None = None) -> Server
             x509.KeyUsage(False, False, False, False, False, True, True, False, False),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA384())
+        .sign(ca_key, hashes.SHA256())
     )
-    server_key = ec.generate_private_key(ec.SECP384R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
     all_names = list(dict.fromkeys([*names, *LOCAL_NAMES]))
     cert = (
         x509.CertificateBuilder()
@@ -104,7 +104,7 @@ def server_tls(names: list[str], now: datetime.datetime | None = None) -> Server
         .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in all_names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA384())
+        .sign(ca_key, hashes.SHA256())
     )
     return ServerTLS(
         ca_cert=ca_cert.public_bytes(serialization.Encoding.PEM),
@@ -116,8 +116,11 @@ def server_tls(names: list[str], now: datetime.datetime | None = None) -> Server
 
 
 def client_key() -> ClientKey:
-    """A fresh SuperNode key pair (NIST P-384, as `ssh-keygen -t ecdsa -b 384` makes)."""
-    key = ec.generate_private_key(ec.SECP384R1())
+    """A fresh SuperNode key pair (NIST P-256, as `ssh-keygen -t ecdsa -b 256` makes).
+
+    Flower accepts any NIST curve; P-256 is the cheapest to sign and verify with, which a SuperNode
+    does on every request (as the TLS handshakes do with the server certificate's key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
     return ClientKey(
         private_openssh=key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
