@@ -16,8 +16,8 @@ until then, as in a cluster.
 
 Volumes: emptyDir (a fresh directory, mode 0777, group fsGroup), configMap and secret (their
 keys as files, defaultMode; one whose object is missing keeps its container waiting in
-`ContainerCreating` and is tried again, as a kubelet does), hostPath (bind-mounted). Mount points missing on the machine are
-made inside the container's mount namespace only (`MountPoints`). Other volume types,
+`ContainerCreating` and is tried again, as a kubelet does), hostPath (bind-mounted). Mount points
+missing on the machine are made inside the container's mount namespace only (`MountPoints`). Other volume types,
 subPath, init and ephemeral containers, exec probes and lifecycle hooks raise `Unsupported`
 (recorded in the runner's errors): never skipped in silence.
 """
