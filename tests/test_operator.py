@@ -91,11 +91,20 @@ def test_create_builds_owned_children_and_clients_only_after_the_server(
         "server children",
     )
     uid = cluster.job("fl")["metadata"]["uid"]
-    for kind in ("Deployment", "Service", "NetworkPolicy"):
-        (child,) = found[kind]
-        assert child["metadata"]["ownerReferences"][0]["uid"] == uid, kind
-        assert child["metadata"]["ownerReferences"][0]["controller"] is True
-        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubeflower-operator"
+    assert sorted(p["metadata"]["name"] for p in found["NetworkPolicy"]) == ["fl-clients", "fl-server"]
+    assert sorted(s["metadata"]["name"] for s in found["Secret"]) == ["fl-client-keys", "fl-server-tls"]
+    for kind in ("Deployment", "Service", "NetworkPolicy", "Secret"):
+        for child in found[kind]:
+            assert child["metadata"]["ownerReferences"][0]["uid"] == uid, kind
+            assert child["metadata"]["ownerReferences"][0]["controller"] is True
+            assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubeflower-operator"
+    # Key material stays in the Secrets: not in the job (its status), not in an event.
+    secrets = {s["metadata"]["name"]: s["data"] for s in found["Secret"]}
+    assert set(secrets["fl-client-keys"]) == {"ca.crt", "client-0.key", "client-1.key"}
+    shown = cluster.kubectl("get", "ftj", "fl", "-o", "yaml") + cluster.kubectl("get", "events", "-o", "yaml")
+    for data in secrets.values():
+        assert not any(value[16:80] in shown for value in data.values())
+    assert "PRIVATE KEY" not in shown
     status = cluster.wait_status("fl", lambda s: s.get("phase") == "Pending")
     assert status["reason"] == "WaitingForServer" and status["round"] == "0/3"
     time.sleep(1.5)  # several reconciles: still no clients while the server is not ready
@@ -195,6 +204,7 @@ def test_delete_mid_run_removes_every_child(operator: None, cluster: Cluster, bo
 def test_scale_changes_the_client_replicas(operator: None, cluster: Cluster, board: StatusBoard) -> None:
     start_running(cluster, board, "fl")
     (before,) = cluster.children("fl")["StatefulSet"]
+    keys_before = {s["metadata"]["name"]: s["data"] for s in cluster.children("fl")["Secret"]}
     cluster.kubectl("scale", "ftj", "fl", "--replicas=4")
     assert cluster.job("fl")["spec"]["clients"]["replicas"] == 4
     (clients,) = wait_for(
@@ -203,6 +213,12 @@ def test_scale_changes_the_client_replicas(operator: None, cluster: Cluster, boa
     env = {e["name"]: e.get("value") for e in clients["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KUBEFLOWER_NUM_PARTITIONS"] == "2", "the data's split is fixed when the clients are made"
     assert clients["spec"]["template"] == before["spec"]["template"], "a scale must not restart the clients"
+    # The new clients' keys: private keys for their pods, public keys for the server to register.
+    secrets = {s["metadata"]["name"]: s["data"] for s in cluster.children("fl")["Secret"]}
+    assert {f"client-{i}.key" for i in range(4)} <= set(secrets["fl-client-keys"])
+    assert {f"client-{i}.pub" for i in range(4)} <= set(secrets["fl-server-tls"])
+    for name, data in keys_before.items():  # the running clients' keys, the CA and the certificate stay
+        assert data.items() <= secrets[name].items(), name
     cluster.clients_ready("fl", 4)
     cluster.wait_status("fl", lambda s: s.get("clients") == "4/4" and s.get("replicas") == 4)
     server = cluster.children("fl")["Deployment"][0]

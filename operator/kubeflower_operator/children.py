@@ -28,6 +28,7 @@ _KINDS: dict[str, tuple[Callable[[client.ApiClient], Any], str]] = {
     "StatefulSet": (client.AppsV1Api, "stateful_set"),
     "Service": (client.CoreV1Api, "service"),
     "NetworkPolicy": (client.NetworkingV1Api, "network_policy"),
+    "Secret": (client.CoreV1Api, "secret"),
 }
 
 
@@ -75,8 +76,9 @@ class Children:
 
         return call
 
-    def create(self, namespace: str, manifest: Manifest) -> None:
-        """Create the child; one that exists already is fine only if the job controls it."""
+    def create(self, namespace: str, manifest: Manifest) -> bool:
+        """Create the child; one that exists already is fine only if the job controls it (False:
+        nothing was written)."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         try:
             self._method("create", kind)(namespace, manifest)
@@ -89,6 +91,8 @@ class Children:
             if owner != ours:
                 raise NotOurs(kind, name, owner or "no controller") from None
             log.debug("%s %s already exists", kind, name)
+            return False
+        return True
 
     def _read(self, namespace: str, kind: str, name: str) -> Manifest:
         api_class, suffix = _KINDS[kind]
@@ -104,6 +108,21 @@ class Children:
         """Replace the child with the manifest (which carries the resourceVersion it was observed
         at: a 409 if it changed since, and the next reconcile plans again)."""
         self._method("replace", manifest["kind"])(manifest["metadata"]["name"], namespace, manifest)
+
+    def read_secret_keys(self, namespace: str, name: str, owner_uid: str) -> set[str] | None:
+        """The entry names of one of the job's own Secrets (by name: never listed or watched), or
+        None when it does not exist; `NotOurs` when the job (`owner_uid`) does not control it. The
+        values are dropped here, unread."""
+        try:
+            secret = self._read(namespace, "Secret", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        refs = secret.get("metadata", {}).get("ownerReferences") or []
+        if not any(ref.get("controller") and ref.get("uid") == owner_uid for ref in refs):
+            raise NotOurs("Secret", name, _controller(secret) or "no controller")
+        return set(secret.get("data") or {})
 
     def patch(self, namespace: str, manifest: Manifest) -> None:
         self._method("patch", manifest["kind"])(

@@ -19,7 +19,11 @@ from kubeflower_operator.settings import Settings
 from kubeflower_workload import client, server
 from testbed.jobs import job
 
-BASE = {contract.ENV_SUPERLINK: "j-server.ns.svc:9092", contract.ENV_NUM_PARTITIONS: "3"}
+BASE = {
+    contract.ENV_SUPERLINK: "j-server.ns.svc:9092",
+    contract.ENV_NUM_PARTITIONS: "3",
+    contract.ENV_SECURITY: contract.SECURITY_DISABLED,  # keys: tests/test_security.py
+}
 
 
 def test_client_partition_from_the_pod_ordinal() -> None:
@@ -118,6 +122,10 @@ def test_local_mode_gives_each_process_its_pods_command_and_values(tmp_path: Pat
         contract.ENV_SUPERNODE_PORT,
         contract.ENV_WORK_DIR,
         "FLWR_HOME",
+        # The SuperLink's loopback port, and the keys: a throwaway folder of the host's, not the Secrets' mounts.
+        contract.ENV_SUPERLINK_LOOPBACK_PORT,
+        contract.ENV_TLS_DIR,
+        contract.ENV_CLIENT_KEYS_DIR,
     }
     pods = [builders.server_deployment(model, Settings())] + [builders.client_statefulset(model, Settings())] * 2
     for (_, command, env), pod in zip(

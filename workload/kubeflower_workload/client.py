@@ -18,17 +18,28 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
-from kubeflower.core import contract
+from kubeflower.core import contract, keys
 from kubeflower_workload import BUILTIN_APP, clientapp_shim, processes
 from kubeflower_workload.warm import PreloadError, WarmClientApps, preload_modules
 
 LOG = logging.getLogger("kubeflower-client")
 STOP_GRACE = 10.0
+NOT_REGISTERED = b"Exit Code: 305"
+"""What `flower-supernode` prints (its process exits with 1, as for any error) when the SuperLink
+refuses to activate it: with SuperNode authentication, its key is not registered (yet)."""
+REGISTRATION_WAIT = 180.0
+"""Seconds a client keeps starting its SuperNode again while its key is not registered: the server
+registers the job's keys once its SuperLink is up, and a scale-up's new keys once the kubelet has
+brought them into the server's mounted Secret (up to about a minute and a half)."""
+RETRY_DELAY = 3.0
 
 
 class SettingsError(Exception):
@@ -59,7 +70,7 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
         )
     return [
         "flower-supernode",
-        "--insecure",
+        *security_flags(env, partition_id),
         "--superlink",
         superlink,
         "--port",
@@ -67,6 +78,43 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
         "--node-config",
         f"partition-id={partition_id} num-partitions={num_partitions}",
     ]
+
+
+def security_flags(env: Mapping[str, str], ordinal: int) -> list[str]:
+    """TLS against the job's CA and this client's own authentication key (its ordinal's), or
+    `--insecure` when the job turned security off (ClusterIP jobs only)."""
+    security = env.get(contract.ENV_SECURITY) or contract.SECURITY_ENABLED
+    if security == contract.SECURITY_DISABLED:
+        return ["--insecure"]
+    if security != contract.SECURITY_ENABLED:
+        raise SettingsError(
+            f"{contract.ENV_SECURITY} must be {contract.SECURITY_ENABLED} or {contract.SECURITY_DISABLED}"
+        )
+    folder = env.get(contract.ENV_CLIENT_KEYS_DIR)
+    if not folder:
+        raise SettingsError(f"{contract.ENV_CLIENT_KEYS_DIR} is not set (the folder of the job's client keys)")
+    ca, key = Path(folder) / keys.CA_CERT, Path(folder) / keys.client_private_key_file(ordinal)
+    missing = [str(p) for p in (ca, key) if not p.is_file()]
+    if missing:
+        raise SettingsError(
+            f"missing key files {', '.join(missing)}: the job's Secret has no key for client {ordinal} yet"
+        )
+    return ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
+
+
+class SuperNodeOutput(threading.Thread):
+    """Relays the SuperNode's output to ours (the pod's log), noting whether it was refused activation."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(name="supernode-output", daemon=True)
+        self.stream = stream
+        self.not_registered = False
+
+    def run(self) -> None:
+        for line in self.stream:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            self.not_registered = self.not_registered or NOT_REGISTERED in line
 
 
 def warm_setting(env: Mapping[str, str], command: list[str]) -> tuple[bool, str]:
@@ -119,17 +167,28 @@ def main() -> int:
         warm.start()
     else:
         LOG.info("warm ClientApps off: %s", why)
-    supernode = processes.start(command, env)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    deadline = time.monotonic() + REGISTRATION_WAIT
     try:
-        while supernode.poll() is None and not stop.wait(1.0):
-            if warm is not None:
-                warm.supervise()
-        if stop.is_set():
-            LOG.info("stopping the SuperNode")
-            processes.stop(supernode, STOP_GRACE)
+        while True:
+            supernode = processes.start(command, env, subprocess.PIPE)
+            assert supernode.stdout is not None
+            output = SuperNodeOutput(supernode.stdout)
+            output.start()
+            while supernode.poll() is None and not stop.wait(1.0):
+                if warm is not None:
+                    warm.supervise()
+            if stop.is_set():
+                LOG.info("stopping the SuperNode")
+                processes.stop(supernode, STOP_GRACE)
+            output.join(STOP_GRACE)
+            if not stop.is_set() and output.not_registered and time.monotonic() < deadline:
+                LOG.info("the SuperLink does not know this client's key yet; starting the SuperNode again")
+                if not stop.wait(RETRY_DELAY):
+                    continue
+            break
     finally:
         if warm is not None:
             warm.stop(STOP_GRACE)
