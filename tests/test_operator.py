@@ -383,6 +383,29 @@ def test_a_name_taken_by_another_owner_is_a_conflict_not_adopted(operator: None,
     assert service["spec"]["ports"] == [{"port": 80}], "never overwritten"
 
 
+def test_a_secret_name_taken_by_another_owner_is_a_conflict_and_no_pod_is_made(
+    operator: None, cluster: Cluster
+) -> None:
+    """The job's keys go through the same owner check as its other children: another owner's
+    Secret is never read for keys, patched or adopted, and nothing that would mount it is made."""
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "0000-other", "controller": True}
+    taken = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "fl-client-keys", "namespace": cluster.ns, "ownerReferences": [other]},
+        "data": {"note": "c29tZW9uZSBlbHNl"},
+    }
+    cluster.kube.create(taken)
+    cluster.apply(job("fl"))
+    status = cluster.wait_status("fl", lambda s: s.get("reason") == "ChildRefused")
+    assert "Secret fl-client-keys already exists and belongs to" in status["message"]
+    assert "0000-other" in status["message"]
+    secret = cluster.kube.get("v1", "secrets", cluster.ns, "fl-client-keys")
+    assert secret["metadata"]["ownerReferences"] == [other], "never adopted"
+    assert secret["data"] == taken["data"], "never written"
+    assert cluster.children("fl")["Deployment"] == [] and cluster.children("fl")["StatefulSet"] == []
+
+
 def test_server_pods_made_anew_count_against_the_backoff_limit(
     operator: None, cluster: Cluster, board: StatusBoard
 ) -> None:
@@ -462,7 +485,14 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
         wait_for(lambda: cluster.children("fl")["StatefulSet"], 20, "clients")
         cluster.clients_ready("fl", 2)
         cluster.wait_status("fl", lambda s: s.get("round") == "1/3")
-        spec = {"spec": {"service": {"type": "NodePort"}, "runPolicy": {"suspend": True, "ttlSecondsAfterFinished": 1}}}
+        # A scale (keys added to the job's Secrets), a service type change, a suspend.
+        spec = {
+            "spec": {
+                "clients": {"replicas": 3},
+                "service": {"type": "NodePort"},
+                "runPolicy": {"suspend": True, "ttlSecondsAfterFinished": 1},
+            }
+        }
         kube.patch("kubeflower.io/v1alpha1", "federatedtrainingjobs", cluster.ns, "fl", spec)
         wait_for(lambda: cluster.children("fl")["Deployment"][0]["spec"]["replicas"] == 0, 20, "suspended")
         board.post(cluster.ns, "fl", document(3, Phase.SUCCEEDED))
@@ -489,9 +519,7 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
         ("apps", "deployments", "get"),
         ("apps", "statefulsets", "get"),
         ("networking.k8s.io", "networkpolicies", "get"),
-        # A NetworkPolicy is replaced when its spec changes (none of this job's changes touched it),
-        # the server when its spec changes before its run starts (this one had started).
-        ("networking.k8s.io", "networkpolicies", "update"),
+        # The server is replaced when its spec changes before its run starts (this one had started).
         ("apps", "deployments", "update"),
         # Children go with their job through owner references; cleanPolicy All deletes these.
         ("apps", "deployments", "delete"),
