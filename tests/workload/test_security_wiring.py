@@ -8,7 +8,11 @@ Flower's Control and Runtime APIs, its docs, and path tricks.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -183,3 +187,70 @@ def test_a_key_added_during_the_run_is_registered_and_its_node_joins(
         _wait(lambda: control.online_nodes() == 1, 60, "the new client online")
     finally:
         processes.stop(node, 5)
+
+
+def _kill_tree(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process and everything below it at once, as a container's end does."""
+    for pid in [process.pid, *processes.descendants(process.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
+
+
+def _close_connections_abruptly(port: int, seconds: float) -> int:
+    """Take connections on the Flower port and close them at once, as a Service's proxy or a load
+    balancer whose backend is gone does; how many."""
+    count = 0
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(16)
+        listener.settimeout(0.5)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            with contextlib.suppress(TimeoutError):
+                listener.accept()[0].close()
+                count += 1
+    return count
+
+
+def _online(control: Control) -> int:
+    """The SuperLink's online nodes; 0 while it does not answer."""
+    try:
+        return control.online_nodes()
+    except ControlError:
+        return 0
+
+
+def test_a_client_joins_its_restarted_server(tmp_path: Path, marker: str) -> None:
+    """A server pod that restarts brings a new SuperLink, which knows the job's keys under new node
+    ids; between the two, the Flower port's connections are closed abruptly. The client entry point
+    (its SuperNode joined the old SuperLink) joins the new one by itself, without a restart."""
+    job = load_job(REPO / "examples" / "digits-fedavg.yaml")
+    (_, server_command, env), (_, client_command, client_env), *_ = local_commands(
+        job, REPO / "examples", tmp_path / "out", tmp_path
+    )
+    control = Control(
+        f"127.0.0.1:{env[contract.ENV_SUPERLINK_LOOPBACK_PORT]}",
+        ca_cert=Path(env[contract.ENV_TLS_DIR]) / keys.CA_CERT,
+    )
+    server_log, client_log = tmp_path / "server.log", tmp_path / "client.log"
+
+    def start_server() -> subprocess.Popen[bytes]:
+        return processes.start(server_command, processes.child_env(env | {MARKER: marker}), server_log)
+
+    server = start_server()
+    client = processes.start(client_command, processes.child_env(client_env | {MARKER: marker}), client_log)
+    try:
+        _wait(lambda: _online(control) == 1, 90, "the client online")
+        _kill_tree(server)
+        closed = _close_connections_abruptly(int(env[contract.ENV_SUPERLINK_PORT]), 15)
+        assert closed > 0, "the SuperNode tried the Flower port while the server was away"
+        server = start_server()
+        _wait(lambda: server_log.read_text().count("registered 2 SuperNode public key") == 2, 60, "keys again")
+        _wait(lambda: _online(control) == 1, 90, "the client online at the new SuperLink")
+        assert client.poll() is None, "the client entry point did not end: it started a new SuperNode"
+        assert "lost its place at the SuperLink" in client_log.read_text()
+    finally:
+        processes.stop(client, 15)
+        processes.stop(server, 10)
