@@ -7,7 +7,7 @@ STAMP := $(VENV)/.kubeflower-installed
 # kubeflower_workload), so `python -m` from here keeps the standard library's `operator`.
 PIP := $(VENV)/bin/pip
 PYTEST := $(VENV)/bin/pytest
-APT_PACKAGES := iproute2 procps
+APT_PACKAGES := iproute2 procps nginx
 
 .PHONY: setup system lint test test-in-engine test-unit demo crd bench clean images lock engine-stop
 
@@ -17,10 +17,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the tests use: `ip netns` (pods as local processes), `ps`.
+# Debian packages the tests and `kubeflower run` use: `ip netns` (pods as local processes), `ps`,
+# and nginx (the server's front proxy, as in the workload image: kubeflower_workload.frontproxy).
 system:
 	@missing=""; command -v ip >/dev/null || missing="$$missing iproute2"; \
 	 command -v ps >/dev/null || missing="$$missing procps"; \
+	 command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
 	 if [ -n "$$missing" ]; then \
 	   if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q $$missing; \
 	   else sudo apt-get update -q && sudo apt-get install -y -q $$missing; fi; fi

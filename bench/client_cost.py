@@ -96,7 +96,7 @@ def _client_roots(root: int) -> list[int]:
 KINDS = (
     ("flwr-clientapp", None),  # short-lived: counted when reaped, in its parent's children's time
     ("kubeflower_workload.forkserver", "fork server"),
-    ("flower-supernode", "supernodes"),
+    ("kubeflower_workload.supernode", "supernodes"),  # flower-supernode, as the client entry point runs it
     ("flower-superexec", "superexecs"),
     ("flower-superlink", "superlink"),
     ("flwr-serverapp", "serverapp"),

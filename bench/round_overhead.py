@@ -8,17 +8,20 @@ Each repeat runs the same job (digits, the clients, the seed) three ways on loop
    app (eager imports, torch.optim, separate train and evaluate messages, `FedAvg.start`);
 2. built-in: the same processes by hand, with the built-in app and the settings that KubeFlower's
    client pods get (the SuperExec poll, torch threads: `kubeflower_workload.processes`, `kubeflower.local`);
-3. `kubeflower run`: the built-in app under KubeFlower's own entry points.
-Only Flower's telemetry and update checks are off in all three (this machine cannot phone home).
+3. `kubeflower run`: the built-in app under KubeFlower's own entry points, secured as by default
+   (TLS, SuperNode authentication, the nginx front proxy);
+4. `kubeflower run` with `spec.security.enabled: false` (plain HTTP, the same front proxy).
+`--security-only` runs the last two only. Only Flower's telemetry and update checks are off in all
+of them (this machine cannot phone home).
 
 Printed for each: seconds per round (from the start of round 1 until the last round's evaluation
 is known, over the rounds), seconds from launch to the end, the final accuracy, and the seconds
 from launch until an evaluated accuracy of 0.90 was known. Then: built-in / stock seconds per
 round (target <= 0.40), the final accuracies' difference (target: within 1 point), `kubeflower
-run` / built-in by hand (target <= 1.05); the requests a second that reach the SuperLink per
-connected node, while idle (nodes connected, no run; target <= 10) and during the run (with the
-requests a round), read from its access log; and the memory of the server entry point beside the
-SuperLink's.
+run` / built-in by hand (target <= 1.05), secured / security off (target <= 1.05); the requests a
+second that reach the SuperLink per connected node, while idle (nodes connected, no run; target
+<= 10) and during the run (with the requests a round), read from its access log; and the memory
+of the server entry point beside the SuperLink's.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STOCK_APP = ROOT / "bench" / "stock_app"
 TARGET_ACCURACY = 0.90
+OFF = "kubeflower run, security off"
 IDLE_SECONDS = 15.0
 """How long the nodes sit connected with no run before a by-hand run is submitted."""
 ACCESS_LINE = re.compile(r"^(\S+Z) DEBUG \[uvicorn\.access\] \S+ - \"\w+ /v1/(\w+)/([\w-]+)")
@@ -141,11 +145,14 @@ class MemoryWatch(threading.Thread):
                 self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), _peak_rss(pid) or rss)
 
 
-def with_kubeflower(job_file: Path, work: Path, env: dict[str, str]) -> tuple[Result, MemoryWatch]:
-    result = Result("kubeflower run")
+def with_kubeflower(
+    job_file: Path, work: Path, env: dict[str, str], name: str = "kubeflower run"
+) -> tuple[Result, MemoryWatch]:
+    result = Result(name)
+    output = work / name.replace(" ", "-").replace(",", "")
     started = time.monotonic()
     run = subprocess.Popen(
-        [str(BIN / "kubeflower"), "run", str(job_file), "--output", str(work / "kubeflower")],
+        [str(BIN / "kubeflower"), "run", str(job_file), "--output", str(output)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -159,10 +166,10 @@ def with_kubeflower(job_file: Path, work: Path, env: dict[str, str]) -> tuple[Re
         if match and float(match.group(1)) >= TARGET_ACCURACY and result.seconds_to_target is None:
             result.seconds_to_target = time.monotonic() - started
     if run.wait() != 0:
-        raise SystemExit(f"kubeflower run failed; see {work / 'kubeflower' / 'logs'}")
+        raise SystemExit(f"kubeflower run failed; see {output / 'logs'}")
     result.total_seconds = time.monotonic() - started
     watch.done.set()
-    status = ServerStatus.model_validate_json((work / "kubeflower" / "metrics.json").read_text())
+    status = ServerStatus.model_validate_json((output / "metrics.json").read_text())
     result.rounds = status.history
     return result, watch
 
@@ -293,12 +300,15 @@ def by_hand(
     return result
 
 
-def _job_file(job_path: Path, rounds: int | None, work: Path) -> Path:
-    if rounds is None:
+def _job_file(job_path: Path, rounds: int | None, work: Path, secured: bool = True) -> Path:
+    if rounds is None and secured:
         return job_path
     document = yaml.safe_load(job_path.read_text())
-    document["spec"]["rounds"] = rounds
-    path = work / job_path.name
+    if rounds is not None:
+        document["spec"]["rounds"] = rounds
+    if not secured:
+        document["spec"]["security"] = {"enabled": False}
+    path = work / (job_path.stem + ("" if secured else "-security-off") + job_path.suffix)
     path.write_text(yaml.safe_dump(document))
     return path
 
@@ -319,13 +329,17 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=5, help="override the job's rounds (more rounds, steadier figures)"
     )
-    parser.add_argument("--repeat", type=int, default=1, help="repeats of the three runs; medians are compared")
+    parser.add_argument("--repeat", type=int, default=1, help="repeats of the runs; medians are compared")
+    parser.add_argument(
+        "--security-only", action="store_true", help="only `kubeflower run` secured and with security off"
+    )
     args = parser.parse_args()
     processes.become_subreaper()
-    runs: dict[str, list[Result]] = {"stock": [], "built-in": [], "kubeflower run": []}
+    runs: dict[str, list[Result]] = {"stock": [], "built-in": [], "kubeflower run": [], OFF: []}
     memory: list[MemoryWatch] = []
     with tempfile.TemporaryDirectory(prefix="kubeflower-bench-") as tmp:
         job_file = _job_file(args.job, args.rounds, Path(tmp))
+        plain_job_file = _job_file(args.job, args.rounds, Path(tmp), secured=False)
         job = load_job(job_file)
         replicas = job.spec.clients.replicas
         config = run_config(job.spec)
@@ -343,17 +357,32 @@ def main() -> int:
                 {**env, contract.ENV_THREADS: str(host_cpu_share(replicas))},
                 superexec_poll=processes.NODE_SUPEREXEC_POLL_INTERVAL,
             )
-            results = [
-                by_hand("stock", STOCK_APP, stock_config, replicas, work / "stock", stock_env, stock_env),
-                by_hand("built-in", BUILTIN_APP, config, replicas, work / "built-in", env, node_env),
-            ]
-            ours, watch = with_kubeflower(job_file, work, env)
-            memory.append(watch)
-            for result in [*results, ours]:
+            results = (
+                []
+                if args.security_only
+                else [
+                    by_hand("stock", STOCK_APP, stock_config, replicas, work / "stock", stock_env, stock_env),
+                    by_hand("built-in", BUILTIN_APP, config, replicas, work / "built-in", env, node_env),
+                ]
+            )
+            # Secured and plain alternate, so that neither always runs on the busier moment.
+            pair = [(job_file, "kubeflower run"), (plain_job_file, OFF)]
+            for file, name in pair if repeat % 2 == 0 else pair[::-1]:
+                ours, watch = with_kubeflower(file, work, env, name)
+                memory.append(watch)
+                results.append(ours)
+            for result in results:
                 runs[result.name].append(result)
                 print(result.line(), flush=True)
     print()
-    per_round = {name: median(r.seconds_per_round for r in done) for name, done in runs.items()}
+    per_round = {name: median(r.seconds_per_round for r in done) for name, done in runs.items() if done}
+    print(
+        f"seconds per round (medians): kubeflower run secured {per_round['kubeflower run']:.2f}, "
+        f"security off {per_round[OFF]:.2f}; secured / off: {per_round['kubeflower run'] / per_round[OFF]:.3f} "
+        "(target <= 1.05)"
+    )
+    if args.security_only:
+        return 0
     print(
         f"seconds per round (medians): stock {per_round['stock']:.2f}, built-in {per_round['built-in']:.2f}, "
         f"kubeflower run {per_round['kubeflower run']:.2f}"
@@ -365,6 +394,8 @@ def main() -> int:
     gaps = [abs(b.accuracy - s.accuracy) * 100 for b, s in zip(runs["built-in"], runs["stock"], strict=True)]
     print(f"final accuracy, built-in vs stock on the same seed: at most {max(gaps):.2f} points apart (target <= 1)")
     for name, done in runs.items():
+        if not done:
+            continue
         reached = [r.seconds_to_target for r in done if r.seconds_to_target is not None]
         print(
             f"{TARGET_ACCURACY:.2f} accuracy, {name}: {len(reached)}/{len(done)} runs"

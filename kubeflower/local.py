@@ -3,8 +3,12 @@
 The processes are the pods' own: the server entry point and one client entry point per replica,
 with the commands and environment values of the contract (`kubeflower.core.contract` and
 `kubeflower.core.environment`, which the operator's builders put into the pod specs too). Only
-what must differ on one host is overridden: loopback addresses and free ports, and the output,
-data and FLWR_HOME folders. Progress is read from the server's own GET /status, as the operator reads it.
+what must differ on one host is overridden: loopback addresses and free ports, the output, data
+and FLWR_HOME folders, and the job's keys: made afresh for each run (`kubeflower.core.keys`, as the
+operator makes them) in a private temporary folder that goes with the run, never in the output
+folder. The server runs behind the same front proxy, with the same TLS and SuperNode
+authentication, so a run on a laptop proves the cluster's wiring. Progress is read from the
+server's own GET /status, as the operator reads it.
 
 Every process started here, and everything they start, is stopped when the job ends, on Ctrl-C,
 and on errors: this process becomes a child subreaper, so even orphans stay in its tree.
@@ -28,7 +32,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kubeflower.core import contract, environment
+from kubeflower.core import contract, environment, keys
 from kubeflower.core.api import FederatedTrainingJob, MetricKind, MetricNames
 from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus, fetch
 from kubeflower.core.validation import load_job
@@ -100,9 +104,11 @@ def local_commands(
 
     The pods' own commands and contract values (`kubeflower.core.contract`, `environment`), with
     what the kubelet would fill in (a client's pod name and CPUs) and what must differ on one host:
-    loopback addresses and free ports, and the output, data and FLWR_HOME folders.
+    loopback addresses and free ports, the output, data and FLWR_HOME folders, and the keys
+    (`write_keys`, in `home`).
     """
-    superlink_port, status_port, *supernode_ports = processes.free_ports(2 + job.spec.clients.replicas)
+    superlink_port, loopback_port, status_port, *supernode_ports = processes.free_ports(3 + job.spec.clients.replicas)
+    key_dirs = write_keys(job, home / "keys") if job.spec.security.enabled else {}
     data_dir = str(datasets.data_dir())
     # The app's path is a path in the image; locally, relative paths start at the job file.
     app_path = {} if job.spec.app is None else {contract.ENV_APP_PATH: str((job_dir / job.spec.app.path).resolve())}
@@ -111,12 +117,14 @@ def local_commands(
         | environment.server_environment(job)
         | {
             contract.ENV_SUPERLINK_PORT: str(superlink_port),
+            contract.ENV_SUPERLINK_LOOPBACK_PORT: str(loopback_port),
             contract.ENV_STATUS_PORT: str(status_port),
             contract.ENV_BIND_HOST: "127.0.0.1",
             contract.ENV_OUTPUT_DIR: str(output),
             contract.ENV_DATA_DIR: data_dir,
             contract.ENV_WORK_DIR: str(contract.OutputFolder(output).app),
             "FLWR_HOME": str(home / "server"),
+            **({contract.ENV_TLS_DIR: str(key_dirs["server"])} if key_dirs else {}),
         }
         | app_path
     )
@@ -135,11 +143,32 @@ def local_commands(
                 contract.ENV_DATA_DIR: data_dir,
                 contract.ENV_WORK_DIR: str(home / f"client-{ordinal}" / "app"),  # as a pod's own emptyDir
                 "FLWR_HOME": str(home / f"client-{ordinal}"),
+                **({contract.ENV_CLIENT_KEYS_DIR: str(key_dirs["clients"])} if key_dirs else {}),
             }
             | app_path
         )
         members.append((f"client-{ordinal}", list(contract.CLIENT_COMMAND), client_env))
     return members
+
+
+def write_keys(job: FederatedTrainingJob, folder: Path) -> dict[str, Path]:
+    """Throwaway keys for one local run, laid out as the job's two Secrets are mounted in its pods:
+    {"server": the server's folder, "clients": the clients' folder}, private to this user."""
+    server, clients = folder / "server", folder / "clients"
+    for path in (folder, server, clients):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tls = keys.server_tls(environment.server_names(job))
+    files = {server: tls.files(), clients: {keys.CA_CERT: tls.ca_cert}}
+    for ordinal in range(job.spec.clients.replicas):
+        pair = keys.client_key()
+        files[server][keys.client_public_key_file(ordinal)] = pair.public_pem
+        files[clients][keys.client_private_key_file(ordinal)] = pair.private_openssh
+    for where, contents in files.items():
+        for name, data in contents.items():
+            descriptor = os.open(where / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(data)
+    return {"server": server, "clients": clients}
 
 
 @contextlib.contextmanager

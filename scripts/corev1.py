@@ -10,8 +10,9 @@ a test fails when the committed file differs from what the installed client give
 
 What the client's schemas leave out is added here, in one place: a maximum on every string, list,
 map and integer (bounded input, and what keeps CEL's cost estimate within the API server's budget),
-quantities checked against Kubernetes' quantity grammar, and an environment variable's name
-without `=`. Descriptions are dropped: the CRD must stay small enough for client-side apply.
+quantities checked against Kubernetes' quantity grammar, a port (an IntOrString: 1-65535 or a
+port's name), and an environment variable's name without `=`. Descriptions are dropped: the CRD
+must stay small enough for client-side apply.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ import operator
 import sys
 from typing import Any
 
-ROOTS = ("EnvVar", "Toleration", "Affinity", "ResourceRequirements", "TopologySpreadConstraint")
+ROOTS = (
+    "EnvVar",
+    "Toleration",
+    "Affinity",
+    "ResourceRequirements",
+    "TopologySpreadConstraint",
+    "LabelSelector",
+    "NetworkPolicyPeer",
+    "NetworkPolicyEgressRule",
+)
 MAX_STRING = 1024
 MAX_ITEMS = 64
 MAX_INT = 2**31 - 1
@@ -43,6 +53,8 @@ def _name(ref: str) -> str:
 
 def _node(node: dict[str, Any], owner: str, field: str) -> dict[str, Any]:
     branches = [b for b in node.get("anyOf", [node]) if b.get("type") != "null"]
+    if sorted(b.get("type", "") for b in branches) == ["integer", "string"]:
+        return {"port": True}  # IntOrString: in these types only a port (a number or a named port)
     (node,) = branches
     if "$ref" in node:
         return {"$ref": _name(node["$ref"])}

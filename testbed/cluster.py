@@ -38,8 +38,9 @@ CHILD_KINDS = (
     ("Pod", "v1", "pods"),
     ("Service", "v1", "services"),
     ("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies"),
+    ("Secret", "v1", "secrets"),
 )
-"""What carries a job's label: its children, and the replica sets and pods they make."""
+"""What carries a job's label: its children (its keys' Secrets too), and the replica sets and pods they make."""
 
 
 def wait_for(probe: Callable[[], T], timeout: float, what: str) -> T:

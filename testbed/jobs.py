@@ -208,6 +208,16 @@ INVALID: list[tuple[str, list[Any], str]] = [
         ],
         "spec.app.runConfig",
     ),
+    (
+        "security-off-with-node-port",
+        [_set("spec.security", {"enabled": False}), _set("spec.service", {"type": "NodePort"})],
+        "spec.security.enabled",
+    ),
+    (
+        "security-off-with-load-balancer",
+        [_set("spec.security", {"enabled": False}), _set("spec.service", {"type": "LoadBalancer"})],
+        "spec.security.enabled",
+    ),
     ("app-under-a-pod-volume", [*_OWN_APP, _set("spec.app", {"path": "/tmp/app"})], "spec.app.path"),
     (
         "app-sets-its-own-rounds-key",

@@ -26,6 +26,8 @@ def test_children_have_deterministic_names_and_labels() -> None:
     parsed = parse_job(job(namespace="team-a"))
     kinds = {m["kind"]: m for m in builders.all_children(parsed, SETTINGS)}
     assert set(kinds) == {"Deployment", "Service", "NetworkPolicy", "StatefulSet"}
+    policies = [m["metadata"]["name"] for m in builders.all_children(parsed, SETTINGS) if m["kind"] == "NetworkPolicy"]
+    assert policies == ["digits-fedavg-server", "digits-fedavg-clients"]
     assert kinds["Deployment"]["metadata"]["name"] == "digits-fedavg-server"
     assert kinds["Service"]["metadata"]["name"] == "digits-fedavg-server"
     assert kinds["StatefulSet"]["metadata"]["name"] == "digits-fedavg-clients"
@@ -171,14 +173,6 @@ def test_the_pss_checker_catches_a_violation() -> None:
     pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
     pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
     assert len(restricted_violations(pod)) == 2
-
-
-def test_network_policy_admits_only_the_jobs_clients_to_flower() -> None:
-    policy = builders.server_network_policy(parse_job(job()))
-    assert policy is not None
-    flower_rule = policy["spec"]["ingress"][0]
-    assert flower_rule["from"][0]["podSelector"]["matchLabels"] == builders.selector_labels("digits-fedavg", "clients")
-    assert builders.server_network_policy(parse_job(job(service={"type": "NodePort"}))) is None
 
 
 def test_suspend_scales_to_zero_and_image_defaults_from_settings() -> None:

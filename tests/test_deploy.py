@@ -38,6 +38,11 @@ def test_the_operators_metrics_port_is_served_exposed_and_let_in() -> None:
     (rule,) = policy["ingress"]
     assert "from" not in rule, "scrapers may come from any namespace"
     assert {p["port"] for p in rule["ports"]} == {ports["metrics"], ports["health"]}
+    # Egress: DNS, the API server, and the status port of the servers it manages (a job's label set).
+    status_rule = policy["egress"][-1]
+    server = builders.server_deployment(parse_job(job()), Settings())["spec"]["template"]["metadata"]["labels"]
+    assert status_rule["to"][0]["podSelector"]["matchLabels"].items() <= server.items()
+    assert status_rule["ports"] == [{"port": contract.STATUS_PORT, "protocol": "TCP"}]
 
 
 def test_the_monitors_select_the_operator_and_every_jobs_server() -> None:
@@ -52,9 +57,14 @@ def test_the_monitors_select_the_operator_and_every_jobs_server() -> None:
     (container,) = server["spec"]["containers"]
     port = {p["name"]: p["containerPort"] for p in container["ports"]}[pods["podMetricsEndpoints"][0]["port"]]
     assert port == contract.STATUS_PORT, "the server's /metrics is on its status port"
-    policy = builders.server_network_policy(parse_job(job()))
-    assert policy is not None
-    assert {"ports": [{"port": contract.STATUS_PORT, "protocol": "TCP"}]} in policy["spec"]["ingress"]
+    # The jobs' NetworkPolicies let the monitoring namespaces a job names read its status port.
+    monitoring = {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    policy = builders.server_network_policy(
+        parse_job(job(networkPolicy={"monitoringNamespaceSelector": monitoring})), Settings()
+    )
+    status_rule = policy["spec"]["ingress"][1]
+    assert status_rule["ports"] == [{"port": contract.STATUS_PORT, "protocol": "TCP"}]
+    assert {"namespaceSelector": monitoring} in status_rule["from"]
 
 
 def test_two_replicas_elect_a_leader_with_the_rbac_it_needs_and_a_disruption_budget() -> None:

@@ -146,7 +146,7 @@ def test_one_leader_works_hands_over_when_killed_and_a_stopped_one_writes_nothin
             # One of each child, never recreated; one event per round and one verdict.
             children = cluster.children("fl")
             assert [d["metadata"]["uid"] for d in children["Deployment"]] == [server["metadata"]["uid"]]
-            assert len(children["Service"]) == len(children["NetworkPolicy"]) == 1
+            assert len(children["Service"]) == 1 and len(children["NetworkPolicy"]) == len(children["Secret"]) == 2
             rounds = sorted(e["message"] for e in cluster.events("fl", "RoundCompleted"))
             assert len(rounds) == 3 and len(set(rounds)) == 3, rounds
             assert len(cluster.events("fl", "RunSucceeded")) == 1

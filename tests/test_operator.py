@@ -91,11 +91,20 @@ def test_create_builds_owned_children_and_clients_only_after_the_server(
         "server children",
     )
     uid = cluster.job("fl")["metadata"]["uid"]
-    for kind in ("Deployment", "Service", "NetworkPolicy"):
-        (child,) = found[kind]
-        assert child["metadata"]["ownerReferences"][0]["uid"] == uid, kind
-        assert child["metadata"]["ownerReferences"][0]["controller"] is True
-        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubeflower-operator"
+    assert sorted(p["metadata"]["name"] for p in found["NetworkPolicy"]) == ["fl-clients", "fl-server"]
+    assert sorted(s["metadata"]["name"] for s in found["Secret"]) == ["fl-client-keys", "fl-server-tls"]
+    for kind in ("Deployment", "Service", "NetworkPolicy", "Secret"):
+        for child in found[kind]:
+            assert child["metadata"]["ownerReferences"][0]["uid"] == uid, kind
+            assert child["metadata"]["ownerReferences"][0]["controller"] is True
+            assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubeflower-operator"
+    # Key material stays in the Secrets: not in the job (its status), not in an event.
+    secrets = {s["metadata"]["name"]: s["data"] for s in found["Secret"]}
+    assert set(secrets["fl-client-keys"]) == {"ca.crt", "client-0.key", "client-1.key"}
+    shown = cluster.kubectl("get", "ftj", "fl", "-o", "yaml") + cluster.kubectl("get", "events", "-o", "yaml")
+    for data in secrets.values():
+        assert not any(value[16:80] in shown for value in data.values())
+    assert "PRIVATE KEY" not in shown
     status = cluster.wait_status("fl", lambda s: s.get("phase") == "Pending")
     assert status["reason"] == "WaitingForServer" and status["round"] == "0/3"
     time.sleep(1.5)  # several reconciles: still no clients while the server is not ready
@@ -195,6 +204,7 @@ def test_delete_mid_run_removes_every_child(operator: None, cluster: Cluster, bo
 def test_scale_changes_the_client_replicas(operator: None, cluster: Cluster, board: StatusBoard) -> None:
     start_running(cluster, board, "fl")
     (before,) = cluster.children("fl")["StatefulSet"]
+    keys_before = {s["metadata"]["name"]: s["data"] for s in cluster.children("fl")["Secret"]}
     cluster.kubectl("scale", "ftj", "fl", "--replicas=4")
     assert cluster.job("fl")["spec"]["clients"]["replicas"] == 4
     (clients,) = wait_for(
@@ -203,6 +213,12 @@ def test_scale_changes_the_client_replicas(operator: None, cluster: Cluster, boa
     env = {e["name"]: e.get("value") for e in clients["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KUBEFLOWER_NUM_PARTITIONS"] == "2", "the data's split is fixed when the clients are made"
     assert clients["spec"]["template"] == before["spec"]["template"], "a scale must not restart the clients"
+    # The new clients' keys: private keys for their pods, public keys for the server to register.
+    secrets = {s["metadata"]["name"]: s["data"] for s in cluster.children("fl")["Secret"]}
+    assert {f"client-{i}.key" for i in range(4)} <= set(secrets["fl-client-keys"])
+    assert {f"client-{i}.pub" for i in range(4)} <= set(secrets["fl-server-tls"])
+    for name, data in keys_before.items():  # the running clients' keys, the CA and the certificate stay
+        assert data.items() <= secrets[name].items(), name
     cluster.clients_ready("fl", 4)
     cluster.wait_status("fl", lambda s: s.get("clients") == "4/4" and s.get("replicas") == 4)
     server = cluster.children("fl")["Deployment"][0]
@@ -370,6 +386,29 @@ def test_a_name_taken_by_another_owner_is_a_conflict_not_adopted(operator: None,
     assert service["spec"]["ports"] == [{"port": 80}], "never overwritten"
 
 
+def test_a_secret_name_taken_by_another_owner_is_a_conflict_and_no_pod_is_made(
+    operator: None, cluster: Cluster
+) -> None:
+    """The job's keys go through the same owner check as its other children: another owner's
+    Secret is never read for keys, patched or adopted, and nothing that would mount it is made."""
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "0000-other", "controller": True}
+    taken = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "fl-client-keys", "namespace": cluster.ns, "ownerReferences": [other]},
+        "data": {"note": "c29tZW9uZSBlbHNl"},
+    }
+    cluster.kube.create(taken)
+    cluster.apply(job("fl"))
+    status = cluster.wait_status("fl", lambda s: s.get("reason") == "ChildRefused")
+    assert "Secret fl-client-keys already exists and belongs to" in status["message"]
+    assert "0000-other" in status["message"]
+    secret = cluster.kube.get("v1", "secrets", cluster.ns, "fl-client-keys")
+    assert secret["metadata"]["ownerReferences"] == [other], "never adopted"
+    assert secret["data"] == taken["data"], "never written"
+    assert cluster.children("fl")["Deployment"] == [] and cluster.children("fl")["StatefulSet"] == []
+
+
 def test_server_pods_made_anew_count_against_the_backoff_limit(
     operator: None, cluster: Cluster, board: StatusBoard
 ) -> None:
@@ -449,7 +488,14 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
         wait_for(lambda: cluster.children("fl")["StatefulSet"], 20, "clients")
         cluster.clients_ready("fl", 2)
         cluster.wait_status("fl", lambda s: s.get("round") == "1/3")
-        spec = {"spec": {"service": {"type": "NodePort"}, "runPolicy": {"suspend": True, "ttlSecondsAfterFinished": 1}}}
+        # A scale (keys added to the job's Secrets), a service type change, a suspend.
+        spec = {
+            "spec": {
+                "clients": {"replicas": 3},
+                "service": {"type": "NodePort"},
+                "runPolicy": {"suspend": True, "ttlSecondsAfterFinished": 1},
+            }
+        }
         kube.patch("kubeflower.io/v1alpha1", "federatedtrainingjobs", cluster.ns, "fl", spec)
         wait_for(lambda: cluster.children("fl")["Deployment"][0]["spec"]["replicas"] == 0, 20, "suspended")
         board.post(cluster.ns, "fl", document(3, Phase.SUCCEEDED))
@@ -486,9 +532,7 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
         ("apps", "deployments", "get"),
         ("apps", "statefulsets", "get"),
         ("networking.k8s.io", "networkpolicies", "get"),
-        # A NetworkPolicy is replaced when its spec changes (none of this job's changes touched it),
-        # the server when its spec changes before its run starts (this one had started).
-        ("networking.k8s.io", "networkpolicies", "update"),
+        # The server is replaced when its spec changes before its run starts (this one had started).
         ("apps", "deployments", "update"),
         # Children go with their job through owner references; cleanPolicy All deletes these.
         ("apps", "deployments", "delete"),

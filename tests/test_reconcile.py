@@ -8,7 +8,17 @@ from typing import Any
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
 from kubeflower.core.validation import parse_job
-from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, Poll, ServerPod, restart_count, summarize
+from kubeflower_operator.builders import selector_labels
+from kubeflower_operator.observed import (
+    CONFIG_HASH,
+    Child,
+    Observed,
+    Poll,
+    ServerPod,
+    manifest_key,
+    restart_count,
+    summarize,
+)
 from kubeflower_operator.reconcile import Plan, Refusal, count_restarts, desired_children, invalid_plan, plan, refused
 from kubeflower_operator.settings import Settings
 from testbed.jobs import job
@@ -24,7 +34,7 @@ def children(parsed: Any, *, ready: bool = True, clients: bool = True, ready_cli
             continue
         child = summarize(manifest)
         ready_n = (1 if ready else 0) if manifest["kind"] == "Deployment" else ready_clients
-        found[child.kind] = Child(
+        found[child.key] = Child(
             child.kind,
             child.name,
             child.replicas,
@@ -32,6 +42,7 @@ def children(parsed: Any, *, ready: bool = True, clients: bool = True, ready_cli
             child.config_hash,
             resource_version="7",
             partitions=child.partitions,
+            component=child.component,
         )
     return found
 
@@ -46,7 +57,9 @@ def document(rounds_done: int, phase: Phase = Phase.RUNNING, total: int = 3, mes
 def test_new_job_gets_the_server_first_and_pending() -> None:
     parsed = parse_job(job(namespace="default"))
     result = plan(parsed, 1, JobStatus(), Observed(), NOW, SETTINGS)
-    assert [m["kind"] for m in result.create] == ["Deployment", "Service", "NetworkPolicy"]
+    # The NetworkPolicies first: no pod of the job is ever without one.
+    assert [m["kind"] for m in result.create] == ["NetworkPolicy", "NetworkPolicy", "Deployment", "Service"]
+    assert result.keys_for == 2, "the job's keys are made before the server that mounts them"
     assert result.status.wire()["phase"] == "Pending" and result.status.wire()["reason"] == "WaitingForServer"
     assert result.status.wire()["round"] == "0/3" and result.status.wire()["clients"] == "0/2"
     assert result.status.wire()["observedGeneration"] == 1
@@ -149,6 +162,11 @@ def test_clean_policy_all_and_none() -> None:
             SETTINGS,
         )
         assert {k for k, _ in done.delete} == expected
+        if policy == "All":
+            assert sorted(n for k, n in done.delete if k == "NetworkPolicy") == [
+                "digits-fedavg-clients",
+                "digits-fedavg-server",
+            ]
 
 
 def test_run_failure_reported_by_the_server() -> None:
@@ -215,11 +233,16 @@ def test_spec_changes_replace_children_guarded_by_their_resource_version() -> No
     found = children(selected)
     plain = parse_job(job(namespace="default"))
     result = plan(plain, 2, JobStatus(current_round=1), Observed(children=found), NOW, SETTINGS)
-    replaced = {m["kind"]: m for m in result.update}
-    assert set(replaced) == {"StatefulSet", "Service"}, "mid-run the server stays"
+    replaced = {manifest_key(m): m for m in result.update}
+    # The server's NetworkPolicy follows the service type too: a ClusterIP job's Flower port is
+    # open to its clients only. The clients' NetworkPolicy is unchanged.
+    assert set(replaced) == {"StatefulSet", "Service", "NetworkPolicy"}, "mid-run the server stays"
     assert all(m["metadata"]["resourceVersion"] == "7" for m in replaced.values())
     assert "nodeSelector" not in replaced["StatefulSet"]["spec"]["template"]["spec"]
     assert replaced["Service"]["spec"]["type"] == "ClusterIP"
+    (flower,) = [r for r in replaced["NetworkPolicy"]["spec"]["ingress"] if r["ports"][0]["port"] == 9092]
+    assert flower["from"] == [{"podSelector": {"matchLabels": selector_labels("digits-fedavg", "clients")}}]
+    assert result.keys_for == 2, "the replaced clients' keys are ensured before the replace"
 
 
 def test_the_server_follows_its_spec_until_a_round_has_finished() -> None:

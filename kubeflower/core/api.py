@@ -153,12 +153,18 @@ if TYPE_CHECKING:  # built at import time from corev1.json; to the type checker,
     Affinity: TypeAlias = KubernetesObject
     ResourceRequirements: TypeAlias = KubernetesObject
     TopologySpreadConstraint: TypeAlias = KubernetesObject
+    LabelSelector: TypeAlias = KubernetesObject
+    NetworkPolicyPeer: TypeAlias = KubernetesObject
+    NetworkPolicyEgressRule: TypeAlias = KubernetesObject
 else:
     EnvVar = corev1.model("EnvVar", KubernetesObject)
     Toleration = corev1.model("Toleration", KubernetesObject)
     Affinity = corev1.model("Affinity", KubernetesObject)
     ResourceRequirements = corev1.model("ResourceRequirements", KubernetesObject)
     TopologySpreadConstraint = corev1.model("TopologySpreadConstraint", KubernetesObject)
+    LabelSelector = corev1.model("LabelSelector", KubernetesObject)
+    NetworkPolicyPeer = corev1.model("NetworkPolicyPeer", KubernetesObject)
+    NetworkPolicyEgressRule = corev1.model("NetworkPolicyEgressRule", KubernetesObject)
 
 _RESERVED_CEL = " && ".join(f"!self.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
 EnvVar.cel_rules = (
@@ -420,6 +426,56 @@ class ServiceSpec(ApiModel):
     type: ServiceType = ServiceType.CLUSTER_IP
 
 
+class SecuritySpec(ApiModel):
+    """TLS and SuperNode authentication with keys made for the job (Secrets owned by the job)."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "TLS on every Flower connection and SuperNode authentication, with a CA, a server certificate and one "
+            "key pair per client made for this job. false: plain HTTP and no authentication, for ClusterIP jobs "
+            "only (refused with NodePort or LoadBalancer). Flower's Control API stays inside the server pod either way."
+        ),
+    )
+    server_names: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = Field(
+        default=None,
+        max_length=16,
+        description=(
+            "More DNS names or IP addresses for the server certificate, beside the Service's own names: the "
+            "address clients outside the cluster dial (a LoadBalancer's name or IP, a node's address)."
+        ),
+    )
+
+
+class NetworkPolicySpec(ApiModel):
+    """Who may reach the job's pods, and whom its clients may reach (NetworkPolicy peers and rules)."""
+
+    fleet_from: list[NetworkPolicyPeer] | None = Field(
+        default=None,
+        max_length=MAX_LIST,
+        description=(
+            "NodePort and LoadBalancer jobs: the NetworkPolicy peers (ipBlock, namespaceSelector, podSelector) "
+            "allowed to reach the Flower port, where the clients live outside the cluster. Unset: from everywhere. "
+            "The job's own client pods are always allowed."
+        ),
+    )
+    monitoring_namespace_selector: LabelSelector | None = Field(
+        default=None,
+        description=(
+            "A namespaceSelector whose namespaces may read the server's status port (Prometheus), beside the "
+            "operator's own namespace."
+        ),
+    )
+    client_egress: list[NetworkPolicyEgressRule] | None = Field(
+        default=None,
+        max_length=MAX_LIST,
+        description=(
+            "More egress rules for the client pods (NetworkPolicyEgressRule), e.g. to download a data set. By default "
+            "they reach only their server's Flower port and DNS."
+        ),
+    )
+
+
 _BUILTIN_STRATEGY_RULE = " && ".join(
     [
         "(!has(self.strategy.name) || self.strategy.name == 'FedAvg')",
@@ -458,6 +514,8 @@ class FederatedTrainingJobSpec(ApiModel):
     metric_names: MetricNames = Field(default_factory=MetricNames)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
+    security: SecuritySpec = Field(default_factory=SecuritySpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
@@ -484,6 +542,18 @@ class FederatedTrainingJobSpec(ApiModel):
             ),
             field_path=".strategy.name",
             check=lambda s: s.strategy.name != StrategyName.BULYAN or s.clients.replicas >= 5,
+        ),
+        CelRule(
+            rule=(
+                "!has(self.security) || self.security.enabled || !has(self.service) || self.service.type == 'ClusterIP'"
+            ),
+            message=(
+                "security.enabled: false is refused with a NodePort or LoadBalancer service: Flower would be "
+                "reachable from outside the cluster without TLS or SuperNode authentication; remove "
+                "security.enabled or use service.type ClusterIP"
+            ),
+            field_path=".security.enabled",
+            check=lambda s: s.security.enabled or s.service.type == ServiceType.CLUSTER_IP,
         ),
         CelRule(
             rule="!has(self.app) || (" + _BUILTIN_STRATEGY_RULE + ")",

@@ -16,7 +16,11 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 
 # Ports (container ports of the server pod, and of the Service).
 SUPERLINK_PORT = 9092
-"""Flower 1.42's SuperLink serves the Fleet, Control and Runtime APIs on this one port."""
+"""The job's Flower port: the server pod's front proxy (`kubeflower_workload.frontproxy`), which
+lets only the Fleet API through to the SuperLink."""
+SUPERLINK_LOOPBACK_PORT = 9095
+"""The SuperLink itself, on the server pod's loopback only: Flower 1.42 serves the Fleet, Control
+and Runtime APIs on this one port, and its Control API has no authentication."""
 STATUS_PORT = 8080
 """The server entry point's own HTTP port: GET /status, /metrics, /healthz."""
 SUPERNODE_PORT = 9094
@@ -34,6 +38,11 @@ TMP_DIR = "/tmp"
 POD_FOLDERS = {"output": OUTPUT_DIR, "data": DATA_DIR, "flwr-home": FLWR_HOME, "tmp": TMP_DIR}
 """The pods' writable folders, by volume name: the root file system is read-only, and these
 volumes (emptyDirs) are mounted over whatever the image has at those paths."""
+TLS_DIR = "/var/run/kubeflower/tls"
+"""The server's keys (a Secret, read-only): the job's CA certificate, the server certificate and
+key, the clients' public keys to register (`kubeflower.core.keys` names the files)."""
+CLIENT_KEYS_DIR = "/var/run/kubeflower/client-keys"
+"""A client's keys (a Secret, read-only): the job's CA certificate and the clients' private keys."""
 
 
 @dataclass(frozen=True)
@@ -121,9 +130,19 @@ ENV_BIND_HOST = "KUBEFLOWER_BIND_HOST"
 """Interface the SuperLink and the status endpoint listen on; unset means all (a pod). `kubeflower
 run` sets 127.0.0.1: Flower's Control API shares the SuperLink port and has no authentication."""
 ENV_STATUS_PORT = "KUBEFLOWER_STATUS_PORT"
+ENV_SUPERLINK_LOOPBACK_PORT = "KUBEFLOWER_SUPERLINK_LOOPBACK_PORT"
+ENV_TLS_DIR = "KUBEFLOWER_TLS_DIR"
 ENV_OUTPUT_DIR = "KUBEFLOWER_OUTPUT_DIR"
 
+ENV_SECURITY = "KUBEFLOWER_SECURITY"
+"""`enabled` (spec.security.enabled, the default): TLS on every Flower connection and SuperNode
+authentication, keys in ENV_TLS_DIR (server) and ENV_CLIENT_KEYS_DIR (clients); `disabled`: plain
+HTTP (ClusterIP jobs only). Read by both entry points; anything else is an error."""
+SECURITY_ENABLED = "enabled"
+SECURITY_DISABLED = "disabled"
+
 # Client entry point.
+ENV_CLIENT_KEYS_DIR = "KUBEFLOWER_CLIENT_KEYS_DIR"
 ENV_SUPERLINK = "KUBEFLOWER_SUPERLINK"
 """host:port of the SuperLink (the server Service's DNS name in a cluster)."""
 ENV_POD_NAME = "KUBEFLOWER_POD_NAME"

@@ -40,12 +40,31 @@ Quantity = Annotated[
 ]
 """A resource quantity (`500m`, `2Gi`, 4): as controller-gen writes it, the pattern applying to strings."""
 
+PORT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+Port = Annotated[
+    Annotated[int, Field(ge=1, le=65535)]
+    | Annotated[str, Field(min_length=1, max_length=15, pattern=PORT_NAME_PATTERN)],
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": PORT_NAME_PATTERN,
+            "minimum": 1,
+            "maximum": 65535,
+            "maxLength": 15,
+        }
+    ),
+]
+"""A port (a NetworkPolicy's): a number, or a container port's name (an IANA_SVC_NAME)."""
+
 DEFINITIONS = Path(__file__).with_name("corev1.json")
 
 
 def _type(node: dict[str, Any], base: type) -> Any:
     if node.get("quantity"):
         return Quantity
+    if node.get("port"):
+        return Port
     if "$ref" in node:
         return model(node["$ref"], base)
     kind = node["type"]

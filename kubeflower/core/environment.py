@@ -38,6 +38,25 @@ def superlink_address(job: FederatedTrainingJob) -> str:
     return f"{server_name(job.metadata.name)}.{job.metadata.namespace or 'default'}.svc:{contract.SUPERLINK_PORT}"
 
 
+def server_names(job: FederatedTrainingJob) -> list[str]:
+    """The names the server certificate covers (beside loopback): every form of the Service's DNS
+    name a client may dial, and the user's own (`spec.security.serverNames`)."""
+    service, namespace = server_name(job.metadata.name), job.metadata.namespace or "default"
+    names = [
+        f"{service}.{namespace}.svc",
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc.cluster.local",
+    ]
+    return names + list(job.spec.security.server_names or [])
+
+
+def _security(job: FederatedTrainingJob, keys_var: str, keys_dir: str) -> dict[str, str]:
+    if not job.spec.security.enabled:
+        return {contract.ENV_SECURITY: contract.SECURITY_DISABLED}
+    return {contract.ENV_SECURITY: contract.SECURITY_ENABLED, keys_var: keys_dir}
+
+
 def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
     """The server entry point's environment (before the user's `spec.server.env`)."""
     spec = job.spec
@@ -45,9 +64,11 @@ def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
         contract.ENV_JOB_NAME: job.metadata.name,
         contract.ENV_RUN_CONFIG: json.dumps(run_config(spec), sort_keys=True),
         contract.ENV_SUPERLINK_PORT: str(contract.SUPERLINK_PORT),
+        contract.ENV_SUPERLINK_LOOPBACK_PORT: str(contract.SUPERLINK_LOOPBACK_PORT),
         contract.ENV_STATUS_PORT: str(contract.STATUS_PORT),
         contract.ENV_OUTPUT_DIR: contract.OUTPUT_DIR,
         contract.ENV_DATA_DIR: contract.DATA_DIR,
+        **_security(job, contract.ENV_TLS_DIR, contract.TLS_DIR),
         contract.ENV_WORK_DIR: WORK_DIR,
         **contract.FLOWER_ENV,
     }
@@ -84,6 +105,7 @@ def client_environment(job: FederatedTrainingJob, partitions: int | None = None)
         contract.ENV_SUPERNODE_PORT: str(contract.SUPERNODE_PORT),
         contract.ENV_DATA_DIR: contract.DATA_DIR,
         contract.ENV_WARM_CLIENTAPPS: str(job.spec.clients.warm_client_apps).lower(),
+        **_security(job, contract.ENV_CLIENT_KEYS_DIR, contract.CLIENT_KEYS_DIR),
         contract.ENV_WORK_DIR: WORK_DIR,
         **contract.FLOWER_ENV,
     }

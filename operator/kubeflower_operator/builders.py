@@ -8,9 +8,10 @@ Every pod meets the "restricted" Pod Security Standard.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
-from kubeflower.core import contract, environment
+from kubeflower.core import contract, environment, keys
 from kubeflower.core.api import EnvVar, FederatedTrainingJob, PodSettings, ServiceType
 from kubeflower.core.environment import CLIENTS, SERVER, clients_name, server_name
 from kubeflower_operator.settings import Settings
@@ -22,6 +23,8 @@ WARM_CLIENT_MEMORY_REQUEST = "1Gi"
 """A warm client pod's default memory request: SuperNode and SuperExec (about 0.26 GB), the fork
 server holding torch and Flower (about 0.5 GB) and the message's forked child (its own pages only)."""
 MANAGED_BY = "kubeflower-operator"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+"""Set by the API server on every namespace (Kubernetes 1.21+): selects one namespace by name."""
 
 
 def selector_labels(job_name: str, component: str) -> dict[str, str]:
@@ -56,6 +59,29 @@ def _env(values: dict[str, str]) -> list[Manifest]:
 
 def _user_env(env: list[EnvVar] | None) -> list[Manifest]:
     return [e.wire() for e in env or []]
+
+
+KEYS_VOLUME = "keys"
+KEYS_MODE = 0o440
+"""The key files: readable by the pod's user and group (fsGroup), by nobody else, never writable."""
+
+
+def server_secret_name(job_name: str) -> str:
+    """The server's keys: the job's CA certificate, the server certificate and key, the clients' public keys."""
+    return f"{job_name}-server-tls"
+
+
+def clients_secret_name(job_name: str) -> str:
+    """The clients' keys: the job's CA certificate and one private key per client ordinal."""
+    return f"{job_name}-client-keys"
+
+
+def _keys_volume(secret: str) -> Manifest:
+    return {"name": KEYS_VOLUME, "secret": {"secretName": secret, "defaultMode": KEYS_MODE}}
+
+
+def _keys_mount(path: str) -> Manifest:
+    return {"name": KEYS_VOLUME, "mountPath": path, "readOnly": True}
 
 
 def _container(
@@ -114,6 +140,10 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     container = _container(
         job, SERVER, list(contract.SERVER_COMMAND), _env(environment.server_environment(job)), job.spec.server, settings
     )
+    pod_spec = _pod_spec(container, job.spec.server, settings)
+    if job.spec.security.enabled:
+        container["volumeMounts"].append(_keys_mount(contract.TLS_DIR))
+        pod_spec["volumes"].append(_keys_volume(server_secret_name(job.metadata.name)))
     container["ports"] = [
         {"name": "flower", "containerPort": contract.SUPERLINK_PORT, "protocol": "TCP"},
         {"name": "status", "containerPort": contract.STATUS_PORT, "protocol": "TCP"},
@@ -131,7 +161,7 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
             "selector": {"matchLabels": selector_labels(job.metadata.name, SERVER)},
             "template": {
                 "metadata": {"labels": labels(job.metadata.name, SERVER)},
-                "spec": _pod_spec(container, job.spec.server, settings),
+                "spec": pod_spec,
             },
         },
     }
@@ -155,16 +185,28 @@ def server_service(job: FederatedTrainingJob, fleet: bool = True) -> Manifest:
     }
 
 
-def server_network_policy(job: FederatedTrainingJob) -> Manifest | None:
-    """Only the job's own clients may reach the SuperLink port.
+def server_network_policy(job: FederatedTrainingJob, settings: Settings) -> Manifest:
+    """Who may reach the server pod: made for every service type, before the server Deployment.
 
-    Flower's Control API is unauthenticated and shares that port with the Fleet API, so anyone who
-    reaches it could start or stop runs. The status port stays open (read-only). A NodePort or
-    LoadBalancer Service means clients outside the cluster are intended: no policy then.
+    - The Flower port (the front proxy, which passes only the Fleet API): from the job's own client
+      pods; for NodePort and LoadBalancer jobs also from `networkPolicy.fleetFrom` (default: from
+      everywhere, since the clients then live outside the cluster).
+    - The status port (read-only status document and metrics): from the operator's namespace and
+      the namespaces `networkPolicy.monitoringNamespaceSelector` selects.
+    - Nothing else. Egress is not restricted: the server reaches nothing but loopback by itself,
+      and a user's ServerApp may download what it needs.
     """
-    if job.spec.service.type != ServiceType.CLUSTER_IP:
-        return None
     name = job.metadata.name
+    policy = job.spec.network_policy
+    fleet_from: list[Manifest] = [{"podSelector": {"matchLabels": selector_labels(name, CLIENTS)}}]
+    fleet_rule: Manifest = {"ports": [{"port": contract.SUPERLINK_PORT, "protocol": "TCP"}]}
+    if job.spec.service.type == ServiceType.CLUSTER_IP:
+        fleet_rule["from"] = fleet_from
+    elif policy.fleet_from:
+        fleet_rule["from"] = fleet_from + [peer.wire() for peer in policy.fleet_from]
+    status_from: list[Manifest] = [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: settings.namespace}}}]
+    if policy.monitoring_namespace_selector is not None:
+        status_from.append({"namespaceSelector": policy.monitoring_namespace_selector.wire()})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -173,13 +215,77 @@ def server_network_policy(job: FederatedTrainingJob) -> Manifest | None:
             "podSelector": {"matchLabels": selector_labels(name, SERVER)},
             "policyTypes": ["Ingress"],
             "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": selector_labels(name, CLIENTS)}}],
-                    "ports": [{"port": contract.SUPERLINK_PORT, "protocol": "TCP"}],
-                },
-                {"ports": [{"port": contract.STATUS_PORT, "protocol": "TCP"}]},
+                fleet_rule,
+                {"from": status_from, "ports": [{"port": contract.STATUS_PORT, "protocol": "TCP"}]},
             ],
         },
+    }
+
+
+def clients_network_policy(job: FederatedTrainingJob) -> Manifest:
+    """The client pods serve nothing (no ingress) and reach only their server's Flower port and
+    DNS, plus the user's `networkPolicy.clientEgress` rules (a data set's download, say)."""
+    name = job.metadata.name
+    dns_ports = [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    egress: list[Manifest] = [
+        {
+            "to": [{"podSelector": {"matchLabels": selector_labels(name, SERVER)}}],
+            "ports": [{"port": contract.SUPERLINK_PORT, "protocol": "TCP"}],
+        },
+        {"to": [{"namespaceSelector": {}}], "ports": dns_ports},
+        *(rule.wire() for rule in job.spec.network_policy.client_egress or []),
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job, clients_name(name), CLIENTS),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(name, CLIENTS)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": egress,
+        },
+    }
+
+
+def key_secrets(
+    job: FederatedTrainingJob, tls: keys.ServerTLS, client_keys: dict[int, keys.ClientKey]
+) -> list[Manifest]:
+    """The job's two Secrets (server first): what each pod mounts read-only, nothing more.
+
+    The server gets the CA certificate, its own certificate and key, and the clients' public keys
+    (to register); the clients get the CA certificate and the private keys, one per ordinal (a
+    StatefulSet has one pod template: every client pod mounts them all and uses its own). No
+    Secret holds the CA's private key: it signed the server certificate and was thrown away.
+    """
+    name = job.metadata.name
+    server_data, client_data = key_files(client_keys)
+    server_data.update(tls.files())
+    client_data[keys.CA_CERT] = tls.ca_cert
+    return [
+        _secret(job, server_secret_name(name), SERVER, server_data),
+        _secret(job, clients_secret_name(name), CLIENTS, client_data),
+    ]
+
+
+def key_files(client_keys: dict[int, keys.ClientKey]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The clients' keys as Secret entries: (the server's public keys, the clients' private keys)."""
+    public = {keys.client_public_key_file(i): pair.public_pem for i, pair in client_keys.items()}
+    private = {keys.client_private_key_file(i): pair.private_openssh for i, pair in client_keys.items()}
+    return public, private
+
+
+def secret_data(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: base64.b64encode(data).decode() for name, data in sorted(files.items())}
+
+
+def _secret(job: FederatedTrainingJob, name: str, component: str, files: dict[str, bytes]) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(job, name, component),
+        "type": "Opaque",
+        "data": secret_data(files),
     }
 
 
@@ -246,6 +352,9 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings, partitions
     if not resources:
         del container["resources"]
     pod_spec = _pod_spec(container, job.spec.clients, settings)
+    if job.spec.security.enabled:
+        container["volumeMounts"].append(_keys_mount(contract.CLIENT_KEYS_DIR))
+        pod_spec["volumes"].append(_keys_volume(clients_secret_name(job.metadata.name)))
     spread = client_spread(job)
     if spread:
         pod_spec["topologySpreadConstraints"] = spread
@@ -267,9 +376,15 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings, partitions
 
 
 def server_children(job: FederatedTrainingJob, settings: Settings) -> list[Manifest]:
-    """What is created first: the server and the way to reach it."""
-    policy = server_network_policy(job)
-    return [server_deployment(job, settings), server_service(job), *([policy] if policy else [])]
+    """What is created first, in this order: the NetworkPolicies (so no server or client pod is
+    ever without one), then the server and the way to reach it. The job's Secrets come before all
+    of these (`jobkeys`), made outside the pure plan: they hold fresh keys."""
+    return [
+        server_network_policy(job, settings),
+        clients_network_policy(job),
+        server_deployment(job, settings),
+        server_service(job),
+    ]
 
 
 def all_children(job: FederatedTrainingJob, settings: Settings, partitions: int | None = None) -> list[Manifest]:

@@ -29,6 +29,7 @@ _KINDS: dict[str, tuple[str, str, str]] = {
     "StatefulSet": ("apps", "v1", "statefulsets"),
     "Service": ("", "v1", "services"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+    "Secret": ("", "v1", "secrets"),
 }
 BACKGROUND = [("propagationPolicy", "Background")]
 
@@ -78,8 +79,9 @@ class Children:
         self._before_write()
         self._send(verb, kind, method, url_path, body, **options)
 
-    def create(self, namespace: str, manifest: Manifest) -> None:
-        """Create the child; one that exists already is fine only if the job controls it."""
+    def create(self, namespace: str, manifest: Manifest) -> bool:
+        """Create the child; one that exists already is fine only if the job controls it (False:
+        nothing was written)."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         try:
             self._write("create", kind, "POST", rest.path(*_KINDS[kind], namespace), manifest)
@@ -92,12 +94,29 @@ class Children:
             if owner != ours:
                 raise NotOurs(kind, name, owner or "no controller") from None
             log.debug("%s %s already exists", kind, name)
+            return False
+        return True
 
     def replace(self, namespace: str, manifest: Manifest) -> None:
         """Replace the child with the manifest (which carries the resourceVersion it was observed
         at: a 409 if it changed since, and the next reconcile plans again)."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         self._write("replace", kind, "PUT", rest.path(*_KINDS[kind], namespace, name), manifest)
+
+    def read_secret_keys(self, namespace: str, name: str, owner_uid: str) -> set[str] | None:
+        """The entry names of one of the job's own Secrets (by name: never listed or watched), or
+        None when it does not exist; `NotOurs` when the job (`owner_uid`) does not control it. The
+        values are dropped here, unread."""
+        try:
+            secret = self._send("read", "Secret", "GET", rest.path(*_KINDS["Secret"], namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        refs = secret.get("metadata", {}).get("ownerReferences") or []
+        if not any(ref.get("controller") and ref.get("uid") == owner_uid for ref in refs):
+            raise NotOurs("Secret", name, _controller(secret) or "no controller")
+        return set(secret.get("data") or {})
 
     def patch(self, namespace: str, manifest: Manifest) -> None:
         kind, name = manifest["kind"], manifest["metadata"]["name"]

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from kubeflower.core import api, contract, environment
 from kubeflower.core.api import FederatedTrainingJobStatus
 from kubeflower.core.validation import JobInvalid, parse_job
-from kubeflower_operator import builders, leadership, metrics, reconcile
+from kubeflower_operator import builders, jobkeys, leadership, metrics, reconcile
 from kubeflower_operator import poll as polling
 from kubeflower_operator.children import Children, NotOurs
 from kubeflower_operator.observed import Child, Observed, Poll, ServerPod, server_pod, summarize
@@ -181,7 +181,7 @@ def _observe(
     found: dict[str, Child] = {}
     for index_name in CHILD_INDEXES:
         for child in indexes[index_name].get(key, []):
-            found[child.kind] = child
+            found[child.key] = child
     for kind in set(expected) & set(found):
         del expected[kind]  # the watch has caught up with what we created
     return Observed(
@@ -298,6 +298,18 @@ def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> list[recon
     job = f"{namespace}/{name}"
     children: Children = memo.children
     refusals: list[reconcile.Refusal] = []
+    if plan.keys_for is not None:  # before the pods that mount them
+        try:
+            jobkeys.ensure(children, parse_job(dict(body)), body, plan.keys_for)
+        except NotOurs as exc:
+            refusals.append(reconcile.Refusal(exc.kind, exc.name, 409, str(exc)))
+        except ApiException as exc:
+            if exc.status not in REFUSED:
+                raise
+            refusals.append(_refusal("Secret", jobkeys.secret_names(body["metadata"]["name"]), exc))
+        if refusals:  # no pod is made or changed without the keys it mounts
+            _post(body, memo, plan.events)
+            return refusals
     for manifest in plan.create:
         kopf.adopt(manifest, owner=body)
         kind, child = manifest["kind"], manifest["metadata"]["name"]
@@ -311,7 +323,7 @@ def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> list[recon
                 raise
             refusals.append(_refusal(kind, child, exc))
             continue
-        memo.expected[kind] = summarize(manifest)
+        memo.expected[summarize(manifest).key] = summarize(manifest)
         log.info("%s: created %s %s", job, kind, child)
     for manifest in plan.update:
         kind, child = manifest["kind"], manifest["metadata"]["name"]

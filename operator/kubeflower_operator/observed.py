@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubeflower.core import contract
+from kubeflower.core.environment import CLIENTS
 from kubeflower.core.server_status import ServerStatus
 
 CONFIG_HASH = "kubeflower.io/config-hash"
@@ -30,6 +31,25 @@ class Child:
     """What a replace must carry: it fails (409) if the object changed since it was observed."""
     partitions: int | None = None
     """The clients' KUBEFLOWER_NUM_PARTITIONS (a StatefulSet's): the split a scale must keep."""
+    component: str = ""
+
+    @property
+    def key(self) -> str:
+        """How a reconcile names it (`child_key`)."""
+        return child_key(self.kind, self.component)
+
+
+CLIENTS_POLICY = "NetworkPolicy/clients"
+
+
+def child_key(kind: str, component: str) -> str:
+    """A child's name in a reconcile: its kind, one child per kind, but for the two NetworkPolicies
+    (the server's is `NetworkPolicy`, the clients' `CLIENTS_POLICY`)."""
+    return CLIENTS_POLICY if kind == "NetworkPolicy" and component == CLIENTS else kind
+
+
+def manifest_key(manifest: Any) -> str:
+    return child_key(manifest["kind"], manifest["metadata"].get("labels", {}).get(contract.COMPONENT_LABEL, ""))
 
 
 def summarize(body: Any) -> Child:
@@ -46,6 +66,7 @@ def summarize(body: Any) -> Child:
         deleting=bool(meta.get("deletionTimestamp")),
         resource_version=meta.get("resourceVersion"),
         partitions=_partitions(spec),
+        component=(meta.get("labels") or {}).get(contract.COMPONENT_LABEL, ""),
     )
 
 
@@ -93,6 +114,6 @@ class Poll:
 @dataclass(frozen=True)
 class Observed:
     children: dict[str, Child] = field(default_factory=dict)
-    """By kind: Deployment, Service, NetworkPolicy, StatefulSet."""
+    """By `child_key`: Deployment, Service, NetworkPolicy, CLIENTS_POLICY, StatefulSet."""
     server_pods: tuple[ServerPod, ...] = ()
     poll: Poll = field(default_factory=Poll)

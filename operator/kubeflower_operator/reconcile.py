@@ -18,7 +18,7 @@ from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, Jo
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, ServerStatus
 from kubeflower_operator import builders
-from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, ServerPod
+from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, ServerPod, manifest_key
 from kubeflower_operator.settings import Settings
 
 Manifest = dict[str, Any]
@@ -49,6 +49,9 @@ class Plan:
     delete_job: bool = False
     stop_server: bool = False
     """The operator failed the job while its server may still run it: tell the server to stop."""
+    keys_for: int | None = None
+    """Before any create or update: the job's Secrets must hold keys for this many clients
+    (`jobkeys.ensure`); set when the server or the clients are created or changed."""
 
 
 def with_config_hash(manifest: Manifest) -> Manifest:
@@ -372,13 +375,16 @@ def children_step(
         # not the pods' template, so no training client restarts (README, "Scaling a running job").
         kept = (status.partitions or clients.partitions) if clients is not None else None
         partitions = kept or spec.clients.replicas
-        desired = {m["kind"]: m for m in desired_children(job, settings, partitions)}
+        desired = {manifest_key(m): m for m in desired_children(job, settings, partitions)}
         run_started = (status.current_round or 0) > 0
         replaced_server = _running_children(desired, children, server_ready, run_started, out)
         if clients is not None or any(m["kind"] == "StatefulSet" for m in out.create):
             update["partitions"] = partitions
         if replaced_server or spec.run_policy.suspend:
             status = expect_new_server_pod(status)
+        touched = {m["kind"] for m in out.create + out.update}
+        if spec.security.enabled and touched & {"Deployment", "StatefulSet"}:
+            out.keys_for = spec.clients.replicas
         update["phase"], update["reason"], update["message"] = _phase(job, server, clients, observed.poll.document)
     return status.model_copy(update=update)
 
@@ -449,8 +455,9 @@ def _running_children(
     are created once the server is ready, and follow every spec change.
     """
     replaced_server = False
-    for kind, manifest in desired.items():
-        child = children.get(kind)
+    for key, manifest in desired.items():
+        kind = manifest["kind"]
+        child = children.get(key)
         if kind == "StatefulSet" and not server_ready and child is None:
             continue
         if child is None:
@@ -474,10 +481,10 @@ def _running_children(
 def _finished_children(job: FederatedTrainingJob, children: dict[str, Child], out: Plan) -> None:
     policy = job.spec.run_policy.clean_policy
     doomed = {CleanPolicy.NONE: (), CleanPolicy.CLIENTS: ("StatefulSet",), CleanPolicy.ALL: tuple(children)}[policy]
-    for kind in doomed:
-        child = children.get(kind)
+    for key in doomed:
+        child = children.get(key)
         if child is not None and not child.deleting:
-            out.delete.append((kind, child.name))
+            out.delete.append((child.kind, child.name))
     # A finished job's server serves its status and logs until the TTL, nothing more: its Service
     # loses the Fleet API's port (a SuperLink the operator stopped, or one that stopped itself).
     service = children.get("Service")

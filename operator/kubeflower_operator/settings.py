@@ -43,6 +43,9 @@ class Settings:
     """Work only while holding the Lease `kubeflower-operator` (see `leadership`); deploy/ turns it on."""
     lease_namespace: str = ""
     """Namespace of that Lease; empty: the pod's own namespace."""
+    namespace: str = "kubeflower-system"
+    """The operator's own namespace (deploy/ sets it from the downward API): the jobs' NetworkPolicies
+    let it, and only it (with the user's monitoring namespaces), read their servers' status port."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -58,4 +61,5 @@ class Settings:
             metrics_port=int(_env("METRICS_PORT", str(d.metrics_port))),
             leader_election=_flag("LEADER_ELECTION", d.leader_election),
             lease_namespace=_env("LEASE_NAMESPACE", d.lease_namespace),
+            namespace=_env("NAMESPACE", d.namespace),
         )

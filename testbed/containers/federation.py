@@ -8,12 +8,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from kubeflower.core import keys
+from kubeflower.core.environment import server_names
+from kubeflower.core.validation import load_job
+from kubeflower_operator import builders
 from testbed.containers.pods import PodNetwork, Started, pods_of
 
 Obj = dict[str, Any]
@@ -30,6 +35,15 @@ def render(job: Path, namespace: str = "default") -> list[Obj]:
     return [d for d in yaml.safe_load_all(out) if d]
 
 
+def key_secrets(job: Path, namespace: str = "default") -> list[Obj]:
+    """The job's two Secrets, with fresh keys, as the operator makes them (`kubeflower_operator.jobkeys`):
+    not part of `kubeflower render`, which never prints keys."""
+    model = load_job(job)
+    model.metadata.namespace = namespace
+    pairs = {ordinal: keys.client_key() for ordinal in range(model.spec.clients.replicas)}
+    return builders.key_secrets(model, keys.server_tls(server_names(model)), pairs)
+
+
 def one(objects: list[Obj], kind: str) -> Obj:
     found = [o for o in objects if o["kind"] == kind]
     assert len(found) == 1, f"expected one {kind} in the rendered job, got {len(found)}"
@@ -44,12 +58,13 @@ class Federation:
     status_port: int
 
     @classmethod
-    def start(cls, network: PodNetwork, objects: list[Obj]) -> Federation:
-        """The server pod behind its Service, then every client pod of the StatefulSet."""
+    def start(cls, network: PodNetwork, objects: list[Obj], secrets: Sequence[Obj] = ()) -> Federation:
+        """The server pod behind its Service, then every client pod of the StatefulSet, with the
+        job's `secrets` (`key_secrets`) for their key volumes."""
         server_pod = pods_of(one(objects, "Deployment"))[0]
         ports = {p["name"]: p["containerPort"] for p in server_pod["spec"]["containers"][0]["ports"]}
-        server = network.start(server_pod, services=[one(objects, "Service")])
-        clients = [network.start(pod) for pod in pods_of(one(objects, "StatefulSet"))]
+        server = network.start(server_pod, services=[one(objects, "Service")], secret_objects=secrets)
+        clients = [network.start(pod, secret_objects=secrets) for pod in pods_of(one(objects, "StatefulSet"))]
         return cls(network, server, clients, ports["status"])
 
     @property

@@ -6,7 +6,8 @@ would give it: the command and environment that the pod runner's kubelet reading
 pod IP, resource fields), the image's own ENTRYPOINT/CMD/ENV read from the engine, the pod's user,
 group and fsGroup, a read-only root, dropped capabilities and no new privileges as its
 securityContext says, each emptyDir as a tmpfs of the pod's fsGroup (mode 2777 and executable, as
-a kubelet's emptyDir with fsGroup), the memory and CPU limits, the pod's grace period as the stop
+a kubelet's emptyDir with fsGroup), each secret volume as a read-only bind mount of a host folder
+with the Secret's files (defaultMode, group fsGroup), the memory and CPU limits, the pod's grace period as the stop
 timeout, and the pod name as hostname.
 
 Where it differs from a cluster, knowingly: one user-defined bridge network with an address per
@@ -20,12 +21,17 @@ by the container's user as well (a kubelet's emptyDir is root's, mode 2777); an 
 
 from __future__ import annotations
 
+import base64
 import copy
 import ipaddress
+import os
 import secrets
+import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from testbed.containers.engine import Docker
@@ -68,16 +74,26 @@ def service_hosts(service: Obj) -> list[str]:
 
 
 def run_arguments(
-    pod: Obj, launch: podspec.Launch, image: str, *, network: str, address: str, hosts: dict[str, str], name: str
+    pod: Obj,
+    launch: podspec.Launch,
+    image: str,
+    *,
+    network: str,
+    address: str,
+    hosts: dict[str, str],
+    name: str,
+    secret_dirs: Mapping[str, Path] = {},
 ) -> list[str]:
-    """`docker run` arguments for the pod's (only) container, as a kubelet would start it."""
+    """`docker run` arguments for the pod's (only) container, as a kubelet would start it.
+
+    `secret_dirs`: the host folder holding each secret volume's files (`secret_files`)."""
     spec = pod["spec"]
     container = spec["containers"][0]
     fs_group = (spec.get("securityContext") or {}).get("fsGroup")
     empty_dirs = {v["name"] for v in spec.get("volumes") or [] if "emptyDir" in v}
-    other = [v["name"] for v in spec.get("volumes") or [] if "emptyDir" not in v]
+    other = [v["name"] for v in spec.get("volumes") or [] if "emptyDir" not in v and v["name"] not in secret_dirs]
     if other:
-        raise podspec.Unsupported(f"volumes {other}: only emptyDir is modelled here")
+        raise podspec.Unsupported(f"volumes {other}: only emptyDir and secret volumes are modelled here")
     args = [
         "run",
         "--detach",
@@ -110,6 +126,8 @@ def run_arguments(
         if mount["name"] in empty_dirs:
             group = fs_group if fs_group is not None else launch.gid
             args += ["--tmpfs", f"{mount['mountPath']}:exec,mode=2777,uid={launch.uid},gid={group}"]
+        elif mount["name"] in secret_dirs:  # a kubelet's secret volume is read-only whatever the mount says
+            args += ["--mount", f"type=bind,src={secret_dirs[mount['name']]},dst={mount['mountPath']},readonly"]
     limits = (container.get("resources") or {}).get("limits") or {}
     if "memory" in limits:
         args += ["--memory", str(int(podspec.quantity(limits["memory"])))]
@@ -135,12 +153,16 @@ class PodNetwork:
     subnet: ipaddress.IPv4Network = field(default_factory=choose_subnet)
     hosts: dict[str, str] = field(default_factory=dict)
     started: list[Started] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+    """Host folders of the pods' secret volumes, removed on exit."""
 
     def __post_init__(self) -> None:
         self._free = iter(list(self.subnet.hosts())[1:])  # .1 is the bridge (the host's side)
 
-    def start(self, pod: Obj, *, services: Sequence[Obj] = ()) -> Started:
-        """Run the pod; the Services listed select it and resolve to its address from now on."""
+    def start(self, pod: Obj, *, services: Sequence[Obj] = (), secret_objects: Sequence[Obj] = ()) -> Started:
+        """Run the pod; the Services listed select it and resolve to its address from now on; its
+        secret volumes are made from the Secrets listed (their files in a host folder, as a kubelet
+        writes them: defaultMode, group fsGroup)."""
         address = str(next(self._free))
         pod.setdefault("status", {})["podIP"] = address
         for service in services:
@@ -149,14 +171,44 @@ class PodNetwork:
         image = self.docker.image_metadata(container["image"])
         launch = podspec.launch(pod, container, image, lambda *_: None)
         name = f"{self.name}-{pod['metadata']['name']}"
+        secret_dirs = self._secret_volumes(pod, {s["metadata"]["name"]: s for s in secret_objects})
         self.docker(
             *run_arguments(
-                pod, launch, container["image"], network=self.name, address=address, hosts=self.hosts, name=name
+                pod,
+                launch,
+                container["image"],
+                network=self.name,
+                address=address,
+                hosts=self.hosts,
+                name=name,
+                secret_dirs=secret_dirs,
             )
         )
         started = Started(pod, name, address)
         self.started.append(started)
         return started
+
+    def _secret_volumes(self, pod: Obj, secrets: Mapping[str, Obj]) -> dict[str, Path]:
+        fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
+        folders: dict[str, Path] = {}
+        for volume in pod["spec"].get("volumes") or []:
+            if "secret" not in volume:
+                continue
+            source = volume["secret"]
+            secret = secrets.get(source["secretName"])
+            if secret is None:
+                raise podspec.ConfigError(f"secrets {source['secretName']!r} not found")
+            folder = Path(tempfile.mkdtemp(prefix="kfimg-secret-"))
+            self.folders.append(folder)
+            folder.chmod(0o755)
+            for key, value in (secret.get("data") or {}).items():
+                path = folder / key
+                path.write_bytes(base64.b64decode(value))
+                path.chmod(int(source.get("defaultMode", 0o644)))
+                if fs_group is not None:
+                    os.chown(path, -1, int(fs_group))
+            folders[volume["name"]] = folder
+        return folders
 
     def stop(self, started: Started) -> tuple[int, float]:
         """`docker stop` with the pod's grace period: the exit code and the seconds it took."""
@@ -177,3 +229,5 @@ class PodNetwork:
         for started in self.started:
             self.docker("rm", "--force", started.container, check=False)
         self.docker("network", "rm", self.name, check=False)
+        for folder in self.folders:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -15,8 +15,9 @@ kubelet removes once the containers have exited: a pod stays Terminating, with i
 until then, as in a cluster.
 
 Volumes: emptyDir (a fresh directory, mode 0777, group fsGroup), configMap and secret (their
-keys as files, defaultMode), hostPath (bind-mounted). Mount points missing on the machine are
-made inside the container's mount namespace only (`MountPoints`). Other volume types,
+keys as files, defaultMode; one whose object is missing keeps its container waiting in
+`ContainerCreating` and is tried again, as a kubelet does), hostPath (bind-mounted). Mount points
+missing on the machine are made inside the container's mount namespace only (`MountPoints`). Other volume types,
 subPath, init and ephemeral containers, exec probes and lifecycle hooks raise `Unsupported`
 (recorded in the runner's errors): never skipped in silence.
 """
@@ -304,6 +305,10 @@ class Kubelet:
         for hook in ("lifecycle",):
             if c.spec.get(hook):
                 raise podspec.Unsupported(f"containers[].{hook}")
+        missing = self._missing_volumes(sandbox, {m["name"] for m in launch.mounts})
+        if missing is not None:
+            c.waiting = ("ContainerCreating", missing)
+            return
         mounts: list[Obj] = []
         points = MountPoints()
         for target, folder in image.folders.items():  # the image's own files, before the pod's volumes
@@ -422,7 +427,26 @@ class Kubelet:
         fs_group = (spec.get("securityContext") or {}).get("fsGroup")
         root = self.workdir / "pods" / sandbox.uid / "volumes"
         for volume in spec.get("volumes") or []:
-            sandbox.volumes[volume["name"]] = self._volume(root / volume["name"], volume, sandbox.namespace, fs_group)
+            with contextlib.suppress(podspec.ConfigError):  # its Secret or ConfigMap missing: retried by `_start`
+                sandbox.volumes[volume["name"]] = self._volume(
+                    root / volume["name"], volume, sandbox.namespace, fs_group
+                )
+
+    def _missing_volumes(self, sandbox: Sandbox, names: set[str]) -> str | None:
+        """Prepare the volumes that could not be yet (a Secret or ConfigMap not found, as when its
+        owner is being deleted); why one still cannot be, or None. A kubelet waits and retries too."""
+        spec = sandbox.pod.get("spec") or {}
+        fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+        root = self.workdir / "pods" / sandbox.uid / "volumes"
+        for volume in spec.get("volumes") or []:
+            if volume["name"] in names and volume["name"] not in sandbox.volumes:
+                try:
+                    sandbox.volumes[volume["name"]] = self._volume(
+                        root / volume["name"], volume, sandbox.namespace, fs_group
+                    )
+                except podspec.ConfigError as exc:
+                    return f"MountVolume.SetUp failed for volume {volume['name']!r}: {exc}"
+        return None
 
     def _volume(self, path: Path, volume: Obj, namespace: str, fs_group: int | None) -> Path:
         if "emptyDir" in volume:

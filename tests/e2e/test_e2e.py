@@ -122,7 +122,8 @@ def test_operator_restart_mid_run_continues_without_duplicates(cluster: Cluster)
         status = running(cluster, "phoenix", 1)
         children = cluster.children("phoenix")
         uids = {kind: sorted(o["metadata"]["uid"] for o in objs) for kind, objs in children.items() if kind != "Pod"}
-        assert all(len(v) == 1 for v in uids.values()), uids
+        two = {"NetworkPolicy", "Secret"}  # the server's and the clients'
+        assert all(len(v) == (2 if kind in two else 1) for kind, v in uids.items()), uids
 
         cluster.scale_operator(0)
         wait_for(lambda: not cluster.operator_pods(), GONE, "the operator's pod gone")
@@ -147,7 +148,7 @@ def test_operator_restart_mid_run_continues_without_duplicates(cluster: Cluster)
         for kind, objs in cluster.children("phoenix").items()
         if kind != "Pod"
     }
-    for kind in ("Deployment", "ReplicaSet", "Service", "NetworkPolicy"):
+    for kind in ("Deployment", "ReplicaSet", "Service", "NetworkPolicy", "Secret"):
         assert again[kind] == uids[kind], f"{kind}: the same object throughout, never a second one"
     created = {
         kind: cluster.kube.requests.count("POST", f"/namespaces/{cluster.ns}/{kind}")

@@ -111,6 +111,7 @@ def test_the_kubeflower_pods_are_read_as_their_images_say() -> None:
     from testbed.jobs import job
 
     model = FederatedTrainingJob.model_validate(job("digits", namespace="ns"))
+    keys_at = {"Deployment": "/var/run/kubeflower/tls", "StatefulSet": "/var/run/kubeflower/client-keys"}
     for manifest in (builders.server_deployment(model, Settings()), builders.client_statefulset(model, Settings())):
         template = manifest["spec"]["template"]
         body = {
@@ -125,6 +126,7 @@ def test_the_kubeflower_pods_are_read_as_their_images_say() -> None:
             "/var/lib/kubeflower/data",
             "/var/lib/kubeflower/flwr",
             "/tmp",
+            keys_at[manifest["kind"]],  # the job's keys, a read-only Secret volume
         }
         for var in container["env"]:
             source = var.get("valueFrom", {})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from testbed.containers.engine import REPO, Docker
-from testbed.containers.federation import Federation, one, render
+from testbed.containers.federation import Federation, key_secrets, one, render
 from testbed.containers.pods import LABEL, PodNetwork
 
 pytestmark = pytest.mark.images
@@ -30,7 +30,7 @@ def test_an_image_built_from_the_workload_image_runs_its_own_flower_app(docker: 
         str(EXAMPLE),
     )
     with PodNetwork(docker) as network:
-        federation = Federation.start(network, objects)
+        federation = Federation.start(network, objects, key_secrets(EXAMPLE / "job.yaml"))
         status = federation.wait_finished(420)
         assert status["phase"] == "Succeeded", f"{status}\n{federation.logs()}"
         assert status["currentRound"] == status["totalRounds"] == 3

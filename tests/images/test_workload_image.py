@@ -10,7 +10,7 @@ import time
 import pytest
 
 from testbed.containers.engine import REPO, Docker
-from testbed.containers.federation import Federation, one, render
+from testbed.containers.federation import Federation, key_secrets, one, render
 from testbed.containers.pods import PodNetwork, Started
 from testbed.podrunner.images import IMAGES
 
@@ -67,7 +67,7 @@ def test_a_federation_of_containers_succeeds_and_stops_on_sigterm(docker: Docker
     rounds = 3
     with PodNetwork(docker) as network:
         began = time.monotonic()
-        federation = Federation.start(network, objects)
+        federation = Federation.start(network, objects, key_secrets(DIGITS))
         for started in federation.pods:
             assert_locked_down(docker, started)
 
@@ -77,6 +77,10 @@ def test_a_federation_of_containers_succeeds_and_stops_on_sigterm(docker: Docker
         assert status["currentRound"] == status["totalRounds"] == rounds
         accuracy = status["metrics"]["accuracy"]
         assert accuracy >= 0.9, federation.logs()
+        # Secured by default: the image's nginx in front of a loopback SuperLink, TLS, the clients' keys registered.
+        server_log = network.logs(federation.server)
+        assert "behind the front proxy" in server_log and "TLS and SuperNode authentication" in server_log, server_log
+        assert "registered 2 SuperNode public key" in server_log, server_log
         print(f"\ncontainers: {rounds}/{rounds} rounds, accuracy {accuracy:.4f}, {seconds:.1f} s from the first start")
 
         # SIGTERM, with the pod's grace period before a SIGKILL (exit 137): each stops by itself.

@@ -16,10 +16,47 @@ from kubeflower.core.runconfig import run_config
 from kubeflower.local import local_commands
 from kubeflower_operator import builders
 from kubeflower_operator.settings import Settings
-from kubeflower_workload import client, server
+from kubeflower_workload import client, server, supernode
 from testbed.jobs import job
 
-BASE = {contract.ENV_SUPERLINK: "j-server.ns.svc:9092", contract.ENV_NUM_PARTITIONS: "3"}
+BASE = {
+    contract.ENV_SUPERLINK: "j-server.ns.svc:9092",
+    contract.ENV_NUM_PARTITIONS: "3",
+    contract.ENV_SECURITY: contract.SECURITY_DISABLED,  # keys: tests/test_security.py
+}
+
+
+def test_a_client_starts_a_new_supernode_only_when_it_lost_its_place_or_may_wait_to_join() -> None:
+    lost = supernode.CONNECTION_LOST
+    # It had joined: the SuperLink forgot its node id (Flower's own exit 0 on a 401) or its
+    # connection ended on an error; at once, however long the client has been waiting.
+    for code in (0, lost):
+        assert client.why_start_again(code, joined=True, not_registered=False, may_wait=False)
+    # It could not join (305): only while the client may still wait for its key to be registered.
+    assert client.why_start_again(1, joined=False, not_registered=True, may_wait=True)
+    assert client.why_start_again(1, joined=False, not_registered=True, may_wait=False) is None
+    # Any other end is the pod's to report (and the kubelet's to restart): a crash after joining,
+    # an exit 0 before joining (a 401 at activation: a bad signature, a clock far off).
+    assert client.why_start_again(1, joined=True, not_registered=False, may_wait=True) is None
+    assert client.why_start_again(-9, joined=True, not_registered=False, may_wait=True) is None
+    assert client.why_start_again(0, joined=False, not_registered=False, may_wait=True) is None
+
+
+def test_the_supernode_runs_as_flower_supernode_does() -> None:
+    """The client starts `kubeflower_workload.supernode`, Flower's own entry function with the same
+    arguments: its --help is flower-supernode's."""
+    helped = subprocess.run([*supernode.COMMAND, "--help"], capture_output=True, text=True, check=True, timeout=60)
+    stock = subprocess.run(
+        [str(Path(sys.executable).parent / "flower-supernode"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "--auth-supernode-private-key" in helped.stdout
+    # The usage line names the program; from the description on, the help is the same.
+    _, found, options = helped.stdout.partition("Start a Flower SuperNode")
+    assert found and options == stock.stdout.partition(found)[2]
 
 
 def test_client_partition_from_the_pod_ordinal() -> None:
@@ -118,6 +155,10 @@ def test_local_mode_gives_each_process_its_pods_command_and_values(tmp_path: Pat
         contract.ENV_SUPERNODE_PORT,
         contract.ENV_WORK_DIR,
         "FLWR_HOME",
+        # The SuperLink's loopback port, and the keys: a throwaway folder of the host's, not the Secrets' mounts.
+        contract.ENV_SUPERLINK_LOOPBACK_PORT,
+        contract.ENV_TLS_DIR,
+        contract.ENV_CLIENT_KEYS_DIR,
     }
     pods = [builders.server_deployment(model, Settings())] + [builders.client_statefulset(model, Settings())] * 2
     for (_, command, env), pod in zip(

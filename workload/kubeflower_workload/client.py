@@ -11,6 +11,14 @@ runs in a session of its own and leaves only when it sees its parent gone, which
 while the dead SuperNode is an unreaped zombie (the lot of an orphan where PID 1 does not reap,
 as in a container whose PID 1 is Flower). So this process, a subreaper, stops the SuperNode on
 SIGTERM and then ends whatever is left below it; it exits with the SuperNode's exit code.
+
+It also starts the SuperNode again, in place, when the SuperNode lost its place at the SuperLink:
+a server pod that restarts brings a new SuperLink, which knows the job's keys again (the server
+registers them) but under new node ids. Flower's SuperNode keeps its old node id and never joins
+again by itself: it ends on the SuperLink's 401 (it signals itself, exit 0) or, after an error
+that ends its connection, would idle for ever (`kubeflower_workload.supernode` makes it end). A
+new SuperNode joins the new SuperLink with the same key, so the restarted server's run finds its
+clients without a pod restart (and without the kubelet's growing back-off).
 """
 
 from __future__ import annotations
@@ -18,17 +26,30 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
-from kubeflower.core import contract
-from kubeflower_workload import BUILTIN_APP, clientapp_shim, processes
+from kubeflower.core import contract, keys
+from kubeflower_workload import BUILTIN_APP, clientapp_shim, processes, supernode
 from kubeflower_workload.warm import PreloadError, WarmClientApps, preload_modules
 
 LOG = logging.getLogger("kubeflower-client")
 STOP_GRACE = 10.0
+NOT_REGISTERED = b"Exit Code: 305"
+"""What `flower-supernode` prints (its process exits with 1, as for any error) when it could not
+join: with SuperNode authentication, mostly a key the SuperLink does not know (yet)."""
+JOINED = b"SuperNode ID: "
+"""What `flower-supernode` prints once the SuperLink activated it (its node id follows)."""
+REGISTRATION_WAIT = 180.0
+"""Seconds a client keeps starting its SuperNode again while it cannot join: the server registers
+the job's keys once its SuperLink is up (again after a server restart), and a scale-up's new keys
+once the kubelet has brought them into the server's mounted Secret (up to about a minute and a half)."""
+RETRY_DELAY = 3.0
 
 
 class SettingsError(Exception):
@@ -59,7 +80,7 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
         )
     return [
         "flower-supernode",
-        "--insecure",
+        *security_flags(env, partition_id),
         "--superlink",
         superlink,
         "--port",
@@ -67,6 +88,64 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
         "--node-config",
         f"partition-id={partition_id} num-partitions={num_partitions}",
     ]
+
+
+def security_flags(env: Mapping[str, str], ordinal: int) -> list[str]:
+    """TLS against the job's CA and this client's own authentication key (its ordinal's), or
+    `--insecure` when the job turned security off (ClusterIP jobs only)."""
+    security = env.get(contract.ENV_SECURITY) or contract.SECURITY_ENABLED
+    if security == contract.SECURITY_DISABLED:
+        return ["--insecure"]
+    if security != contract.SECURITY_ENABLED:
+        raise SettingsError(
+            f"{contract.ENV_SECURITY} must be {contract.SECURITY_ENABLED} or {contract.SECURITY_DISABLED}"
+        )
+    folder = env.get(contract.ENV_CLIENT_KEYS_DIR)
+    if not folder:
+        raise SettingsError(f"{contract.ENV_CLIENT_KEYS_DIR} is not set (the folder of the job's client keys)")
+    ca, key = Path(folder) / keys.CA_CERT, Path(folder) / keys.client_private_key_file(ordinal)
+    missing = [str(p) for p in (ca, key) if not p.is_file()]
+    if missing:
+        raise SettingsError(
+            f"missing key files {', '.join(missing)}: the job's Secret has no key for client {ordinal} yet"
+        )
+    return ["--root-certificates", str(ca), "--auth-supernode-private-key", str(key)]
+
+
+class SuperNodeOutput(threading.Thread):
+    """Relays the SuperNode's output to ours (the pod's log), noting whether it joined the SuperLink
+    and whether it was refused activation."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(name="supernode-output", daemon=True)
+        self.stream = stream
+        self.joined = False
+        self.not_registered = False
+
+    def run(self) -> None:
+        for line in self.stream:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            self.joined = self.joined or JOINED in line
+            self.not_registered = self.not_registered or NOT_REGISTERED in line
+
+
+def why_start_again(code: int | None, joined: bool, not_registered: bool, may_wait: bool) -> str | None:
+    """Why a SuperNode that ended by itself (not stopped by us) is started again, or None: the
+    client then ends with its exit code.
+
+    - It had joined and ended with CONNECTION_LOST, or with 0 (Flower signals itself on the
+      SuperLink's 401: the SuperLink does not know its node id; a new SuperLink after a server
+      restart): it lost its place; a new SuperNode joins with the same key. At once, every time:
+      each time it had joined.
+    - It could not join (Flower's 305: its key is not registered yet, or the SuperLink does not
+      answer yet) while `may_wait`.
+    """
+    if joined and code in (0, supernode.CONNECTION_LOST):
+        return "the SuperNode lost its place at the SuperLink (did the server restart?); starting a new one"
+    if not_registered and may_wait:
+        return "it could not join (the server may be starting, or not know this client's key yet); starting it again"
+    return None
 
 
 def warm_setting(env: Mapping[str, str], command: list[str]) -> tuple[bool, str]:
@@ -104,7 +183,7 @@ def main() -> int:
     if work_dir:  # the ClientApp's writable working directory: its processes inherit it
         Path(work_dir).mkdir(parents=True, exist_ok=True)
         os.chdir(work_dir)
-    LOG.info("starting: %s", " ".join(command))
+    LOG.info("starting: %s (through %s)", " ".join(command), supernode.__name__)
     processes.become_subreaper()
     superlink_host = os.environ[contract.ENV_SUPERLINK].rpartition(":")[0].strip("[]")
     env = processes.child_env(direct=[superlink_host], superexec_poll=processes.NODE_SUPEREXEC_POLL_INTERVAL)
@@ -119,23 +198,43 @@ def main() -> int:
         warm.start()
     else:
         LOG.info("warm ClientApps off: %s", why)
-    supernode = processes.start(command, env)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    deadline = time.monotonic() + REGISTRATION_WAIT
     try:
-        while supernode.poll() is None and not stop.wait(1.0):
-            if warm is not None:
-                warm.supervise()
-        if stop.is_set():
-            LOG.info("stopping the SuperNode")
-            processes.stop(supernode, STOP_GRACE)
+        while True:
+            node = processes.start([*supernode.COMMAND, *command[1:]], env, subprocess.PIPE)
+            assert node.stdout is not None
+            output = SuperNodeOutput(node.stdout)
+            output.start()
+            while node.poll() is None and not stop.wait(1.0):
+                if warm is not None:
+                    warm.supervise()
+            if stop.is_set():
+                LOG.info("stopping the SuperNode")
+                processes.stop(node, STOP_GRACE)
+            output.join(STOP_GRACE)
+            if stop.is_set():
+                break
+            again = why_start_again(node.returncode, output.joined, output.not_registered, time.monotonic() < deadline)
+            if again is None:
+                break
+            LOG.info("the SuperNode exited with code %s: %s", node.returncode, again)
+            # What the old SuperNode left (its SuperExec, ClientApps) would talk to the new one on
+            # the same port; the warm fork server stays.
+            processes.kill_descendants(keep=warm.pids() if warm is not None else ())
+            if output.joined:
+                deadline = time.monotonic() + REGISTRATION_WAIT
+            if stop.wait(RETRY_DELAY):
+                break
     finally:
         if warm is not None:
             warm.stop(STOP_GRACE)
         processes.kill_descendants()
-    LOG.info("the SuperNode exited with code %s", supernode.returncode)
-    return 0 if stop.is_set() else int(supernode.returncode or 0)
+    LOG.info("the SuperNode exited with code %s", node.returncode)
+    # A SuperNode only ends by itself on an error, Flower's self-signalled exit 0 included.
+    return 0 if stop.is_set() else int(node.returncode or 1)
 
 
 if __name__ == "__main__":

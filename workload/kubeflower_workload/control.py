@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import importlib.util
 import json
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -82,11 +83,36 @@ _pb = _load_protos()
 
 
 class Control:
-    """A Control API client for one SuperLink (`host:port`, plain HTTP as the SuperLink runs it)."""
+    """A Control API client for one SuperLink (`host:port`, on loopback in the server pod).
 
-    def __init__(self, address: str, timeout: float = 10.0) -> None:
+    `ca_cert`: the job's CA certificate when the SuperLink speaks TLS (the server certificate
+    names 127.0.0.1), None when it runs plain (security off).
+    """
+
+    def __init__(self, address: str, timeout: float = 10.0, ca_cert: Path | None = None) -> None:
         host, _, port = address.rpartition(":")
         self._host, self._port, self._timeout = host, int(port), timeout
+        self._tls = None if ca_cert is None else ssl.create_default_context(cafile=str(ca_cert))
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._tls is None:
+            return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        return http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._tls)
+
+    def register_node(self, public_key_pem: bytes) -> int:
+        """Register a SuperNode's public key (SuperNode authentication); its node id.
+
+        A key registered before (the server entry point looks again after a scale-up) is not
+        an error: that node exists already, with id 0 returned.
+        """
+        request = _pb.control.RegisterNodeRequest(public_key=public_key_pem)
+        try:
+            response = self._call("register-node", request, _pb.control.RegisterNodeResponse)
+        except ControlError as exc:
+            if "already in use" in str(exc).lower() or "PUBLIC_KEY_ALREADY_IN_USE" in str(exc):
+                return 0
+            raise
+        return int(response.node_id)
 
     def start_run(self, fab: bytes, run_config: Mapping[str, bool | int | float | str]) -> int:
         request = _pb.control.StartRunRequest(
@@ -121,7 +147,7 @@ class Control:
         last timestamp seen.
         """
         request = _pb.control.StreamLogsRequest(run_id=run_id, after_timestamp=after)
-        connection = http.client.HTTPConnection(self._host, self._port, timeout=STREAM_READ_TIMEOUT)
+        connection = self._connection(STREAM_READ_TIMEOUT)
         try:
             response = self._send(connection, "stream-logs", request, PROTOBUF_STREAM)
             while header := response.read(FRAME_HEADER):
@@ -136,7 +162,7 @@ class Control:
             connection.close()
 
     def _call(self, method: str, request: Any, response_type: Any) -> Any:
-        connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        connection = self._connection(self._timeout)
         try:
             response = self._send(connection, method, request, PROTOBUF)
             result = response_type()

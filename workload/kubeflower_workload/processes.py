@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +108,12 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
-def descendants(root: int) -> list[int]:
-    """Every process below `root`, parents before children."""
+def descendants(root: int, keep: Collection[int] = ()) -> list[int]:
+    """Every process below `root`, parents before children; none of `keep` or below them."""
     children: dict[int, list[int]] = {}
     for pid, ppid in _process_table():
-        children.setdefault(ppid, []).append(pid)
+        if pid not in keep:
+            children.setdefault(ppid, []).append(pid)
     found, queue = [], list(children.get(root, []))
     while queue:
         pid = queue.pop(0)
@@ -134,11 +135,12 @@ def stop(process: subprocess.Popen[bytes], grace: float) -> None:
         process.wait(timeout=5)
 
 
-def kill_descendants(rounds: int = 20) -> None:
-    """SIGKILL every process below us (orphans included, see `become_subreaper`) and reap them."""
+def kill_descendants(rounds: int = 20, keep: Collection[int] = ()) -> None:
+    """SIGKILL every process below us (orphans included, see `become_subreaper`) but `keep` and
+    those below them, and reap them."""
     me = os.getpid()
     for _ in range(rounds):
-        pids = descendants(me)
+        pids = descendants(me, keep)
         if not pids:
             return
         for pid in pids:

@@ -1,6 +1,8 @@
 """`kubeflower-server`: the server pod's entry point.
 
-Runs `flower-superlink`, submits the job's run (the built-in Flower App, or the user's app from
+Runs `flower-superlink` on loopback behind the front proxy (`frontproxy`: only the Fleet API
+reaches it from the network), registers the clients' public keys (SuperNode authentication),
+submits the job's run (the built-in Flower App, or the user's app from
 the image) with the job's run config through the Control API, follows it to its end, and serves
 the status document (`kubeflower.core.server_status`) on its own port. When the run has finished it
 writes `metrics.json` (the final status document) into the output folder, stops the SuperLink and
@@ -28,6 +30,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -37,9 +40,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from kubeflower.core import contract
-from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus, http_get
-from kubeflower_workload import BUILTIN_APP, processes, progress, status_server
+from kubeflower.core import contract, keys
+from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
+from kubeflower_workload import BUILTIN_APP, frontproxy, processes, progress, status_server
 from kubeflower_workload.control import Control, ControlError, RunState, app_config_keys, build_fab
 
 LOG = logging.getLogger("kubeflower-server")
@@ -71,9 +74,14 @@ class Settings:
     rounds: int
     min_clients: int
     superlink_port: int
+    """The front proxy's port (the job's Flower port)."""
+    loopback_port: int
+    """The SuperLink's own port, on 127.0.0.1."""
     status_port: int
     bind_host: str
     output_dir: Path
+    tls_dir: Path | None
+    """The job's keys (`kubeflower.core.keys` file names); None: security off (plain HTTP)."""
     stop_token: str = ""
 
     @classmethod
@@ -103,6 +111,11 @@ class Settings:
             return value
 
         app_path, work_dir = env.get(contract.ENV_APP_PATH), env.get(contract.ENV_WORK_DIR)
+        security = env.get(contract.ENV_SECURITY) or contract.SECURITY_ENABLED
+        if security not in (contract.SECURITY_ENABLED, contract.SECURITY_DISABLED):
+            raise SettingsError(
+                f"{contract.ENV_SECURITY} must be {contract.SECURITY_ENABLED} or {contract.SECURITY_DISABLED}"
+            )
         return cls(
             job=need(contract.ENV_JOB_NAME),
             run_config=run_config,
@@ -114,11 +127,67 @@ class Settings:
             rounds=configured(env.get(contract.ENV_ROUNDS_KEY) or contract.RUN_CONFIG_ROUNDS),
             min_clients=number(contract.ENV_MIN_CLIENTS) if app_path else configured(contract.RUN_CONFIG_MIN_CLIENTS),
             superlink_port=number(contract.ENV_SUPERLINK_PORT),
+            loopback_port=number(contract.ENV_SUPERLINK_LOOPBACK_PORT),
             status_port=number(contract.ENV_STATUS_PORT),
             bind_host=env.get(contract.ENV_BIND_HOST) or "0.0.0.0",
             output_dir=Path(need(contract.ENV_OUTPUT_DIR)),
+            tls_dir=Path(need(contract.ENV_TLS_DIR)) if security == contract.SECURITY_ENABLED else None,
             stop_token=env.get(contract.ENV_STOP_TOKEN, ""),
         )
+
+    def tls_files(self) -> frontproxy.TLSFiles | None:
+        if self.tls_dir is None:
+            return None
+        files = frontproxy.TLSFiles(
+            self.tls_dir / keys.CA_CERT, self.tls_dir / keys.SERVER_CERT, self.tls_dir / keys.SERVER_KEY
+        )
+        missing = [str(p) for p in (files.ca_cert, files.cert, files.key) if not p.is_file()]
+        if missing:
+            raise SettingsError(f"missing key files {', '.join(missing)} ({contract.ENV_TLS_DIR})")
+        return files
+
+
+def superlink_command(settings: Settings, tls: frontproxy.TLSFiles | None) -> list[str]:
+    """`flower-superlink` on loopback: with TLS and SuperNode authentication, or plain (security off)."""
+    command = ["flower-superlink", "--host", "127.0.0.1", "--port", str(settings.loopback_port)]
+    if tls is None:
+        command.append("--insecure")
+    else:
+        command += [
+            "--ssl-ca-certfile",
+            str(tls.ca_cert),
+            "--ssl-certfile",
+            str(tls.cert),
+            "--ssl-keyfile",
+            str(tls.key),
+            "--enable-supernode-auth",
+        ]
+    return [*command, "--disable-runtime-dependency-installation"]
+
+
+class KeyRegistrar:
+    """Registers the clients' public keys found in the keys folder with the SuperLink, each once.
+
+    Looked at again while the run goes on: a scale-up adds keys to the job's Secret, and the
+    kubelet brings them into the mounted folder.
+    """
+
+    def __init__(self, folder: Path, control: Control) -> None:
+        self.folder, self.control = folder, control
+        self.registered: set[bytes] = set()
+
+    def register_new(self) -> int:
+        """Register the keys not registered yet; how many. ControlError when the SuperLink refuses."""
+        count = 0
+        for path in sorted(self.folder.glob("client-*.pub")):
+            key = path.read_bytes()
+            if key not in self.registered:
+                self.control.register_node(key)
+                self.registered.add(key)
+                count += 1
+        if count:
+            LOG.info("registered %d SuperNode public key(s) (%d in all)", count, len(self.registered))
+        return count
 
 
 class Board:
@@ -219,8 +288,13 @@ class Supervisor:
         self.abort = threading.Event()
         """The operator failed the job (`POST /stop`): end the run as Failed, stop the SuperLink."""
         self.wake = threading.Event()
-        self.control = Control(f"127.0.0.1:{settings.superlink_port}")
+        self.tls = settings.tls_files()
+        self.control = Control(
+            f"127.0.0.1:{settings.loopback_port}", ca_cert=None if self.tls is None else self.tls.ca_cert
+        )
+        self.registrar = None if settings.tls_dir is None else KeyRegistrar(settings.tls_dir, self.control)
         self.superlink: subprocess.Popen[bytes] | None = None
+        self.proxy: subprocess.Popen[bytes] | None = None
         self.superlink_output: SuperLinkOutput | None = None
         self.superlink_healthy = False
 
@@ -237,21 +311,21 @@ class Supervisor:
         return self.superlink_healthy or self.board.get().phase.finished
 
     def start_superlink(self) -> None:
-        """Start `flower-superlink` (before any thread of ours: see `processes.start`)."""
+        """Start `flower-superlink` and the front proxy (before any thread of ours: see `processes.start`)."""
         s = self.settings
-        LOG.info("job %s: starting the SuperLink on %s:%d", s.job, s.bind_host, s.superlink_port)
-        self.superlink = processes.start(
-            [
-                "flower-superlink",
-                "--insecure",
-                "--host",
-                s.bind_host,
-                "--port",
-                str(s.superlink_port),
-                "--disable-runtime-dependency-installation",
-            ],
-            processes.child_env(),
-            subprocess.PIPE,
+        security = "TLS and SuperNode authentication" if self.tls else "security off: plain HTTP"
+        LOG.info(
+            "job %s: starting the SuperLink on 127.0.0.1:%d behind the front proxy on %s:%d (Fleet API only; %s)",
+            s.job,
+            s.loopback_port,
+            s.bind_host,
+            s.superlink_port,
+            security,
+        )
+        self.superlink = processes.start(superlink_command(s, self.tls), processes.child_env(), subprocess.PIPE)
+        run_dir = Path(tempfile.mkdtemp(prefix="kubeflower-proxy-"))
+        self.proxy = frontproxy.start(
+            frontproxy.Listen(s.bind_host, s.superlink_port, s.loopback_port, run_dir), self.tls
         )
         assert self.superlink.stdout is not None
         self.superlink_output = SuperLinkOutput(self.superlink.stdout)
@@ -263,6 +337,8 @@ class Supervisor:
             return 0 if self.stop.is_set() else 1
         s = self.settings
         try:
+            if self.registrar is not None:
+                self.registrar.register_new()
             if s.app_dir != BUILTIN_APP:
                 _check_declared(s.app_dir, s.run_config)
             LOG.info("bundling the Flower App in %s", s.app_dir)
@@ -289,9 +365,14 @@ class Supervisor:
             if self.superlink.poll() is not None:
                 LOG.error("the SuperLink exited with code %s during run %d", self.superlink.returncode, run_id)
                 return 1
+            if self.proxy is not None and self.proxy.poll() is not None:
+                LOG.error("the front proxy (nginx) exited with code %s during run %d", self.proxy.returncode, run_id)
+                return 1
             if follower.parser.failure is not None:
                 return self._fail_run(run_id, follower, follower.parser.failure)
             try:
+                if self.registrar is not None:
+                    self.registrar.register_new()
                 state, connected = self.control.run_state(run_id), self.control.online_nodes()
             except ControlError as exc:
                 LOG.warning("asking the SuperLink about run %d: %s", run_id, exc)
@@ -342,12 +423,13 @@ class Supervisor:
             raise ControlError(f"{exc}: {logged[0]}" if logged else str(exc)) from None
 
     def close(self) -> None:
-        if self.superlink is not None:
-            processes.stop(self.superlink, STOP_GRACE)
+        for child in (self.proxy, self.superlink):
+            if child is not None:
+                processes.stop(child, STOP_GRACE)
         processes.kill_descendants()
 
     def _wait_for_superlink(self) -> bool:
-        url = f"http://127.0.0.1:{self.settings.superlink_port}/health"
+        where = f"127.0.0.1:{self.settings.loopback_port}"
         deadline = time.monotonic() + SUPERLINK_START_TIMEOUT
         superlink = self.superlink
         if superlink is None:
@@ -356,16 +438,19 @@ class Supervisor:
             if superlink.poll() is not None:
                 LOG.error("the SuperLink exited with code %s while starting", superlink.returncode)
                 return False
+            if self.proxy is not None and self.proxy.poll() is not None:
+                LOG.error("the front proxy (nginx) exited with code %s while starting", self.proxy.returncode)
+                return False
             try:
-                http_get(url, timeout=2)
+                self.control.online_nodes()  # the Control API answers: the SuperLink is serving
                 self.superlink_healthy = True
-            except OSError:
+            except ControlError:
                 pass
             if self.superlink_healthy:
                 LOG.info("the SuperLink is up")
                 return True
             time.sleep(0.2)
-        LOG.error("the SuperLink did not answer %s within %.0f s", url, SUPERLINK_START_TIMEOUT)
+        LOG.error("the SuperLink did not answer on %s within %.0f s", where, SUPERLINK_START_TIMEOUT)
         return False
 
     def _finished(self, state: RunState, connected: int | None) -> None:
@@ -393,10 +478,11 @@ class Supervisor:
         self.board.apply(lambda _: status)  # last: whoever sees the final phase finds the file and the log
 
     def _serve_final(self) -> int:
-        """Stop the SuperLink (its work is done) and serve the final status until told to stop."""
-        if self.superlink is not None:
-            processes.stop(self.superlink, STOP_GRACE)
-            self.superlink_healthy = False
+        """Stop the SuperLink and its proxy (their work is done) and serve the final status until told to stop."""
+        for child in (self.proxy, self.superlink):
+            if child is not None:
+                processes.stop(child, STOP_GRACE)
+        self.superlink_healthy = False
         self.stop.wait()
         return 0
 
@@ -440,6 +526,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     try:
         settings = Settings.from_env(os.environ)
+        settings.tls_files()
     except SettingsError as exc:
         LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.core.contract)", exc)
         return 2
@@ -458,7 +545,12 @@ def main() -> int:
     supervisor = Supervisor(settings, board)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
-    supervisor.start_superlink()
+    try:
+        supervisor.start_superlink()
+    except frontproxy.ProxyError as exc:
+        LOG.error("cannot start the front proxy: %s", exc)
+        supervisor.close()
+        return 1
     http = status_server.serve(
         settings.status_port,
         board.get,

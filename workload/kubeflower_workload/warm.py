@@ -157,6 +157,10 @@ class WarmClientApps:
             self.restarts += 1
             self.start()
 
+    def pids(self) -> list[int]:
+        """The fork server's process id, while it runs (its forked ClientApps are below it)."""
+        return [self.server.pid] if self.server is not None and self.server.poll() is None else []
+
     def stop(self, grace: float) -> None:
         if self.server is not None and self.server.poll() is None:
             processes.stop(self.server, grace)
