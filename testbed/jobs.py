@@ -71,6 +71,12 @@ INVALID: list[tuple[str, list[Any], str]] = [
     ("bulyan-with-two-clients", [_set("spec.strategy", {"name": "Bulyan"})], "spec.strategy.name"),
     ("negative-learning-rate", [_set("spec.task.learningRate", -0.1)], "spec.task.learningRate"),
     ("fractional-epochs", [_set("spec.task.localEpochs", 1.5)], "spec.task.localEpochs"),
+    (
+        "output-claim-and-source",
+        [_set("spec.output", {"claimName": "results", "source": {"nfs": {"server": "nfs", "path": "/"}}})],
+        "spec.output.claimName",
+    ),
+    ("output-neither", [_set("spec.output", {})], "spec.output.claimName"),
 ]
 
 

@@ -164,6 +164,39 @@ class PodSettings(ApiModel):
     affinity: FreeForm | None = None
 
 
+class VolumeSpec(ApiModel):
+    """A volume the job does not own: a PersistentVolumeClaim by name, or any pod volume source."""
+
+    claim_name: str | None = Field(
+        default=None, min_length=1, description="A PersistentVolumeClaim in the job's namespace (never deleted)."
+    )
+    source: FreeForm | None = Field(
+        default=None,
+        description="Any pod volume source instead of a claim, as in a pod's volumes[] without its name: {nfs: {...}}.",
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="has(self.claimName) != has(self.source)",
+            message="set exactly one of claimName (a PersistentVolumeClaim) and source (any volume source)",
+            field_path=".claimName",
+            check=lambda v: (v.claim_name is None) != (v.source is None),
+        ),
+    )
+
+    def volume(self, name: str) -> dict[str, Any]:
+        """The pod's `volumes[]` entry."""
+        if self.claim_name is not None:
+            return {"name": name, "persistentVolumeClaim": {"claimName": self.claim_name}}
+        return {**(self.source or {}), "name": name}
+
+    def describe(self) -> str:
+        """Where the volume is, in words (the job's status)."""
+        if self.claim_name is not None:
+            return f"persistentVolumeClaim {self.claim_name}"
+        return f"volume {', '.join(sorted(self.source or {})) or 'source'}"
+
+
 class ServerSpec(PodSettings):
     pass
 
@@ -330,6 +363,14 @@ class FederatedTrainingJobSpec(ApiModel):
     app: AppSpec | None = None
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
+    output: VolumeSpec | None = Field(
+        default=None,
+        description=(
+            "Where the server writes the results (final model, metrics.json, logs, a checkpoint per round): "
+            "a volume that outlives the server pod, so a restarted server resumes and the results survive the job. "
+            "Unset: an emptyDir, lost with the server pod."
+        ),
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
@@ -398,6 +439,7 @@ class ObjectMeta(BaseModel):
 
     name: str
     namespace: str | None = None
+    uid: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -443,6 +485,10 @@ class FederatedTrainingJobStatus(ApiModel):
     metrics: JobMetrics | None = None
     server_address: str | None = None
     server_restarts: int | None = None
+    results: str | None = Field(default=None, description="Where the server writes the job's results.")
+    resumed_round: int | None = Field(
+        default=None, description="The last round a restarted server resumed after (from its checkpoint)."
+    )
     start_time: str | None = None
     completion_time: str | None = None
     reason: str | None = None

@@ -62,8 +62,13 @@ class OutputFolder:
 
     @property
     def checkpoints(self) -> Path:
-        """Models saved during the run, to resume from (for the durability work: nothing writes it yet)."""
+        """One checkpoint per round (`round-000003.pt`, the last few kept), to resume from: the built-in ServerApp."""
         return self.root / "checkpoints"
+
+    @property
+    def server_log(self) -> Path:
+        """The server's log (its own lines and the SuperLink's): the server entry point."""
+        return self.logs / "server.log"
 
     @property
     def app(self) -> Path:
@@ -93,6 +98,10 @@ ENV_BIND_HOST = "KUBEFLOWER_BIND_HOST"
 run` sets 127.0.0.1: Flower's Control API shares the SuperLink port and has no authentication."""
 ENV_STATUS_PORT = "KUBEFLOWER_STATUS_PORT"
 ENV_OUTPUT_DIR = "KUBEFLOWER_OUTPUT_DIR"
+"""The server's output folder (`OutputFolder`): a ServerApp, the built-in one or yours, finds it here."""
+ENV_JOB_UID = "KUBEFLOWER_JOB_UID"
+"""The job's metadata.uid (a fresh one per `kubeflower run` without --resume): checkpoints carry it,
+so a new job on a reused output volume never resumes another job's model."""
 
 # Client entry point.
 ENV_SUPERLINK = "KUBEFLOWER_SUPERLINK"

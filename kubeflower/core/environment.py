@@ -48,6 +48,8 @@ def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
     }
     if spec.app is not None:
         env[contract.ENV_APP_PATH] = spec.app.path
+    if job.metadata.uid:
+        env[contract.ENV_JOB_UID] = job.metadata.uid
     return env
 
 

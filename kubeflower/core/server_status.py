@@ -16,7 +16,9 @@ the two sides cannot drift. JSON shape (camelCase, every field always present):
       "message": "",                   # why it failed, or what it is waiting for
       "runId": 1234,                   # Flower's run id, once submitted
       "startTime": "2026-11-28T14:00:00Z",
-      "finishTime": null
+      "finishTime": null,
+      "resumedRound": 3,               # a restarted server resumed after this round (checkpoint); else null
+      "jobUid": "..."                  # the job this document is about (metrics.json on a reused volume)
     }
 """
 
@@ -76,6 +78,8 @@ class ServerStatus(_Doc):
     run_id: int | None = None
     start_time: str | None = None
     finish_time: str | None = None
+    resumed_round: int | None = None
+    job_uid: str = ""
 
     def with_round(self, record: RoundRecord) -> ServerStatus:
         """The document after one more finished round; history keeps the newest HISTORY_LIMIT."""

@@ -91,10 +91,15 @@ def _container(
     return container
 
 
-def _pod_spec(container: Manifest, settings: PodSettings, app: Settings) -> Manifest:
+def _volumes(replace: dict[str, Manifest]) -> list[Manifest]:
+    """The pod's volumes: emptyDirs, but those the job names (its output volume) in their place."""
+    return [replace.get(v) or {"name": v, "emptyDir": {}} for v in _VOLUMES]
+
+
+def _pod_spec(container: Manifest, settings: PodSettings, app: Settings, volumes: list[Manifest]) -> Manifest:
     spec: Manifest = {
         "containers": [container],
-        "volumes": [{"name": v, "emptyDir": {}} for v in _VOLUMES],
+        "volumes": volumes,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": app.run_as_user,
@@ -115,6 +120,19 @@ def _pod_spec(container: Manifest, settings: PodSettings, app: Settings) -> Mani
         if value:
             spec[key] = value
     return spec
+
+
+def server_volumes(job: FederatedTrainingJob) -> dict[str, Manifest]:
+    """The server's volumes that are not emptyDirs: its output volume (`spec.output`), when set."""
+    output = job.spec.output
+    return {"output": output.volume("output")} if output is not None else {}
+
+
+def results_location(job: FederatedTrainingJob) -> str:
+    """Where the job's results are, in words (`status.results`)."""
+    output = job.spec.output
+    where = output.describe() if output is not None else "the server pod's emptyDir (lost with the pod)"
+    return f"{where}, mounted at {contract.OUTPUT_DIR} in the server pod"
 
 
 def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest:
@@ -140,7 +158,7 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
             "selector": {"matchLabels": selector_labels(job.metadata.name, SERVER)},
             "template": {
                 "metadata": {"labels": labels(job.metadata.name, SERVER)},
-                "spec": _pod_spec(container, job.spec.server, settings),
+                "spec": _pod_spec(container, job.spec.server, settings, _volumes(server_volumes(job))),
             },
         },
     }
@@ -250,7 +268,7 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifes
         resources.setdefault("requests", {})["memory"] = WARM_CLIENT_MEMORY_REQUEST
     if not resources:
         del container["resources"]
-    pod_spec = _pod_spec(container, job.spec.clients, settings)
+    pod_spec = _pod_spec(container, job.spec.clients, settings, _volumes({}))
     spread = client_spread(job)
     if spread:
         pod_spec["topologySpreadConstraints"] = spread

@@ -162,6 +162,7 @@ def progress(
         "start_time": previous.start_time or timestamp(now),
         "current_round": previous.current_round or 0,
         "server_restarts": restarts,
+        "results": builders.results_location(job),
     }
     if restarts > restarts_before and not finished:
         events.append(
@@ -171,12 +172,27 @@ def progress(
                 (
                     f"the server restarted ({restarts} of "
                     f"runPolicy.backoffLimit={spec.run_policy.backoff_limit} tolerated); "
-                    "Flower keeps a run in the SuperLink's memory, so the run starts over from round 1"
+                    + (
+                        "it resumes after its last checkpoint on spec.output"
+                        if spec.output is not None
+                        else "it resumes after its last checkpoint if its container restarted in the same pod, "
+                        "else it starts over from round 1 (set spec.output to keep checkpoints across pods)"
+                    )
                 ),
             )
         )
     document = observed.poll.document
     if document is not None and not finished:
+        if document.resumed_round is not None and document.resumed_round != previous.resumed_round:
+            update["resumed_round"] = document.resumed_round
+            events.append(
+                Event(
+                    "Normal",
+                    "Resumed",
+                    f"the server resumed after round {document.resumed_round}/{document.total_rounds} "
+                    f"from its checkpoint in {builders.results_location(job)}",
+                )
+            )
         events += _round_events(previous.current_round or 0, document)
         update["current_round"] = document.current_round
         if document.metrics:

@@ -33,7 +33,7 @@ from typing import IO
 
 from kubeflower.core import contract
 from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus, http_get
-from kubeflower_workload import BUILTIN_APP, processes, progress, status_server
+from kubeflower_workload import BUILTIN_APP, checkpoints, processes, progress, status_server
 from kubeflower_workload.control import Control, ControlError, RunState, build_fab
 
 LOG = logging.getLogger("kubeflower-server")
@@ -45,6 +45,8 @@ STOP_GRACE = 10.0
 LOG_DRAIN_TIMEOUT = 30.0
 """Seconds to wait, once the run finished, for the rest of its log (its last rounds)."""
 ERRORS_KEPT = 5
+MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
+"""A metrics.json found at start is read only up to this size (its history is bounded)."""
 RELAY_DELAY = 0.5
 """Seconds for the SuperLink's log lines about a refused request to reach `SuperLinkOutput`."""
 
@@ -66,6 +68,7 @@ class Settings:
     status_port: int
     bind_host: str
     output_dir: Path
+    job_uid: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -97,6 +100,7 @@ class Settings:
             status_port=number(contract.ENV_STATUS_PORT),
             bind_host=env.get(contract.ENV_BIND_HOST) or "0.0.0.0",
             output_dir=Path(need(contract.ENV_OUTPUT_DIR)),
+            job_uid=env.get(contract.ENV_JOB_UID, ""),
         )
 
 
@@ -218,6 +222,8 @@ class Supervisor:
 
     def run(self) -> int:
         """Submit the run and follow it; the exit code of the entry point."""
+        if self.board.get().phase.finished:
+            return self._serve_final()
         if not self._wait_for_superlink():
             return 0 if self.stop.is_set() else 1
         s = self.settings
@@ -342,6 +348,53 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def initial_status(settings: Settings, now: str) -> ServerStatus:
+    """What the server reports as it starts: the job's final state when it already finished (this
+    is a server re-created after the end: it must not run again), the rounds of its latest
+    checkpoint when it resumes, else a fresh start."""
+    fresh = ServerStatus(
+        total_rounds=settings.rounds,
+        clients=ClientCounts(expected=settings.min_clients),
+        start_time=now,
+        message="starting the SuperLink",
+        job_uid=settings.job_uid,
+    )
+    folder = contract.OutputFolder(settings.output_dir)
+    final = _final_document(folder.metrics, settings.job_uid)
+    if final is not None:
+        return final
+    found = checkpoints.latest(folder.checkpoints, settings.job_uid)
+    if found is None:
+        return fresh
+    last = found.history[-1] if found.history else None
+    return fresh.model_copy(
+        update={
+            "current_round": last.round if last else 0,
+            "metrics": dict(last.metrics) if last else {},
+            "history": found.history,
+            "resumed_round": found.round,
+            "message": f"resuming after round {found.round} from its checkpoint",
+        }
+    )
+
+
+def _final_document(path: Path, job_uid: str) -> ServerStatus | None:
+    """This job's final status document in the output folder, if it finished; else None."""
+    try:
+        if path.stat().st_size > MAX_DOCUMENT_BYTES:
+            LOG.warning("%s is larger than %d bytes: ignored", path, MAX_DOCUMENT_BYTES)
+            return None
+        document = ServerStatus.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        LOG.warning("%s is not a status document (%s): ignored", path, type(exc).__name__)
+        return None
+    if not document.phase.finished or document.job_uid != job_uid:
+        return None
+    return document
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     try:
@@ -350,18 +403,21 @@ def main() -> int:
         LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.core.contract)", exc)
         return 2
     processes.become_subreaper()
-    board = Board(
-        ServerStatus(
-            total_rounds=settings.rounds,
-            clients=ClientCounts(expected=settings.min_clients),
-            start_time=_now(),
-            message="starting the SuperLink",
-        )
-    )
+    board = Board(initial_status(settings, _now()))
     supervisor = Supervisor(settings, board)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
-    supervisor.start_superlink()
+    if board.get().phase.finished:
+        LOG.info(
+            "job %s already %s (%s): serving its final state, not running again",
+            settings.job,
+            board.get().phase.value.lower(),
+            contract.OutputFolder(settings.output_dir).metrics,
+        )
+    else:
+        if board.get().resumed_round:
+            LOG.info("job %s: %s", settings.job, board.get().message)
+        supervisor.start_superlink()
     http = status_server.serve(settings.status_port, board.get, supervisor.healthy, settings.job, settings.bind_host)
     LOG.info("serving /status, /metrics and /healthz on %s:%d", settings.bind_host, settings.status_port)
     try:
