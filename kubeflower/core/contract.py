@@ -71,6 +71,12 @@ class OutputFolder:
         return self.logs / "server.log"
 
     @property
+    def job_uid(self) -> Path:
+        """The UID of the job this folder's run belongs to: `kubeflower run` writes a fresh one, and
+        `--resume` reads it back (a cluster job's UID is its metadata.uid)."""
+        return self.root / "job-uid"
+
+    @property
     def app(self) -> Path:
         """A user's Flower App's own working folder (for the bring-your-own-app work: nothing writes it yet)."""
         return self.root / "app"
