@@ -222,3 +222,33 @@ def test_warm_client_apps_reach_the_client_pods_with_their_memory() -> None:
     assert own["resources"] == {"limits": {"memory": "3Gi"}}  # the user's memory wins
     app = builders.client_statefulset(parse_job(job(task=None, app={"path": "/app"}, image="me/app:1")), SETTINGS)
     assert env_of(app)[contract.ENV_APP_PATH] == "/app"  # the clients read what to pre-import from it
+
+
+def test_the_output_volume_replaces_the_servers_output_emptydir_only() -> None:
+    claim = parse_job(job(output={"claimName": "results"}))
+    server = builders.server_deployment(claim, SETTINGS)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in server["volumes"]}
+    assert volumes["output"] == {"name": "output", "persistentVolumeClaim": {"claimName": "results"}}
+    assert {"name": "output", "mountPath": contract.OUTPUT_DIR} in server["containers"][0]["volumeMounts"]
+    assert restricted_violations(server) == []
+    clients = builders.client_statefulset(claim, SETTINGS)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in clients["volumes"]}["output"] == {"name": "output", "emptyDir": {}}
+    nfs = parse_job(job(output={"source": {"nfs": {"server": "nfs.example", "path": "/results"}}}))
+    server = builders.server_deployment(nfs, SETTINGS)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in server["volumes"]}["output"] == {
+        "name": "output",
+        "nfs": {"server": "nfs.example", "path": "/results"},
+    }
+    assert "persistentVolumeClaim results" in builders.results_location(claim)
+    assert "emptyDir" in builders.results_location(parse_job(job()))
+
+
+def test_the_server_mounts_its_jobs_final_status_optionally_and_read_only() -> None:
+    parsed = parse_job(job())
+    server = builders.server_deployment(parsed, SETTINGS)["spec"]["template"]["spec"]
+    final = {v["name"]: v for v in server["volumes"]}["final"]
+    assert final == {"name": "final", "configMap": {"name": "digits-fedavg-server", "optional": True}}
+    mount = {"name": "final", "mountPath": contract.FINAL_STATUS_DIR, "readOnly": True}
+    assert mount in server["containers"][0]["volumeMounts"]
+    path = env_of(builders.server_deployment(parsed, SETTINGS))[contract.ENV_FINAL_STATUS]
+    assert path == f"{contract.FINAL_STATUS_DIR}/{contract.FINAL_STATUS_KEY}"

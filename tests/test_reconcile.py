@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubeflower.core import contract
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
 from kubeflower.core.validation import parse_job
@@ -102,11 +103,17 @@ def test_success_removes_the_clients_keeps_the_server_then_ttl() -> None:
     assert done.delete == [("StatefulSet", "digits-fedavg-clients")]
     assert [e.reason for e in done.events] == ["RoundCompleted", "RunSucceeded"]
     assert not done.delete_job
+    # The final status, for a server pod re-created after the end: it serves this, not a new run.
+    (final,) = done.create
+    assert final["kind"] == "ConfigMap" and final["metadata"]["name"] == "digits-fedavg-server"
+    served = ServerStatus.model_validate_json(final["data"][contract.FINAL_STATUS_KEY])
+    assert (served.phase, served.current_round, served.total_rounds) == (Phase.SUCCEEDED, 3, 3)
+    kept = {k: v for k, v in found.items() if k != "StatefulSet"} | {"ConfigMap": Child("ConfigMap", "x")}
     later = plan(
         parsed,
         1,
         done.status,
-        Observed(children={k: v for k, v in found.items() if k != "StatefulSet"}),
+        Observed(children=kept),
         NOW + timedelta(seconds=61),
         SETTINGS,
     )

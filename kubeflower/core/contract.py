@@ -26,6 +26,10 @@ SUPERNODE_PORT = 9094
 OUTPUT_DIR = "/var/lib/kubeflower/output"
 DATA_DIR = "/var/lib/kubeflower/data"
 FLWR_HOME = "/var/lib/kubeflower/flwr"
+FINAL_STATUS_DIR = "/var/lib/kubeflower/final"
+"""The server pod's view of its job's final status (a ConfigMap the operator writes when the job
+finished, mounted optional): a server re-created after the end serves it instead of running again."""
+FINAL_STATUS_KEY = "status.json"
 TMP_DIR = "/tmp"
 
 
@@ -105,6 +109,9 @@ run` sets 127.0.0.1: Flower's Control API shares the SuperLink port and has no a
 ENV_STATUS_PORT = "KUBEFLOWER_STATUS_PORT"
 ENV_OUTPUT_DIR = "KUBEFLOWER_OUTPUT_DIR"
 """The server's output folder (`OutputFolder`): a ServerApp, the built-in one or yours, finds it here."""
+ENV_FINAL_STATUS = "KUBEFLOWER_FINAL_STATUS"
+"""A file that exists once the job has finished, holding its final status document (the operator's
+ConfigMap, FINAL_STATUS_DIR/FINAL_STATUS_KEY); unset in `kubeflower run`, whose output folder says it."""
 ENV_JOB_UID = "KUBEFLOWER_JOB_UID"
 """The job's metadata.uid (a fresh one per `kubeflower run` without --resume): checkpoints carry it,
 so a new job on a reused output volume never resumes another job's model."""

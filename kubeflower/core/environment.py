@@ -44,6 +44,7 @@ def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
         contract.ENV_STATUS_PORT: str(contract.STATUS_PORT),
         contract.ENV_OUTPUT_DIR: contract.OUTPUT_DIR,
         contract.ENV_DATA_DIR: contract.DATA_DIR,
+        contract.ENV_FINAL_STATUS: f"{contract.FINAL_STATUS_DIR}/{contract.FINAL_STATUS_KEY}",
         **contract.FLOWER_ENV,
     }
     if spec.app is not None:

@@ -128,6 +128,27 @@ def server_volumes(job: FederatedTrainingJob) -> dict[str, Manifest]:
     return {"output": output.volume("output")} if output is not None else {}
 
 
+FINAL_VOLUME = "final"
+
+
+def _server_pod_volumes(job: FederatedTrainingJob) -> list[Manifest]:
+    """The emptyDirs (the output volume in its place, when set) and the job's final status,
+    optional: the ConfigMap exists only once the job has finished."""
+    final = {"name": server_name(job.metadata.name), "optional": True}
+    return [*_volumes(server_volumes(job)), {"name": FINAL_VOLUME, "configMap": final}]
+
+
+def final_status_config_map(job: FederatedTrainingJob, document: str) -> Manifest:
+    """The job's final status document, for a server pod re-created after the end (it serves this
+    instead of running the federation again, with or without an output volume)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, server_name(job.metadata.name), SERVER),
+        "data": {contract.FINAL_STATUS_KEY: document},
+    }
+
+
 def results_location(job: FederatedTrainingJob) -> str:
     """Where the job's results are, in words (`status.results`)."""
     output = job.spec.output
@@ -141,6 +162,7 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     container = _container(
         job, SERVER, ["kubeflower-server"], _env(environment.server_environment(job)), job.spec.server, settings
     )
+    container["volumeMounts"].append({"name": FINAL_VOLUME, "mountPath": contract.FINAL_STATUS_DIR, "readOnly": True})
     container["ports"] = [
         {"name": "flower", "containerPort": contract.SUPERLINK_PORT, "protocol": "TCP"},
         {"name": "status", "containerPort": contract.STATUS_PORT, "protocol": "TCP"},
@@ -158,7 +180,7 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
             "selector": {"matchLabels": selector_labels(job.metadata.name, SERVER)},
             "template": {
                 "metadata": {"labels": labels(job.metadata.name, SERVER)},
-                "spec": _pod_spec(container, job.spec.server, settings, _volumes(server_volumes(job))),
+                "spec": _pod_spec(container, job.spec.server, settings, _server_pod_volumes(job)),
             },
         },
     }

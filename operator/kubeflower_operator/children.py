@@ -24,6 +24,7 @@ _KINDS: dict[str, tuple[Callable[[client.ApiClient], Any], str]] = {
     "Deployment": (client.AppsV1Api, "deployment"),
     "StatefulSet": (client.AppsV1Api, "stateful_set"),
     "Service": (client.CoreV1Api, "service"),
+    "ConfigMap": (client.CoreV1Api, "config_map"),
     "NetworkPolicy": (client.NetworkingV1Api, "network_policy"),
 }
 

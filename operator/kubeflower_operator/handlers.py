@@ -128,6 +128,7 @@ def _child_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Child]:
 kopf.index("apps", "v1", "deployments", labels=MANAGED, id="deployments")(_child_index)
 kopf.index("apps", "v1", "statefulsets", labels=MANAGED, id="statefulsets")(_child_index)
 kopf.index("", "v1", "services", labels=MANAGED, id="services")(_child_index)
+kopf.index("", "v1", "configmaps", labels=MANAGED, id="configmaps")(_child_index)
 kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED, id="networkpolicies")(_child_index)
 
 
@@ -156,7 +157,7 @@ def _observe(
     )
 
 
-CHILD_INDEXES = ("deployments", "statefulsets", "services", "networkpolicies")
+CHILD_INDEXES = ("deployments", "statefulsets", "services", "networkpolicies", "configmaps")
 
 
 @kopf.on.resume(*JOB)

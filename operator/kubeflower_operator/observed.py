@@ -17,7 +17,7 @@ CONFIG_HASH = "kubeflower.io/config-hash"
 
 @dataclass(frozen=True)
 class Child:
-    """One child object (Deployment, StatefulSet, Service, NetworkPolicy) as observed."""
+    """One child object (Deployment, StatefulSet, Service, NetworkPolicy, ConfigMap) as observed."""
 
     kind: str
     name: str
@@ -61,6 +61,6 @@ class Poll:
 @dataclass(frozen=True)
 class Observed:
     children: dict[str, Child] = field(default_factory=dict)
-    """By kind: Deployment, Service, NetworkPolicy, StatefulSet."""
+    """By kind: Deployment, Service, NetworkPolicy, StatefulSet, ConfigMap (the final status)."""
     server_restarts: int = 0
     poll: Poll = field(default_factory=Poll)

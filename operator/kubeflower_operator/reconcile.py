@@ -273,6 +273,8 @@ def children_step(
     }
     if finished_at:
         _finished_children(job, children, out)
+        if "ConfigMap" not in children and spec.run_policy.clean_policy != CleanPolicy.ALL:
+            out.create.append(builders.final_status_config_map(job, final_document(job, status).to_json()))
         ttl = spec.run_policy.ttl_seconds_after_finished
         if ttl is not None and now >= parse_timestamp(finished_at) + timedelta(seconds=ttl):
             out.delete_job = True
@@ -281,6 +283,21 @@ def children_step(
         _running_children(desired, children, server_ready, out)
         update["phase"], update["reason"], update["message"] = _phase(job, server, clients, observed.poll.document)
     return status.model_copy(update=update)
+
+
+def final_document(job: FederatedTrainingJob, status: JobStatus) -> ServerStatus:
+    """The job's final status as a server status document (what a re-created server serves)."""
+    metrics = status.metrics.model_dump(exclude_none=True) if status.metrics else {}
+    return ServerStatus(
+        phase=status.phase or Phase.FAILED,
+        current_round=status.current_round or 0,
+        total_rounds=status.total_rounds or job.spec.rounds,
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+        message=status.message or "",
+        start_time=status.start_time,
+        finish_time=status.completion_time,
+        job_uid=job.metadata.uid or "",
+    )
 
 
 def conditions(

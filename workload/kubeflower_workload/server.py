@@ -69,6 +69,7 @@ class Settings:
     bind_host: str
     output_dir: Path
     job_uid: str
+    final_status: Path | None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -101,6 +102,7 @@ class Settings:
             bind_host=env.get(contract.ENV_BIND_HOST) or "0.0.0.0",
             output_dir=Path(need(contract.ENV_OUTPUT_DIR)),
             job_uid=env.get(contract.ENV_JOB_UID, ""),
+            final_status=Path(env[contract.ENV_FINAL_STATUS]) if env.get(contract.ENV_FINAL_STATUS) else None,
         )
 
 
@@ -350,8 +352,9 @@ def _now() -> str:
 
 def initial_status(settings: Settings, now: str) -> ServerStatus:
     """What the server reports as it starts: the job's final state when it already finished (this
-    is a server re-created after the end: it must not run again), the rounds of its latest
-    checkpoint when it resumes, else a fresh start."""
+    is a server re-created after the end: it must not run again; its output folder or, without an
+    output volume, the operator's ConfigMap says so), the rounds of its latest checkpoint when it
+    resumes, else a fresh start."""
     fresh = ServerStatus(
         total_rounds=settings.rounds,
         clients=ClientCounts(expected=settings.min_clients),
@@ -360,9 +363,11 @@ def initial_status(settings: Settings, now: str) -> ServerStatus:
         job_uid=settings.job_uid,
     )
     folder = contract.OutputFolder(settings.output_dir)
-    final = _final_document(folder.metrics, settings.job_uid)
-    if final is not None:
-        return final
+    # The output folder's own document first (every round's history), else the operator's.
+    for path in (folder.metrics, settings.final_status):
+        final = _final_document(path, settings.job_uid) if path is not None else None
+        if final is not None:
+            return final
     found = checkpoints.latest(folder.checkpoints, settings.job_uid)
     if found is None:
         return fresh
@@ -409,10 +414,11 @@ def main() -> int:
         signal.signal(sig, lambda *_: supervisor.request_stop())
     if board.get().phase.finished:
         LOG.info(
-            "job %s already %s (%s): serving its final state, not running again",
+            "job %s already %s after %d/%d rounds: serving its final state, not running again",
             settings.job,
             board.get().phase.value.lower(),
-            contract.OutputFolder(settings.output_dir).metrics,
+            board.get().current_round,
+            board.get().total_rounds,
         )
     else:
         if board.get().resumed_round:
