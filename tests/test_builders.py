@@ -252,3 +252,18 @@ def test_the_server_mounts_its_jobs_final_status_optionally_and_read_only() -> N
     assert mount in server["containers"][0]["volumeMounts"]
     path = env_of(builders.server_deployment(parsed, SETTINGS))[contract.ENV_FINAL_STATUS]
     assert path == f"{contract.FINAL_STATUS_DIR}/{contract.FINAL_STATUS_KEY}"
+
+
+def test_the_server_has_default_resources_that_the_user_overrides_per_resource() -> None:
+    def resources(**server: object) -> dict:
+        deployment = builders.server_deployment(parse_job(job(server=server)), SETTINGS)
+        return deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+    assert resources() == builders.SERVER_RESOURCES  # Burstable, not BestEffort
+    mine = resources(resources={"limits": {"memory": "512Mi"}, "requests": {"cpu": "2"}})
+    assert mine == {"requests": {"cpu": "2"}, "limits": {"memory": "512Mi"}}  # nothing of ours next to yours
+    assert resources(resources={"requests": {"nvidia.com/gpu": 1}})["requests"] == {
+        "nvidia.com/gpu": 1,
+        "cpu": "500m",
+        "memory": "1Gi",
+    }

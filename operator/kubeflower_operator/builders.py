@@ -22,6 +22,11 @@ WARM_CLIENT_MEMORY_REQUEST = "1Gi"
 """A warm client pod's default memory request: SuperNode and SuperExec (about 0.26 GB), the fork
 server holding torch and Flower (about 0.5 GB) and the message's forked child (its own pages only)."""
 MANAGED_BY = "kubeflower-operator"
+SERVER_RESOURCES: dict[str, dict[str, str]] = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
+"""The server's defaults, so that it is not BestEffort (the first pod evicted): the SuperLink and
+the ServerApp with torch (about 0.6 GB), plus the clients' models in flight each round (ResNet-18:
+45 MB a client). No CPU limit: aggregation bursts, and throttling it only slows every round. Each
+resource the user names in `spec.server.resources` (requests or limits) replaces its defaults."""
 
 
 def selector_labels(job_name: str, component: str) -> dict[str, str]:
@@ -122,6 +127,18 @@ def _pod_spec(container: Manifest, settings: PodSettings, app: Settings, volumes
     return spec
 
 
+def with_defaults(resources: Manifest, defaults: dict[str, dict[str, str]]) -> Manifest:
+    """`resources` with the defaults of every resource it names in neither requests nor limits
+    (a default next to the user's own value could contradict it: a request above the limit)."""
+    named = {name for kind in ("requests", "limits") for name in resources.get(kind) or {}}
+    merged = {kind: dict(values) for kind, values in resources.items()}
+    for kind, values in defaults.items():
+        for name, value in values.items():
+            if name not in named:
+                merged.setdefault(kind, {})[name] = value
+    return merged
+
+
 def server_volumes(job: FederatedTrainingJob) -> dict[str, Manifest]:
     """The server's volumes that are not emptyDirs: its output volume (`spec.output`), when set."""
     output = job.spec.output
@@ -162,6 +179,7 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     container = _container(
         job, SERVER, ["kubeflower-server"], _env(environment.server_environment(job)), job.spec.server, settings
     )
+    container["resources"] = with_defaults(container.get("resources") or {}, SERVER_RESOURCES)
     container["volumeMounts"].append({"name": FINAL_VOLUME, "mountPath": contract.FINAL_STATUS_DIR, "readOnly": True})
     container["ports"] = [
         {"name": "flower", "containerPort": contract.SUPERLINK_PORT, "protocol": "TCP"},

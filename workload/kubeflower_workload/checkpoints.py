@@ -99,8 +99,10 @@ def latest(folder: Path, job_uid: str) -> Checkpoint | None:
 
 
 def _write(path: Path, write: Any) -> None:
-    """Write through a temporary file and rename: readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write through a temporary file and rename: readers see the old file or the whole new one.
+    The temporary name is the process's own: a server pod still stopping while its replacement
+    starts (a deleted pod) may write the same round."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
