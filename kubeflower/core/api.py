@@ -184,10 +184,11 @@ class VolumeSpec(ApiModel):
         ),
     )
 
-    def volume(self, name: str) -> dict[str, Any]:
-        """The pod's `volumes[]` entry."""
+    def volume(self, name: str, read_only: bool = False) -> dict[str, Any]:
+        """The pod's `volumes[]` entry (`read_only`: a claim mounted read-only, as the mount is)."""
         if self.claim_name is not None:
-            return {"name": name, "persistentVolumeClaim": {"claimName": self.claim_name}}
+            claim: dict[str, Any] = {"claimName": self.claim_name, **({"readOnly": True} if read_only else {})}
+            return {"name": name, "persistentVolumeClaim": claim}
         return {**(self.source or {}), "name": name}
 
     def describe(self) -> str:
@@ -363,6 +364,15 @@ class FederatedTrainingJobSpec(ApiModel):
     app: AppSpec | None = None
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
+    data: VolumeSpec | None = Field(
+        default=None,
+        description=(
+            "A read-only data volume shared by the clients, holding the data sets (torchvision's layout: "
+            "cifar-10-batches-py/, MNIST/): the built-in app reads them there instead of downloading them into "
+            "each client pod. A ReadWriteOnce claim cannot be shared by clients on several nodes: use ReadOnlyMany "
+            "or ReadWriteMany. Unset: an emptyDir per client pod, filled by a download."
+        ),
+    )
     output: VolumeSpec | None = Field(
         default=None,
         description=(

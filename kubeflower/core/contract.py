@@ -31,6 +31,9 @@ FINAL_STATUS_DIR = "/var/lib/kubeflower/final"
 finished, mounted optional): a server re-created after the end serves it instead of running again."""
 FINAL_STATUS_KEY = "status.json"
 TMP_DIR = "/tmp"
+CACHE_DIR = "/var/lib/kubeflower/cache"
+"""A client's own writable folder for the data sets it prepared (an emptyDir): where they go when
+the data folder is the job's read-only data volume (`spec.data`)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ class OutputFolder:
 # Variables read by both entry points.
 ENV_JOB_NAME = "KUBEFLOWER_JOB_NAME"
 ENV_DATA_DIR = "KUBEFLOWER_DATA_DIR"
+ENV_CACHE_DIR = "KUBEFLOWER_CACHE_DIR"
+"""A writable folder for prepared data sets, used when the data folder cannot be written."""
 
 # Server entry point.
 ENV_RUN_CONFIG = "KUBEFLOWER_RUN_CONFIG"

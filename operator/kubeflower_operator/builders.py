@@ -68,6 +68,7 @@ _VOLUMES = {
     "data": contract.DATA_DIR,
     "flwr-home": contract.FLWR_HOME,
     "tmp": contract.TMP_DIR,
+    "cache": contract.CACHE_DIR,
 }
 """emptyDir volumes: the root file system is read-only, these are where the workload writes."""
 
@@ -308,7 +309,14 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifes
         resources.setdefault("requests", {})["memory"] = WARM_CLIENT_MEMORY_REQUEST
     if not resources:
         del container["resources"]
-    pod_spec = _pod_spec(container, job.spec.clients, settings, _volumes({}))
+    data = job.spec.data
+    if data is not None:  # the job's data volume in place of the emptyDir, read-only
+        for mount in container["volumeMounts"]:
+            if mount["name"] == "data":
+                mount["readOnly"] = True
+    pod_spec = _pod_spec(
+        container, job.spec.clients, settings, _volumes({"data": data.volume("data", read_only=True)} if data else {})
+    )
     spread = client_spread(job)
     if spread:
         pod_spec["topologySpreadConstraints"] = spread

@@ -77,9 +77,13 @@ def test_a_deleted_server_pod_resumes_from_its_output_claim_and_a_finished_job_n
     document = json.loads((claim / "metrics.json").read_text())
     assert [r["round"] for r in document["history"]] == list(range(1, ROUNDS + 1)), document["history"]
     assert sorted(p.name for p in (claim / "checkpoints").glob("*.json"))[-1] == f"round-{ROUNDS:06d}.json"
+    log = (claim / "logs" / "server.log").read_text()  # both pods' logs, the SuperLink's lines too
+    assert "starting the SuperLink" in log and f"resuming after round {kept['resumedRound']}" in log
 
     # A finished job's server pod re-created, with its claim and without one: it serves the final
     # state and runs nothing (no SuperLink), and the job stays Succeeded.
+    for name in ("kept", "plain"):
+        wait_for(lambda n=name: not cluster.processes(n, "clients"), 120, f"{name}'s clients gone (cleanPolicy)")
     for name, old in ((n, _delete_server_pod(cluster, n)) for n in ("kept", "plain")):
         assert old != deleted
         served = _new_server(cluster, name, old)
@@ -88,7 +92,7 @@ def test_a_deleted_server_pod_resumes_from_its_output_claim_and_a_finished_job_n
         assert commands and not any("flower-superlink" in c for c in commands), commands
         status = cluster.status(name)
         assert status["phase"] == "Succeeded" and status["round"] == f"{ROUNDS}/{ROUNDS}", status
-        assert not cluster.pods(name, "clients")
+        assert not cluster.processes(name, "clients")
     assert len(cluster.server_document("kept")["history"]) == ROUNDS  # type: ignore[index]
 
     # The job goes; its results stay on the claim.

@@ -15,7 +15,9 @@ stays up: restarting would fail the same way.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import logging
 import os
@@ -167,15 +169,17 @@ class SuperLinkOutput(threading.Thread):
     the reason (`Key 'x' is not present in the main dictionary`) is in the SuperLink's log.
     """
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], copy: IO[bytes] | None = None) -> None:
         super().__init__(name="superlink-output", daemon=True)
-        self.stream = stream
+        self.stream, self.copy = stream, copy
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
 
     def run(self) -> None:
         for line in self.stream:
-            sys.stdout.buffer.write(line)
-            sys.stdout.buffer.flush()
+            for out in (sys.stdout.buffer, self.copy):
+                if out is not None:
+                    out.write(line)
+                    out.flush()
             text = progress.strip_ansi(line.decode("utf-8", "replace")).strip()
             if text.startswith("ERROR"):
                 self.errors.append(text.removeprefix("ERROR").lstrip(" :"))
@@ -184,8 +188,8 @@ class SuperLinkOutput(threading.Thread):
 class Supervisor:
     """The SuperLink's keeper and the run's follower; `run()` returns the exit code."""
 
-    def __init__(self, settings: Settings, board: Board) -> None:
-        self.settings, self.board = settings, board
+    def __init__(self, settings: Settings, board: Board, log_copy: IO[bytes] | None = None) -> None:
+        self.settings, self.board, self.log_copy = settings, board, log_copy
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.control = Control(f"127.0.0.1:{settings.superlink_port}")
@@ -219,7 +223,7 @@ class Supervisor:
             subprocess.PIPE,
         )
         assert self.superlink.stdout is not None
-        self.superlink_output = SuperLinkOutput(self.superlink.stdout)
+        self.superlink_output = SuperLinkOutput(self.superlink.stdout, self.log_copy)
         self.superlink_output.start()
 
     def run(self) -> int:
@@ -350,6 +354,21 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def open_server_log(path: Path) -> IO[bytes] | None:
+    """The server's log in the output folder, to append to (a resumed server continues it), so
+    that it outlives the pod with the results; None when our output already goes there (`kubeflower
+    run` writes it) or it cannot be opened (then the pod's log alone has it)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(sys.stdout.fileno()), path.stat()):
+                return None
+        return path.open("ab")
+    except OSError as exc:
+        LOG.warning("the server's log cannot be written to %s: %s", path, exc)
+        return None
+
+
 def initial_status(settings: Settings, now: str) -> ServerStatus:
     """What the server reports as it starts: the job's final state when it already finished (this
     is a server re-created after the end: it must not run again; its output folder or, without an
@@ -408,8 +427,13 @@ def main() -> int:
         LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.core.contract)", exc)
         return 2
     processes.become_subreaper()
+    log_copy = open_server_log(contract.OutputFolder(settings.output_dir).server_log)
+    if log_copy is not None:
+        copy = logging.StreamHandler(io.TextIOWrapper(log_copy, write_through=True))
+        copy.setFormatter(logging.getLogger().handlers[0].formatter)
+        logging.getLogger().addHandler(copy)
     board = Board(initial_status(settings, _now()))
-    supervisor = Supervisor(settings, board)
+    supervisor = Supervisor(settings, board, log_copy)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
     if board.get().phase.finished:
