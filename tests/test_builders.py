@@ -267,3 +267,17 @@ def test_the_server_has_default_resources_that_the_user_overrides_per_resource()
         "cpu": "500m",
         "memory": "1Gi",
     }
+
+
+def test_the_data_volume_is_the_clients_read_only_data_folder() -> None:
+    parsed = parse_job(job(data={"claimName": "cifar"}))
+    clients = builders.client_statefulset(parsed, SETTINGS)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in clients["volumes"]}
+    assert volumes["data"] == {"name": "data", "persistentVolumeClaim": {"claimName": "cifar", "readOnly": True}}
+    mounts = {m["name"]: m for m in clients["containers"][0]["volumeMounts"]}
+    assert mounts["data"] == {"name": "data", "mountPath": contract.DATA_DIR, "readOnly": True}
+    assert volumes["cache"] == {"name": "cache", "emptyDir": {}}  # where the prepared arrays go instead
+    assert env_of(builders.client_statefulset(parsed, SETTINGS))[contract.ENV_CACHE_DIR] == contract.CACHE_DIR
+    assert restricted_violations(clients) == []
+    server = builders.server_deployment(parsed, SETTINGS)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in server["volumes"]}["data"] == {"name": "data", "emptyDir": {}}

@@ -238,3 +238,20 @@ def test_operator_restart_mid_job_continues_without_duplicates(
     assert sorted(posted) == ["round 1/3", "round 2/3", "round 3/3"], (
         "one event per round, none repeated after the restart"
     )
+
+
+def test_a_read_write_once_data_claim_for_clients_on_several_nodes_is_a_clear_error(
+    operator: None, cluster: Cluster
+) -> None:
+    for name, modes in (("once", ["ReadWriteOnce"]), ("many", ["ReadOnlyMany"])):
+        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": f"data-{name}"}}
+        claim["spec"] = {"accessModes": modes, "resources": {"requests": {"storage": "1Gi"}}}
+        cluster.apply(claim)
+        cluster.apply_documents(name, [job(name, data={"claimName": f"data-{name}"})])
+    status = cluster.wait_status("once", lambda s: s.get("phase") == "Failed")
+    assert status["reason"] == "ValidationFailed", status
+    assert "spec.data.claimName" in status["message"] and "ReadWriteOnce" in status["message"], status
+    assert not any(cluster.children("once").values())
+    # A claim many nodes can mount: the job goes on (its server is created).
+    wait_for(lambda: cluster.children("many")["Deployment"], 30, "the server of the job with a shareable claim")
+    assert cluster.status("many").get("phase") != "Failed"

@@ -214,3 +214,21 @@ def test_condition_transition_time_moves_only_on_change() -> None:
 def test_restart_count_sums_containers() -> None:
     pod = {"status": {"containerStatuses": [{"restartCount": 2}, {"restartCount": 1}]}}
     assert restart_count(pod) == 3 and restart_count({}) == 0
+
+
+def test_a_data_claim_that_one_node_holds_cannot_serve_clients_on_several() -> None:
+    from kubeflower_operator.reconcile import data_volume_problem
+
+    def problem(modes: tuple[str, ...] | None, **clients: Any) -> str | None:
+        return data_volume_problem(parse_job(job(data={"claimName": "d"}, clients={"replicas": 2, **clients})), modes)
+
+    assert problem(None) is None  # not read (yet)
+    assert problem(("ReadOnlyMany",)) is None and problem(("ReadWriteMany", "ReadWriteOnce")) is None
+    assert "ReadWriteOnce" in (problem(("ReadWriteOnce",)) or "")
+    assert problem(("ReadWriteOnce",), nodeSelector={"kubernetes.io/hostname": "n1"}) is None  # pinned to one node
+    assert "ReadWriteOncePod" in (problem(("ReadWriteOncePod",), nodeSelector={"kubernetes.io/hostname": "n1"}) or "")
+    assert problem(("ReadWriteOnce",), replicas=1) is None
+    parsed = parse_job(job(data={"claimName": "d"}))
+    failed = plan(parsed, 1, JobStatus(), Observed(data_claim_modes=("ReadWriteOnce",)), NOW, SETTINGS)
+    assert failed.status.phase == Phase.FAILED and failed.create == []
+    assert "spec.data.claimName" in (failed.status.message or "")

@@ -22,7 +22,10 @@ WARM_CLIENT_MEMORY_REQUEST = "1Gi"
 """A warm client pod's default memory request: SuperNode and SuperExec (about 0.26 GB), the fork
 server holding torch and Flower (about 0.5 GB) and the message's forked child (its own pages only)."""
 MANAGED_BY = "kubeflower-operator"
-SERVER_RESOURCES: dict[str, dict[str, str]] = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
+SERVER_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "500m", "memory": "1Gi"},
+    "limits": {"memory": "4Gi"},
+}
 """The server's defaults, so that it is not BestEffort (the first pod evicted): the SuperLink and
 the ServerApp with torch (about 0.6 GB), plus the clients' models in flight each round (ResNet-18:
 45 MB a client). No CPU limit: aggregation bursts, and throttling it only slows every round. Each

@@ -78,6 +78,18 @@ class Children:
             if exc.status != 404:
                 raise
 
+    def claim_access_modes(self, namespace: str, name: str) -> list[str] | None:
+        """A PersistentVolumeClaim's access modes (the job's data volume: can clients on several
+        nodes share it?); None when it does not exist (yet: its pods then wait for it)."""
+        try:
+            claim = client.CoreV1Api(self._client).read_namespaced_persistent_volume_claim(name, namespace)
+        except ApiException as exc:
+            self._on_error("get", "PersistentVolumeClaim", exc.status)
+            if exc.status != 404:
+                raise
+            return None
+        return list(claim.spec.access_modes or [])
+
     def delete_job(self, namespace: str, name: str) -> None:
         self._before_write()
         try:

@@ -8,6 +8,7 @@ indexes (no API reads), polls the server's status document, plans with the pure
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -225,6 +226,10 @@ def _plan(
     else:
         memo.poll = Poll()
     observed = _observe(key, indexes, expected, memo.poll)
+    claim = job.spec.data.claim_name if job.spec.data else None
+    if claim and "StatefulSet" not in observed.children and current.completion_time is None:
+        modes = memo.children.claim_access_modes(meta["namespace"], claim)  # one read, until the clients exist
+        observed = dataclasses.replace(observed, data_claim_modes=None if modes is None else tuple(modes))
     return reconcile.plan(job, generation, current, observed, now, settings)
 
 

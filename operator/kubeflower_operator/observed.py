@@ -64,3 +64,6 @@ class Observed:
     """By kind: Deployment, Service, NetworkPolicy, StatefulSet, ConfigMap (the final status)."""
     server_restarts: int = 0
     poll: Poll = field(default_factory=Poll)
+    data_claim_modes: tuple[str, ...] | None = None
+    """The access modes of the job's data claim (spec.data.claimName), read before the clients are
+    created; None when not read (no claim, the clients exist, or the claim does not exist yet)."""

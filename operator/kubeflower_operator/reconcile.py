@@ -117,6 +117,27 @@ def invalid_plan(previous: JobStatus, generation: int, message: str, now: dateti
     return Plan(status=status, events=[] if repeated else [Event("Warning", "ValidationFailed", message)])
 
 
+def data_volume_problem(job: FederatedTrainingJob, modes: tuple[str, ...] | None) -> str | None:
+    """Why the data claim cannot serve every client, or None. A ReadWriteOnce volume attaches to one
+    node: clients on other nodes would wait forever (Multi-Attach); ReadWriteOncePod, to one pod."""
+    clients = job.spec.clients
+    if modes is None or clients.replicas < 2 or {"ReadOnlyMany", "ReadWriteMany"} & set(modes):
+        return None
+    claim = job.spec.data.claim_name if job.spec.data else None
+    if "ReadWriteOncePod" in modes:
+        return (
+            f"spec.data.claimName: claim {claim} is ReadWriteOncePod: only one pod may mount it, and the job has "
+            f"{clients.replicas} clients; use a ReadOnlyMany or ReadWriteMany claim"
+        )
+    if "ReadWriteOnce" in modes and "kubernetes.io/hostname" not in (clients.node_selector or {}):
+        return (
+            f"spec.data.claimName: claim {claim} is ReadWriteOnce: it attaches to one node, and the "
+            f"{clients.replicas} clients spread over nodes; use a ReadOnlyMany or ReadWriteMany claim, or pin the "
+            "clients to one node (spec.clients.nodeSelector with kubernetes.io/hostname)"
+        )
+    return None
+
+
 def plan(
     job: FederatedTrainingJob,
     generation: int,
@@ -127,6 +148,9 @@ def plan(
 ) -> Plan:
     """Everything to do for a valid job, from what is observed now: progress, verdict, children,
     conditions, each its own step."""
+    problem = data_volume_problem(job, observed.data_claim_modes)
+    if problem is not None and previous.completion_time is None:
+        return invalid_plan(previous, generation, problem, now)
     out = Plan()
     status, out.events = progress(job, generation, previous, observed, now)
     if status.completion_time is None:
