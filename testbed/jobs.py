@@ -73,7 +73,7 @@ INVALID: list[tuple[str, list[Any], str]] = [
     ("fractional-epochs", [_set("spec.task.localEpochs", 1.5)], "spec.task.localEpochs"),
     (
         "output-claim-and-source",
-        [_set("spec.output", {"claimName": "results", "source": {"nfs": {"server": "nfs", "path": "/"}}})],
+        [_set("spec.output", {"claimName": "results", "source": {"csi": {"driver": "nfs.csi.k8s.io"}}})],
         "spec.output.claimName",
     ),
     ("output-neither", [_set("spec.output", {})], "spec.output.claimName"),

@@ -7,12 +7,13 @@ import json
 import pytest
 
 from kubeflower.core import contract
-from kubeflower.core.validation import parse_job
+from kubeflower.core.validation import JobInvalid, parse_job
 from kubeflower_operator import builders
 from kubeflower_operator.reconcile import desired_children
 from kubeflower_operator.settings import Settings
 from testbed.jobs import job
 from tests.pss import restricted_violations
+from tests.strict import strict_errors
 
 SETTINGS = Settings()
 
@@ -233,11 +234,11 @@ def test_the_output_volume_replaces_the_servers_output_emptydir_only() -> None:
     assert restricted_violations(server) == []
     clients = builders.client_statefulset(claim, SETTINGS)["spec"]["template"]["spec"]
     assert {v["name"]: v for v in clients["volumes"]}["output"] == {"name": "output", "emptyDir": {}}
-    nfs = parse_job(job(output={"source": {"nfs": {"server": "nfs.example", "path": "/results"}}}))
+    nfs = parse_job(job(output={"source": {"csi": {"driver": "nfs.csi.k8s.io"}}}))
     server = builders.server_deployment(nfs, SETTINGS)["spec"]["template"]["spec"]
     assert {v["name"]: v for v in server["volumes"]}["output"] == {
         "name": "output",
-        "nfs": {"server": "nfs.example", "path": "/results"},
+        "csi": {"driver": "nfs.csi.k8s.io"},
     }
     assert "persistentVolumeClaim results" in builders.results_location(claim)
     assert "emptyDir" in builders.results_location(parse_job(job()))
@@ -281,3 +282,78 @@ def test_the_data_volume_is_the_clients_read_only_data_folder() -> None:
     assert restricted_violations(clients) == []
     server = builders.server_deployment(parsed, SETTINGS)["spec"]["template"]["spec"]
     assert {v["name"]: v for v in server["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
+
+
+POD_TEMPLATE = {
+    "volumes": [{"name": "certs", "secret": {"secretName": "ca"}}, {"name": "scratch", "emptyDir": {}}],
+    "volumeMounts": [{"name": "certs", "mountPath": "/etc/ca", "readOnly": True}],
+    "imagePullSecrets": [{"name": "registry"}],
+    "priorityClassName": "federation",
+    "runtimeClassName": "gvisor",
+    "labels": {"team": "ml", contract.JOB_LABEL: "not-yours"},
+    "annotations": {"sidecar.example/inject": "false"},
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}],
+}
+
+
+@pytest.mark.parametrize("component", ["server", "clients"])
+def test_pod_template_fields_merge_under_the_operators_own_valid_and_restricted(component: str) -> None:
+    spec = {component: {**POD_TEMPLATE, **({"replicas": 2} if component == "clients" else {})}}
+    children = {m["kind"]: m for m in builders.all_children(parse_job(job(**spec)), SETTINGS)}
+    for manifest in children.values():
+        assert strict_errors(manifest) == [], manifest["kind"]
+    manifest = children["Deployment" if component == "server" else "StatefulSet"]
+    template = manifest["spec"]["template"]
+    pod = template["spec"]
+    assert restricted_violations(pod) == []
+    assert template["metadata"]["labels"]["team"] == "ml"
+    assert template["metadata"]["labels"][contract.JOB_LABEL] == "digits-fedavg"  # ours win
+    assert template["metadata"]["annotations"] == {"sidecar.example/inject": "false"}
+    assert {"name": "certs", "secret": {"secretName": "ca"}} in pod["volumes"]
+    assert {v["name"] for v in pod["volumes"]} >= set(builders._VOLUMES)  # ours stay
+    assert {"name": "certs", "mountPath": "/etc/ca", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert (pod["priorityClassName"], pod["runtimeClassName"]) == ("federation", "gvisor")
+    assert pod["topologySpreadConstraints"] == POD_TEMPLATE["topologySpreadConstraints"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_a_named_service_account_gets_its_token_mounted_and_nothing_else_changes() -> None:
+    parsed = parse_job(job(server={"serviceAccountName": "federation-sa"}))
+    pod = builders.server_deployment(parsed, SETTINGS)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "federation-sa" and pod["automountServiceAccountToken"] is True
+    assert restricted_violations(pod) == []
+    clients = builders.client_statefulset(parsed, SETTINGS)["spec"]["template"]["spec"]
+    assert clients["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "words"),
+    [
+        ({"volumes": [{"name": "host", "hostPath": {"path": "/"}}]}, "volumes", "restricted Pod Security Standard"),
+        ({"volumes": [{"name": "tmp", "emptyDir": {}}]}, "volumes", "operator's own"),
+        ({"volumeMounts": [{"name": "x", "mountPath": "/x"}]}, "volumeMounts", "names no volume"),
+        (
+            {"volumes": [{"name": "x", "emptyDir": {}}], "volumeMounts": [{"name": "x", "mountPath": "/tmp/x"}]},
+            "volumeMounts",
+            "inside the operator's /tmp",
+        ),
+    ],
+)
+def test_pod_template_fields_that_would_break_the_pod_are_refused_naming_the_field(
+    settings: dict, field: str, words: str
+) -> None:
+    with pytest.raises(JobInvalid) as raised:
+        parse_job(job(clients=settings))
+    assert raised.value.errors[0].path == f"spec.clients.{field}" and words in raised.value.errors[0].message
+
+
+def test_every_child_is_valid_for_the_api_server_strict_schema() -> None:
+    parsed = parse_job(job(output={"claimName": "out"}, data={"claimName": "data"}))
+    manifests = [*builders.all_children(parsed, SETTINGS), builders.final_status_config_map(parsed, "{}")]
+    for manifest in manifests:
+        assert strict_errors(manifest) == [], manifest["kind"]
+    broken = builders.server_deployment(parsed, SETTINGS)
+    broken["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
+    assert strict_errors(broken)  # the check sees an unknown field

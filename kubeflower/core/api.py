@@ -154,14 +154,125 @@ class EnvVar(ApiModel):
     value_from: FreeForm | None = None
 
 
+RESTRICTED_VOLUME_TYPES = (
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+)
+"""The volume types the "restricted" Pod Security Standard allows: every pod of a job meets it, so
+the user's volumes (and spec.output/spec.data sources) are of these types only (an NFS share: a
+PersistentVolumeClaim bound to an NFS PersistentVolume)."""
+
+
+def _invalid(message: str) -> PydanticCustomError:
+    """A field's error in our words (no "Value error," before it). These checks of free-form fields
+    are the operator's and the CLI's: the CRD cannot see inside a free-form object."""
+    return PydanticCustomError("invalid", "{message}", {"message": message})
+
+
+def _restricted_volume_source(volume: dict[str, Any], where: str) -> None:
+    """Raises the error naming the volume type the restricted Pod Security Standard forbids."""
+    for key in volume:
+        if key != "name" and key not in RESTRICTED_VOLUME_TYPES:
+            raise _invalid(
+                f"{where}: volume type {key!r} is not allowed by the restricted Pod Security Standard that every "
+                f"pod of a job meets; use one of {', '.join(RESTRICTED_VOLUME_TYPES)} (for a share: a "
+                "persistentVolumeClaim bound to it)"
+            )
+
+
+class LocalObjectReference(ApiModel):
+    name: str = Field(min_length=1)
+
+
 class PodSettings(ApiModel):
-    """Scheduling and resources shared by the server pod and the client pods."""
+    """Scheduling and resources shared by the server pod and the client pods, and what a pod
+    template carries beyond them; the operator's own fields (its containers' command, env and
+    security context, its volumes and labels) always win."""
 
     resources: ResourceRequirements | None = None
     env: list[EnvVar] | None = None
     node_selector: dict[str, str] | None = None
     tolerations: list[FreeForm] | None = None
     affinity: FreeForm | None = None
+    volumes: list[FreeForm] | None = Field(
+        default=None,
+        description=(
+            "More pod volumes (restricted Pod Security Standard types: configMap, csi, downwardAPI, emptyDir, "
+            "ephemeral, persistentVolumeClaim, projected, secret); names other than the operator's own."
+        ),
+    )
+    volume_mounts: list[FreeForm] | None = Field(
+        default=None, description="Mounts of those volumes in the container, at paths other than the operator's."
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = None
+    service_account_name: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "The pod's service account. Named: its token is mounted (the pods never use it themselves: it is for "
+            "what you add, a sidecar or workload identity). Unset: the namespace's default account, no token."
+        ),
+    )
+    priority_class_name: str | None = Field(default=None, min_length=1)
+    runtime_class_name: str | None = Field(default=None, min_length=1)
+    labels: dict[str, str] | None = Field(
+        default=None, description="Pod labels, under the operator's own (which win on the same key)."
+    )
+    annotations: dict[str, str] | None = Field(default=None, description="Pod annotations.")
+    topology_spread_constraints: list[FreeForm] | None = Field(
+        default=None, description="The pod spec's topologySpreadConstraints."
+    )
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes_ok(cls, volumes: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        from kubeflower.core.contract import POD_VOLUMES
+
+        for volume in volumes or []:
+            name = volume.get("name")
+            if not isinstance(name, str) or not name:
+                raise _invalid("every volume needs a name")
+            if name in POD_VOLUMES:
+                raise _invalid(f"volume name {name!r} is the operator's own ({', '.join(POD_VOLUMES)}); rename it")
+            _restricted_volume_source(volume, f"volume {name!r}")
+        return volumes
+
+    @field_validator("volume_mounts")
+    @classmethod
+    def _mounts_ok(cls, mounts: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        from kubeflower.core.contract import POD_VOLUMES
+
+        for mount in mounts or []:
+            path = mount.get("mountPath")
+            if not isinstance(path, str) or not path.startswith("/") or not isinstance(mount.get("name"), str):
+                raise _invalid("every volume mount needs a name and an absolute mountPath")
+            if mount["name"] in POD_VOLUMES:
+                raise _invalid(f"volume {mount['name']!r} is the operator's own: it is mounted already")
+            taken = [p for p in POD_VOLUMES.values() if path == p or path.startswith(p.rstrip("/") + "/")]
+            if taken:
+                raise _invalid(f"mountPath {path} is inside the operator's {taken[0]}; choose another path")
+        return mounts
+
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> PodSettings:
+        names = {v["name"] for v in self.volumes or []}
+        for mount in self.volume_mounts or []:
+            if mount["name"] not in names:
+                raise PydanticCustomError(
+                    "cel_rule",
+                    "{message}",
+                    {
+                        "message": f"volumeMounts: {mount['name']!r} names no volume in volumes; add it there",
+                        "field_path": ".volumeMounts",
+                    },
+                )
+        return self
 
 
 class VolumeSpec(ApiModel):
@@ -172,7 +283,10 @@ class VolumeSpec(ApiModel):
     )
     source: FreeForm | None = Field(
         default=None,
-        description="Any pod volume source instead of a claim, as in a pod's volumes[] without its name: {nfs: {...}}.",
+        description=(
+            "A pod volume source instead of a claim, as in a pod's volumes[] without its name ({csi: {...}}); "
+            "restricted Pod Security Standard types only."
+        ),
     )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
@@ -183,6 +297,13 @@ class VolumeSpec(ApiModel):
             check=lambda v: (v.claim_name is None) != (v.source is None),
         ),
     )
+
+    @field_validator("source")
+    @classmethod
+    def _source_ok(cls, source: dict[str, Any] | None) -> dict[str, Any] | None:
+        if source is not None:
+            _restricted_volume_source(source, "source")
+        return source
 
     def volume(self, name: str, read_only: bool = False) -> dict[str, Any]:
         """The pod's `volumes[]` entry (`read_only`: a claim mounted read-only, as the mount is)."""
@@ -213,7 +334,7 @@ class ClientsSpec(PodSettings):
             "false: Flower's stock process per message."
         ),
     )
-    topology_spread_constraints: list[FreeForm] | None = Field(
+    topology_spread_constraints: list[FreeForm] | None = Field(  # PodSettings' field, with the clients' default
         default=None,
         description=(
             "How the client pods spread over the cluster (pod spec's topologySpreadConstraints). Unset: a soft "

@@ -34,6 +34,16 @@ TMP_DIR = "/tmp"
 CACHE_DIR = "/var/lib/kubeflower/cache"
 """A client's own writable folder for the data sets it prepared (an emptyDir): where they go when
 the data folder is the job's read-only data volume (`spec.data`)."""
+POD_VOLUMES = {
+    "output": OUTPUT_DIR,
+    "data": DATA_DIR,
+    "flwr-home": FLWR_HOME,
+    "tmp": TMP_DIR,
+    "cache": CACHE_DIR,
+    "final": FINAL_STATUS_DIR,
+}
+"""The operator's volumes in the pods, by name, and where they are mounted: the names and paths a
+user's own volumes (spec.server.volumes, spec.clients.volumes) cannot take."""
 
 
 @dataclass(frozen=True)

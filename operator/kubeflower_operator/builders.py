@@ -22,6 +22,7 @@ WARM_CLIENT_MEMORY_REQUEST = "1Gi"
 """A warm client pod's default memory request: SuperNode and SuperExec (about 0.26 GB), the fork
 server holding torch and Flower (about 0.5 GB) and the message's forked child (its own pages only)."""
 MANAGED_BY = "kubeflower-operator"
+FINAL_VOLUME = "final"
 SERVER_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "500m", "memory": "1Gi"},
     "limits": {"memory": "4Gi"},
@@ -66,13 +67,7 @@ def _user_env(env: list[EnvVar] | None) -> list[Manifest]:
     return [e.model_dump(by_alias=True, exclude_none=True) for e in env or []]
 
 
-_VOLUMES = {
-    "output": contract.OUTPUT_DIR,
-    "data": contract.DATA_DIR,
-    "flwr-home": contract.FLWR_HOME,
-    "tmp": contract.TMP_DIR,
-    "cache": contract.CACHE_DIR,
-}
+_VOLUMES = {name: path for name, path in contract.POD_VOLUMES.items() if name != FINAL_VOLUME}
 """emptyDir volumes: the root file system is read-only, these are where the workload writes."""
 
 
@@ -93,7 +88,7 @@ def _container(
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": v, "mountPath": p} for v, p in _VOLUMES.items()],
+        "volumeMounts": [{"name": v, "mountPath": p} for v, p in _VOLUMES.items()] + list(settings.volume_mounts or []),
     }
     if settings.resources is not None:
         container["resources"] = settings.resources.model_dump(by_alias=True, exclude_none=True)
@@ -106,9 +101,12 @@ def _volumes(replace: dict[str, Manifest]) -> list[Manifest]:
 
 
 def _pod_spec(container: Manifest, settings: PodSettings, app: Settings, volumes: list[Manifest]) -> Manifest:
+    """The pod spec: the user's template fields (`PodSettings`) under the operator's own, which win:
+    the user's volumes come after ours (names and paths checked apart by the API model), and the
+    security settings are always ours."""
     spec: Manifest = {
         "containers": [container],
-        "volumes": volumes,
+        "volumes": volumes + list(settings.volumes or []),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": app.run_as_user,
@@ -116,19 +114,34 @@ def _pod_spec(container: Manifest, settings: PodSettings, app: Settings, volumes
             "fsGroup": app.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # The workload never talks to the Kubernetes API: no token, no service-link variables.
-        "automountServiceAccountToken": False,
+        # The workload never talks to the Kubernetes API: no token, unless the user names a service
+        # account on purpose (for what they add: a sidecar, workload identity); no service-link variables.
+        "automountServiceAccountToken": settings.service_account_name is not None,
         "enableServiceLinks": False,
         "restartPolicy": "Always",
     }
+    pull_secrets = [s.model_dump() for s in settings.image_pull_secrets or []]
     for key, value in (
         ("nodeSelector", settings.node_selector),
         ("tolerations", settings.tolerations),
         ("affinity", settings.affinity),
+        ("imagePullSecrets", pull_secrets),
+        ("serviceAccountName", settings.service_account_name),
+        ("priorityClassName", settings.priority_class_name),
+        ("runtimeClassName", settings.runtime_class_name),
+        ("topologySpreadConstraints", settings.topology_spread_constraints),
     ):
         if value:
             spec[key] = value
     return spec
+
+
+def _template_metadata(job: FederatedTrainingJob, component: str, settings: PodSettings) -> Manifest:
+    """The pod template's labels (the user's, then ours: ours win) and the user's annotations."""
+    meta: Manifest = {"labels": {**(settings.labels or {}), **labels(job.metadata.name, component)}}
+    if settings.annotations:
+        meta["annotations"] = dict(settings.annotations)
+    return meta
 
 
 def with_defaults(resources: Manifest, defaults: dict[str, dict[str, str]]) -> Manifest:
@@ -147,9 +160,6 @@ def server_volumes(job: FederatedTrainingJob) -> dict[str, Manifest]:
     """The server's volumes that are not emptyDirs: its output volume (`spec.output`), when set."""
     output = job.spec.output
     return {"output": output.volume("output")} if output is not None else {}
-
-
-FINAL_VOLUME = "final"
 
 
 def _server_pod_volumes(job: FederatedTrainingJob) -> list[Manifest]:
@@ -201,7 +211,7 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector_labels(job.metadata.name, SERVER)},
             "template": {
-                "metadata": {"labels": labels(job.metadata.name, SERVER)},
+                "metadata": _template_metadata(job, SERVER, job.spec.server),
                 "spec": _pod_spec(container, job.spec.server, settings, _server_pod_volumes(job)),
             },
         },
@@ -320,6 +330,7 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifes
     pod_spec = _pod_spec(
         container, job.spec.clients, settings, _volumes({"data": data.volume("data", read_only=True)} if data else {})
     )
+    pod_spec.pop("topologySpreadConstraints", None)  # the clients' own rule: `client_spread`
     spread = client_spread(job)
     if spread:
         pod_spec["topologySpreadConstraints"] = spread
@@ -333,7 +344,7 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifes
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector_labels(job.metadata.name, CLIENTS)},
             "template": {
-                "metadata": {"labels": labels(job.metadata.name, CLIENTS)},
+                "metadata": _template_metadata(job, CLIENTS, job.spec.clients),
                 "spec": pod_spec,
             },
         },
