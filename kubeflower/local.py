@@ -171,6 +171,7 @@ def local_commands(
                 | {
                     contract.ENV_SUPERLINK: f"127.0.0.1:{superlink_port}",
                     contract.ENV_SUPERNODE_PORT: str(supernode_ports[ordinal]),
+                    contract.ENV_HEALTH_ADDRESS: "",  # no kubelet here: no health server, no port
                     contract.ENV_DATA_DIR: data_dir,
                     "FLWR_HOME": str(home / f"client-{ordinal}"),
                 }

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
+from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
 from testbed.cluster import Cluster, wait_for
 from testbed.jobs import INVALID, invalid_job, job
 from testbed.kubeserver import KubeServer
@@ -177,7 +177,11 @@ def test_scale_changes_the_client_replicas(operator: None, cluster: Cluster, boa
     env = {e["name"]: e.get("value") for e in clients["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["KUBEFLOWER_NUM_PARTITIONS"] == "4"
     cluster.clients_ready("fl", 4)
-    cluster.wait_status("fl", lambda s: s.get("clients") == "4/4" and s.get("replicas") == 4)
+    cluster.wait_status("fl", lambda s: s.get("clients") == "2/4" and s.get("replicas") == 4)
+    # CLIENTS counts what the SuperLink sees connected, not the pods that are ready.
+    connected = document(0).model_copy(update={"clients": ClientCounts(connected=4, expected=4)})
+    board.post(cluster.ns, "fl", connected)
+    cluster.wait_status("fl", lambda s: s.get("clients") == "4/4")
     server = cluster.children("fl")["Deployment"][0]
     assert server["metadata"]["generation"] == 1, "scaling must not touch the server (it would restart the run)"
 

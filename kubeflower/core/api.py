@@ -610,7 +610,13 @@ class FederatedTrainingJobStatus(ApiModel):
     current_round: int | None = None
     total_rounds: int | None = None
     round: str | None = Field(default=None, description="currentRound/totalRounds, for the ROUND column.")
-    clients: str | None = Field(default=None, description="ready/desired client pods, for the CLIENTS column.")
+    clients: str | None = Field(
+        default=None,
+        description=(
+            "connected/desired clients, for the CLIENTS column: the SuperNodes the SuperLink sees connected "
+            "(ready client pods until the server answers)."
+        ),
+    )
     replicas: int | None = Field(default=None, description="Ready client pods (scale subresource).")
     selector: str | None = Field(default=None, description="Label selector of the client pods (scale subresource).")
     metrics: JobMetrics | None = None

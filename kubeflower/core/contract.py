@@ -21,6 +21,8 @@ STATUS_PORT = 8080
 """The server entry point's own HTTP port: GET /status, /metrics, /healthz."""
 SUPERNODE_PORT = 9094
 """A SuperNode's local ClientAppIo port (pod-local; local mode gives each client its own)."""
+SUPERNODE_HEALTH_PORT = 9095
+"""A SuperNode's gRPC health server (grpc.health.v1), probed by the kubelet (liveness, readiness)."""
 
 # Paths inside the pods (emptyDir volumes: the root file system is read-only).
 OUTPUT_DIR = "/var/lib/kubeflower/output"
@@ -140,6 +142,8 @@ ENV_PARTITION_ID = "KUBEFLOWER_PARTITION_ID"
 """Explicit partition id; wins over the ordinal in ENV_POD_NAME."""
 ENV_NUM_PARTITIONS = "KUBEFLOWER_NUM_PARTITIONS"
 ENV_SUPERNODE_PORT = "KUBEFLOWER_SUPERNODE_PORT"
+ENV_HEALTH_ADDRESS = "KUBEFLOWER_HEALTH_ADDRESS"
+"""host:port of the SuperNode's gRPC health server; unset: none (`kubeflower run` needs no probes)."""
 ENV_WARM_CLIENTAPPS = "KUBEFLOWER_WARM_CLIENTAPPS"
 """`true` or `false` (spec.clients.warmClientApps): ClientApp processes forked from a fork server
 that has already imported torch and Flower, or started fresh by Flower. Unset means `true`."""

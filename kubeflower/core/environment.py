@@ -63,6 +63,7 @@ def client_environment(job: FederatedTrainingJob) -> dict[str, str]:
         contract.ENV_SUPERLINK: superlink_address(job),
         contract.ENV_NUM_PARTITIONS: str(job.spec.clients.replicas),
         contract.ENV_SUPERNODE_PORT: str(contract.SUPERNODE_PORT),
+        contract.ENV_HEALTH_ADDRESS: f"0.0.0.0:{contract.SUPERNODE_HEALTH_PORT}",
         contract.ENV_DATA_DIR: contract.DATA_DIR,
         contract.ENV_CACHE_DIR: contract.CACHE_DIR,
         contract.ENV_WARM_CLIENTAPPS: str(job.spec.clients.warm_client_apps).lower(),

@@ -317,6 +317,11 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifes
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
     container = _container(job, CLIENT_CONTAINER, ["kubeflower-client"], client_env(job), job.spec.clients, settings)
+    container["ports"] = [{"name": "health", "containerPort": contract.SUPERNODE_HEALTH_PORT, "protocol": "TCP"}]
+    # The SuperNode's own gRPC health server: not ready until it serves; restarted when it stops answering.
+    health = {"grpc": {"port": contract.SUPERNODE_HEALTH_PORT}, "timeoutSeconds": 5}
+    container["readinessProbe"] = {**health, "periodSeconds": 5, "failureThreshold": 3}
+    container["livenessProbe"] = {**health, "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6}
     resources = container.setdefault("resources", {})
     if job.spec.clients.warm_client_apps and not any("memory" in resources.get(k, {}) for k in ("requests", "limits")):
         resources.setdefault("requests", {})["memory"] = WARM_CLIENT_MEMORY_REQUEST

@@ -290,9 +290,12 @@ def children_step(
     finished_at = status.completion_time
     ready_clients = clients.ready_replicas if clients else 0
     desired_clients = 0 if finished_at else builders.client_replicas(job)
+    # The CLIENTS column: clients the SuperLink sees connected (ready pods until the server answers).
+    document = observed.poll.document
+    connected = document.clients.connected if document is not None and not finished_at else ready_clients
     update: dict[str, Any] = {
         "replicas": ready_clients,
-        "clients": f"{ready_clients}/{desired_clients}",
+        "clients": f"{connected}/{desired_clients}",
         "round": f"{status.current_round or 0}/{spec.rounds}",
     }
     if finished_at:

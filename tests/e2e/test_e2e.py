@@ -53,7 +53,10 @@ def succeeded(cluster: Cluster, name: str) -> dict[str, Any]:
 def test_apply_the_digits_job_to_success_then_ttl(cluster: Cluster) -> None:
     with cluster.watching("ftj") as watched:
         cluster.apply_documents("digits", [example("digits-fedavg", ttlSecondsAfterFinished=5)])
-        status = cluster.wait_status("digits-fedavg", lambda s: s.get("phase") == "Running", RUN, "Running")
+        # CLIENTS: the SuperNodes the SuperLink sees connected (their pods ready on the gRPC health probe).
+        status = cluster.wait_status(
+            "digits-fedavg", lambda s: s.get("phase") == "Running" and s.get("clients") == "2/2", RUN, "Running"
+        )
         assert status["clients"] == "2/2" and status["serverAddress"] == f"digits-fedavg-server.{cluster.ns}.svc:9092"
         for r in (1, 2):
             running(cluster, "digits-fedavg", r)

@@ -52,6 +52,7 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
         raise SettingsError(
             f"partition id {partition_id} is outside 0..{num_partitions - 1} ({contract.ENV_NUM_PARTITIONS})"
         )
+    health = env.get(contract.ENV_HEALTH_ADDRESS)
     return [
         "flower-supernode",
         "--insecure",
@@ -61,6 +62,7 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
         str(port),
         "--node-config",
         f"partition-id={partition_id} num-partitions={num_partitions}",
+        *(["--health-server-address", health] if health else []),
     ]
 
 
