@@ -88,7 +88,7 @@ class Children:
             if exc.status != 404:
                 raise
             return None
-        return list(claim.spec.access_modes or [])
+        return list((claim.spec.access_modes if claim.spec else None) or [])
 
     def delete_job(self, namespace: str, name: str) -> None:
         self._before_write()

@@ -160,7 +160,8 @@ def _from_torchvision(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray
             raise DatasetUnavailable(
                 f"dataset {name} is not in the data folder {data_dir} and could not be downloaded "
                 f"({type(exc).__name__}: {' '.join(str(exc).split())}); "
-                "put it there (a read-only data volume, spec.data, must hold it) from a machine that reaches the internet "
+                "put it there (a read-only data volume, spec.data, must hold it already) "
+                "from a machine that reaches the internet "
                 f"(torchvision.datasets.{TORCHVISION_CLASSES[name]}"
                 f"(root='{data_dir}', train=True, download=True)), or let the pods reach the internet"
             ) from None
