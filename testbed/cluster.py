@@ -38,6 +38,7 @@ CHILD_KINDS = (
     ("Pod", "v1", "pods"),
     ("Service", "v1", "services"),
     ("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies"),
+    ("ConfigMap", "v1", "configmaps"),
 )
 """What carries a job's label: its children, and the replica sets and pods they make."""
 

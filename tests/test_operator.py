@@ -135,6 +135,11 @@ def test_progress_events_kubectl_then_success_cleanup_and_ttl(
         assert status["round"] == "3/3" and status["completionTime"] and status["reason"] == "RunSucceeded"
         wait_for(lambda: cluster.children("fl")["StatefulSet"] == [], 20, "clients removed")
         assert len(cluster.children("fl")["Deployment"]) == 1, "the server is kept after success"
+        # The final status, for a server pod re-created after the end (it serves it, runs nothing).
+        (final,) = wait_for(lambda: cluster.children("fl")["ConfigMap"], 20, "the final status ConfigMap")
+        served = ServerStatus.model_validate_json(final["data"]["status.json"])
+        assert (served.phase, served.current_round) == (Phase.SUCCEEDED, 3)
+        assert served.job_uid == cluster.job("fl")["metadata"]["uid"]  # type: ignore[index]
         wait_for(lambda: len(cluster.events("fl", "RoundCompleted")) == 3, 20, "one event per round")  # kopf's queue
         assert "RoundCompleted" in cluster.kubectl("describe", "ftj", "fl")
     finally:
@@ -145,6 +150,7 @@ def test_progress_events_kubectl_then_success_cleanup_and_ttl(
 
     wait_for(lambda: cluster.job("fl") is None, 20, "job deleted after ttlSecondsAfterFinished")
     wait_for(lambda: cluster.children("fl")["Deployment"] == [], 20, "server garbage-collected with the job")
+    wait_for(lambda: cluster.children("fl")["ConfigMap"] == [], 20, "its final status too")
 
 
 def test_failed_run_reports_flowers_message(operator: None, cluster: Cluster, board: StatusBoard) -> None:
