@@ -1,10 +1,10 @@
 """`kubeflower run`: a job as local processes, with live progress and a results folder.
 
 The processes are the pods' own: the server entry point and one client entry point per replica,
-with the commands and environment the operator's builders put into the pod specs
-(`kubeflower_operator.builders`, the one description of that contract). Only what must differ on
-one host is overridden: loopback addresses and free ports, and the output, data and FLWR_HOME
-folders. Progress is read from the server's own GET /status, as the operator reads it.
+with the commands and environment values of the contract (`kubeflower.core.contract` and
+`kubeflower.core.environment`, which the operator's builders put into the pod specs too). Only
+what must differ on one host is overridden: loopback addresses and free ports, and the output,
+data and FLWR_HOME folders. Progress is read from the server's own GET /status, as the operator reads it.
 
 Every process started here, and everything they start, is stopped when the job ends, on Ctrl-C,
 and on errors: this process becomes a child subreaper, so even orphans stay in its tree.
@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,8 +32,6 @@ from kubeflower.core import contract, environment
 from kubeflower.core.api import FederatedTrainingJob
 from kubeflower.core.server_status import Phase, ServerStatus, fetch
 from kubeflower.core.validation import load_job
-from kubeflower_operator import builders
-from kubeflower_operator.settings import Settings
 from kubeflower_workload import datasets, processes
 
 STATUS_POLL = 0.5
@@ -108,29 +105,6 @@ def prepare_output(folder: contract.OutputFolder, resume: bool) -> str:
     return uid
 
 
-def pod_environment(container: dict[str, Any], pod_name: str, namespace: str, cpus: int) -> dict[str, str]:
-    """A container's environment with the downward-API fields of one pod filled in.
-
-    A `resourceFieldRef` to the container's CPUs (in whole CPUs) reads `cpus`: this host's share
-    for the container. Variables from Secrets or ConfigMaps cannot be had without a cluster: they
-    are left out (set them in your shell; the processes inherit it).
-    """
-    fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
-    env: dict[str, str] = {}
-    for var in container.get("env", []):
-        if "value" in var:
-            env[var["name"]] = var["value"]
-            continue
-        source = var.get("valueFrom", {})
-        field = source.get("fieldRef", {}).get("fieldPath")
-        resource = source.get("resourceFieldRef", {})
-        if field in fields:
-            env[var["name"]] = fields[field]
-        elif resource.get("resource") in ("limits.cpu", "requests.cpu") and str(resource.get("divisor", "1")) == "1":
-            env[var["name"]] = str(cpus)
-    return env
-
-
 def host_cpu_share(sharers: int) -> int:
     """One of `sharers` processes' whole share of this host's CPUs: the clients train at once,
     like torchrun's workers (which get one thread each when several share a machine)."""
@@ -140,44 +114,50 @@ def host_cpu_share(sharers: int) -> int:
 def local_commands(
     job: FederatedTrainingJob, job_dir: Path, output: Path, home: Path
 ) -> list[tuple[str, list[str], dict[str, str]]]:
-    """(name, command, environment) of the server and of each client, as they run on this host."""
-    namespace = job.metadata.namespace or "default"
-    server = _container(builders.server_deployment(job, Settings()))
-    clients_manifest = builders.client_statefulset(job, Settings())
-    client = _container(clients_manifest)
+    """(name, command, environment) of the server and of each client, as they run on this host.
+
+    The pods' own commands and contract values (`kubeflower.core.contract`, `environment`), with
+    what the kubelet would fill in (a client's pod name and CPUs) and what must differ on one host:
+    loopback addresses and free ports, and the output, data and FLWR_HOME folders.
+    """
     superlink_port, status_port, *supernode_ports = processes.free_ports(2 + job.spec.clients.replicas)
     data_dir = str(datasets.data_dir())
-    server_env = pod_environment(
-        server, f"{environment.server_name(job.metadata.name)}-local", namespace, host_cpu_share(1)
-    ) | {
-        contract.ENV_SUPERLINK_PORT: str(superlink_port),
-        contract.ENV_STATUS_PORT: str(status_port),
-        contract.ENV_BIND_HOST: "127.0.0.1",
-        contract.ENV_OUTPUT_DIR: str(output),
-        contract.ENV_DATA_DIR: data_dir,
-        "FLWR_HOME": str(home / "server"),
-    }
     # The app's path is a path in the image; locally, relative paths start at the job file.
     app_path = {} if job.spec.app is None else {contract.ENV_APP_PATH: str((job_dir / job.spec.app.path).resolve())}
-    server_env |= app_path
-    members = [("server", server["command"], server_env)]
+    server_env = (
+        environment.user_values(job.spec.server)
+        | environment.server_environment(job)
+        | {
+            contract.ENV_SUPERLINK_PORT: str(superlink_port),
+            contract.ENV_STATUS_PORT: str(status_port),
+            contract.ENV_BIND_HOST: "127.0.0.1",
+            contract.ENV_OUTPUT_DIR: str(output),
+            contract.ENV_DATA_DIR: data_dir,
+            contract.ENV_FINAL_STATUS: "",  # no operator here: the output folder says if the run finished
+            "FLWR_HOME": str(home / "server"),
+        }
+        | app_path
+    )
+    members = [("server", list(contract.SERVER_COMMAND), server_env)]
+    clients = environment.clients_name(job.metadata.name)
+    threads = {contract.ENV_THREADS: str(host_cpu_share(job.spec.clients.replicas))}
     for ordinal in range(job.spec.clients.replicas):
-        pod = f"{clients_manifest['metadata']['name']}-{ordinal}"
-        members.append(
-            (
-                f"client-{ordinal}",
-                client["command"],
-                pod_environment(client, pod, namespace, host_cpu_share(job.spec.clients.replicas))
-                | {
-                    contract.ENV_SUPERLINK: f"127.0.0.1:{superlink_port}",
-                    contract.ENV_SUPERNODE_PORT: str(supernode_ports[ordinal]),
-                    contract.ENV_HEALTH_ADDRESS: "",  # no kubelet here: no health server, no port
-                    contract.ENV_DATA_DIR: data_dir,
-                    "FLWR_HOME": str(home / f"client-{ordinal}"),
-                }
-                | app_path,
-            )
+        client_env = (
+            threads  # the user's own value wins, as in the pod
+            | environment.user_values(job.spec.clients)
+            | environment.client_environment(job)
+            | {
+                contract.ENV_POD_NAME: f"{clients}-{ordinal}",
+                contract.ENV_SUPERLINK: f"127.0.0.1:{superlink_port}",
+                contract.ENV_SUPERNODE_PORT: str(supernode_ports[ordinal]),
+                contract.ENV_HEALTH_ADDRESS: "",  # no kubelet here: no health server, no port
+                contract.ENV_CACHE_DIR: "",  # the data folder here is the user's own, writable
+                contract.ENV_DATA_DIR: data_dir,
+                "FLWR_HOME": str(home / f"client-{ordinal}"),
+            }
+            | app_path
         )
+        members.append((f"client-{ordinal}", list(contract.CLIENT_COMMAND), client_env))
     return members
 
 
@@ -306,11 +286,6 @@ def _fetch(url: str) -> ServerStatus | None:
         return fetch(url, timeout=2)
     except (OSError, ValueError):
         return None
-
-
-def _container(manifest: dict[str, Any]) -> dict[str, Any]:
-    container: dict[str, Any] = manifest["spec"]["template"]["spec"]["containers"][0]
-    return container
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -68,6 +68,15 @@ INVALID: list[tuple[str, list[Any], str]] = [
     ("unknown-clean-policy", [_set("spec.runPolicy", {"cleanPolicy": "Sometimes"})], "spec.runPolicy.cleanPolicy"),
     ("unknown-service-type", [_set("spec.service", {"type": "Ingress"})], "spec.service.type"),
     ("app-without-image", [_set("spec.task", _DELETE), _set("spec.app", {"path": "/app"})], "spec.image"),
+    (
+        "app-sets-its-rounds",
+        [
+            _set("spec.task", _DELETE),
+            _set("spec.image", "me/app:1"),
+            _set("spec.app", {"path": "/app", "runConfig": {"num-server-rounds": 5}}),
+        ],
+        "spec.app.runConfig",
+    ),
     ("bulyan-with-two-clients", [_set("spec.strategy", {"name": "Bulyan"})], "spec.strategy.name"),
     ("negative-learning-rate", [_set("spec.task.learningRate", -0.1)], "spec.task.learningRate"),
     ("fractional-epochs", [_set("spec.task.localEpochs", 1.5)], "spec.task.localEpochs"),

@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from kubeflower import cli
-from kubeflower.core.api import FederatedTrainingJob, StrategySpec
+from kubeflower.core.api import FederatedTrainingJob
 from kubeflower.core.crd import crd
 from kubeflower.core.validation import JobInvalid, parse_job
+from kubeflower.core.vocabulary import STRATEGY_PARAMETERS, DatasetName, ModelName
 from testbed.jobs import INVALID, invalid_job, job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,10 +172,15 @@ def _with_strategy(strategy: str, **fields: Any) -> dict[str, Any]:
 def cel_corpus() -> list[dict[str, Any]]:
     """Jobs for every rule, valid and invalid: each strategy parameter with each strategy."""
     documents = [job(), job(image=""), *(invalid_job(m) for _, m, _ in INVALID)]
-    for parameter in StrategySpec.PARAMETERS:
+    for parameter, accepted in STRATEGY_PARAMETERS.items():
         value = PARAMETER_VALUES[parameter]  # a KeyError: a new parameter needs a value here
         documents += [_with_strategy(name, **{parameter: value}) for name in ("FedAvg", "Krum")]
-        documents += [_with_strategy(s.value, **{parameter: value}) for s in StrategySpec.PARAMETERS[parameter]]
+        documents += [_with_strategy(s.value, **{parameter: value}) for s in accepted.strategies]
+    for model in ModelName:  # every model with every data set
+        for dataset in DatasetName:
+            document = job()
+            document["spec"]["task"] = {"model": model.value, "dataset": dataset.value}
+            documents.append(document)
     return documents
 
 

@@ -45,7 +45,7 @@ def test_server_runs_one_recreated_pod_with_the_run_config() -> None:
     env = env_of(server)
     run_config = json.loads(env[contract.ENV_RUN_CONFIG])
     assert run_config["num-server-rounds"] == 7 and run_config["dataset"] == "digits"
-    assert env[contract.ENV_MIN_CLIENTS] == "2"
+    assert run_config["min-available-clients"] == 2 and contract.ENV_MIN_CLIENTS not in env
     assert env["FLWR_TELEMETRY_ENABLED"] == "0"
     container = server["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["kubeflower-server"]
@@ -194,7 +194,8 @@ def test_suspend_scales_to_zero_and_image_defaults_from_settings() -> None:
 def test_user_app_passes_its_path_and_run_config() -> None:
     parsed = parse_job(job(task=None, app={"path": "/app", "runConfig": {"lr": 0.1}}, image="me/app:1"))
     env = env_of(builders.server_deployment(parsed, SETTINGS))
-    assert env[contract.ENV_APP_PATH] == "/app" and json.loads(env[contract.ENV_RUN_CONFIG]) == {"lr": 0.1}
+    assert env[contract.ENV_APP_PATH] == "/app"
+    assert json.loads(env[contract.ENV_RUN_CONFIG]) == {"lr": 0.1, contract.RUN_CONFIG_ROUNDS: 3}
 
 
 def test_config_hash_changes_with_the_spec_only() -> None:
@@ -310,7 +311,7 @@ def test_pod_template_fields_merge_under_the_operators_own_valid_and_restricted(
     assert template["metadata"]["labels"][contract.JOB_LABEL] == "digits-fedavg"  # ours win
     assert template["metadata"]["annotations"] == {"sidecar.example/inject": "false"}
     assert {"name": "certs", "secret": {"secretName": "ca"}} in pod["volumes"]
-    assert {v["name"] for v in pod["volumes"]} >= set(builders._VOLUMES)  # ours stay
+    assert {v["name"] for v in pod["volumes"]} >= set(contract.POD_FOLDERS)  # ours stay
     assert {"name": "certs", "mountPath": "/etc/ca", "readOnly": True} in pod["containers"][0]["volumeMounts"]
     assert pod["imagePullSecrets"] == [{"name": "registry"}]
     assert (pod["priorityClassName"], pod["runtimeClassName"]) == ("federation", "gvisor")

@@ -19,7 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from kubeflower.core import contract
+from kubeflower.core.contract import POD_VOLUMES
 from kubeflower.core.server_status import Phase
+from kubeflower.core.vocabulary import (
+    MODEL_INPUTS,
+    STRATEGY_PARAMETERS,
+    DatasetName,
+    ModelName,
+    StrategyName,
+    datasets_for,
+)
 
 API_VERSION: Final = "kubeflower.io/v1alpha1"
 GROUP, VERSION = API_VERSION.split("/")
@@ -91,37 +101,6 @@ class ApiModel(BaseModel):
             target = handler.resolve_ref_schema(schema)
             target["x-kubernetes-validations"] = [r.schema() for r in cls.cel_rules]
         return schema
-
-
-class StrategyName(str, Enum):
-    FED_AVG = "FedAvg"
-    FED_PROX = "FedProx"
-    FED_AVG_M = "FedAvgM"
-    FED_ADAM = "FedAdam"
-    FED_YOGI = "FedYogi"
-    FED_ADAGRAD = "FedAdagrad"
-    FED_MEDIAN = "FedMedian"
-    FED_TRIMMED_AVG = "FedTrimmedAvg"
-    KRUM = "Krum"
-    MULTI_KRUM = "MultiKrum"
-    BULYAN = "Bulyan"
-
-
-class DatasetName(str, Enum):
-    CIFAR10 = "cifar10"
-    MNIST = "mnist"
-    DIGITS = "digits"
-    SYNTHETIC = "synthetic"
-
-
-class ModelName(str, Enum):
-    """`auto` picks the model made for the dataset's input shape."""
-
-    AUTO = "auto"
-    CIFAR_CNN = "cifar-cnn"
-    MNIST_CNN = "mnist-cnn"
-    DIGITS_CNN = "digits-cnn"
-    RESNET18 = "resnet18"
 
 
 class PartitioningType(str, Enum):
@@ -232,8 +211,6 @@ class PodSettings(ApiModel):
     @field_validator("volumes")
     @classmethod
     def _volumes_ok(cls, volumes: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        from kubeflower.core.contract import POD_VOLUMES
-
         for volume in volumes or []:
             name = volume.get("name")
             if not isinstance(name, str) or not name:
@@ -246,8 +223,6 @@ class PodSettings(ApiModel):
     @field_validator("volume_mounts")
     @classmethod
     def _mounts_ok(cls, mounts: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        from kubeflower.core.contract import POD_VOLUMES
-
         for mount in mounts or []:
             path = mount.get("mountPath")
             if not isinstance(path, str) or not path.startswith("/") or not isinstance(mount.get("name"), str):
@@ -366,25 +341,10 @@ class StrategySpec(ApiModel):
     num_malicious_clients: int | None = Field(default=None, ge=0, description="Krum, MultiKrum, Bulyan.")
     num_clients_to_keep: int | None = Field(default=None, ge=1, description="MultiKrum: updates averaged.")
 
-    # Which strategies accept each optional parameter (wire name -> strategies).
-    PARAMETERS: ClassVar[dict[str, tuple[StrategyName, ...]]] = {
-        "proximalMu": (StrategyName.FED_PROX,),
-        "serverLearningRate": (StrategyName.FED_AVG_M,),
-        "serverMomentum": (StrategyName.FED_AVG_M,),
-        "eta": (StrategyName.FED_ADAM, StrategyName.FED_YOGI, StrategyName.FED_ADAGRAD),
-        "etaL": (StrategyName.FED_ADAM, StrategyName.FED_YOGI, StrategyName.FED_ADAGRAD),
-        "beta1": (StrategyName.FED_ADAM, StrategyName.FED_YOGI),
-        "beta2": (StrategyName.FED_ADAM, StrategyName.FED_YOGI),
-        "tau": (StrategyName.FED_ADAM, StrategyName.FED_YOGI, StrategyName.FED_ADAGRAD),
-        "beta": (StrategyName.FED_TRIMMED_AVG,),
-        "numMaliciousClients": (StrategyName.KRUM, StrategyName.MULTI_KRUM, StrategyName.BULYAN),
-        "numClientsToKeep": (StrategyName.MULTI_KRUM,),
-    }
-
     def parameters(self) -> dict[str, Any]:
         """The strategy's own parameters that are set, by wire name."""
         wire = self.model_dump(by_alias=True, exclude_none=True)
-        return {k: v for k, v in wire.items() if k in self.PARAMETERS}
+        return {k: v for k, v in wire.items() if k in STRATEGY_PARAMETERS}
 
 
 def _parameter_rule(param: str, strategies: tuple[StrategyName, ...]) -> CelRule:
@@ -403,7 +363,19 @@ def _parameter_rule(param: str, strategies: tuple[StrategyName, ...]) -> CelRule
     )
 
 
-StrategySpec.cel_rules = tuple(_parameter_rule(p, s) for p, s in StrategySpec.PARAMETERS.items())
+StrategySpec.cel_rules = tuple(_parameter_rule(name, p.strategies) for name, p in STRATEGY_PARAMETERS.items())
+
+
+def _model_rule(model: ModelName) -> CelRule:
+    datasets = datasets_for(model)
+    names = [d.value for d in datasets]
+    shape = "x".join(map(str, MODEL_INPUTS[model]))
+    return CelRule(
+        rule=f"self.model != '{model.value}' || self.dataset in [{', '.join(repr(n) for n in names)}]",
+        message=f"model {model.value} needs {shape} images: use dataset {' or '.join(names)}, or model auto",
+        field_path=".model",
+        check=lambda t: t.model != model or t.dataset in datasets,
+    )
 
 
 class Partitioning(ApiModel):
@@ -433,14 +405,8 @@ class TaskSpec(ApiModel):
         ),
     )
 
-    cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule(
-            rule="self.model != 'resnet18' || self.dataset == 'cifar10'",
-            message="model resnet18 needs 3x32x32 images: use dataset cifar10, or model auto",
-            field_path=".model",
-            check=lambda t: t.model != ModelName.RESNET18 or t.dataset == DatasetName.CIFAR10,
-        ),
-    )
+    # Each model takes the data sets of its input shape (`kubeflower.core.vocabulary`).
+    cel_rules: ClassVar[tuple[CelRule, ...]] = tuple(_model_rule(m) for m in MODEL_INPUTS)
 
 
 class AppSpec(ApiModel):
@@ -450,6 +416,15 @@ class AppSpec(ApiModel):
         min_length=1, description="Directory of the Flower App project (its pyproject.toml) in the image."
     )
     run_config: dict[str, RunConfigValue] | None = Field(default=None, description="Overrides of the app's run config.")
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule=f"!has(self.runConfig) || !('{contract.RUN_CONFIG_ROUNDS}' in self.runConfig)",
+            message=f"the number of rounds is spec.rounds: remove {contract.RUN_CONFIG_ROUNDS} from app.runConfig",
+            field_path=".runConfig",
+            check=lambda a: contract.RUN_CONFIG_ROUNDS not in (a.run_config or {}),
+        ),
+    )
 
 
 class RunPolicy(ApiModel):

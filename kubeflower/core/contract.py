@@ -24,6 +24,10 @@ SUPERNODE_PORT = 9094
 SUPERNODE_HEALTH_PORT = 9095
 """A SuperNode's gRPC health server (grpc.health.v1), probed by the kubelet (liveness, readiness)."""
 
+# The workload image's entry points (its console scripts): what the server and client containers run.
+SERVER_COMMAND = ("kubeflower-server",)
+CLIENT_COMMAND = ("kubeflower-client",)
+
 # Paths inside the pods (emptyDir volumes: the root file system is read-only).
 OUTPUT_DIR = "/var/lib/kubeflower/output"
 DATA_DIR = "/var/lib/kubeflower/data"
@@ -36,16 +40,15 @@ TMP_DIR = "/tmp"
 CACHE_DIR = "/var/lib/kubeflower/cache"
 """A client's own writable folder for the data sets it prepared (an emptyDir): where they go when
 the data folder is the job's read-only data volume (`spec.data`)."""
-POD_VOLUMES = {
-    "output": OUTPUT_DIR,
-    "data": DATA_DIR,
-    "flwr-home": FLWR_HOME,
-    "tmp": TMP_DIR,
-    "cache": CACHE_DIR,
-    "final": FINAL_STATUS_DIR,
-}
-"""The operator's volumes in the pods, by name, and where they are mounted: the names and paths a
-user's own volumes (spec.server.volumes, spec.clients.volumes) cannot take."""
+POD_FOLDERS = {"output": OUTPUT_DIR, "data": DATA_DIR, "flwr-home": FLWR_HOME, "tmp": TMP_DIR, "cache": CACHE_DIR}
+"""The pods' writable folders, by volume name: the root file system is read-only, and these
+volumes (emptyDirs, or the job's output and data volumes in their place) are mounted over whatever
+the image has at those paths."""
+FINAL_VOLUME = "final"
+"""The server pod's volume of the job's final status (FINAL_STATUS_DIR)."""
+POD_VOLUMES = {**POD_FOLDERS, FINAL_VOLUME: FINAL_STATUS_DIR}
+"""Every volume of the operator's in the pods, by name, and where it is mounted: the names and paths
+a user's own volumes (spec.server.volumes, spec.clients.volumes) cannot take."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,12 @@ class OutputFolder:
         return (self.metrics, self.final_model, self.plot)
 
 
+# Run-config keys the server entry point reads too (`kubeflower.core.runconfig` writes them).
+RUN_CONFIG_ROUNDS = "num-server-rounds"
+"""The number of rounds (`spec.rounds`), for every app: Flower's app templates read this key."""
+RUN_CONFIG_MIN_CLIENTS = "min-available-clients"
+"""The built-in app's minimum of connected clients before a round starts."""
+
 # Variables read by both entry points.
 ENV_JOB_NAME = "KUBEFLOWER_JOB_NAME"
 ENV_DATA_DIR = "KUBEFLOWER_DATA_DIR"
@@ -117,8 +126,10 @@ ENV_RUN_CONFIG = "KUBEFLOWER_RUN_CONFIG"
 ENV_APP_PATH = "KUBEFLOWER_APP_PATH"
 """Directory of the user's Flower App in the image; unset for the built-in app. The clients read
 what their fork server pre-imports from its pyproject.toml (warm ClientApps)."""
-ENV_ROUNDS = "KUBEFLOWER_ROUNDS"
 ENV_MIN_CLIENTS = "KUBEFLOWER_MIN_CLIENTS"
+"""Your own app only: the clients a round waits for (spec.strategy.minAvailableClients), for the
+server's waiting message. The built-in app has it in its run config, its one channel, as it has the
+number of rounds for every app (`kubeflower.core.runconfig`)."""
 ENV_SUPERLINK_PORT = "KUBEFLOWER_SUPERLINK_PORT"
 ENV_BIND_HOST = "KUBEFLOWER_BIND_HOST"
 """Interface the SuperLink and the status endpoint listen on; unset means all (a pod). `kubeflower

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from kubeflower.core import contract
-from kubeflower.core.api import FederatedTrainingJob
+from kubeflower.core.api import FederatedTrainingJob, PodSettings
 from kubeflower.core.runconfig import run_config
 
 SERVER = "server"
@@ -38,8 +38,6 @@ def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
     env = {
         contract.ENV_JOB_NAME: job.metadata.name,
         contract.ENV_RUN_CONFIG: json.dumps(run_config(spec), sort_keys=True),
-        contract.ENV_ROUNDS: str(spec.rounds),
-        contract.ENV_MIN_CLIENTS: str(spec.min_available_clients),
         contract.ENV_SUPERLINK_PORT: str(contract.SUPERLINK_PORT),
         contract.ENV_STATUS_PORT: str(contract.STATUS_PORT),
         contract.ENV_OUTPUT_DIR: contract.OUTPUT_DIR,
@@ -49,9 +47,19 @@ def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
     }
     if spec.app is not None:
         env[contract.ENV_APP_PATH] = spec.app.path
+        env[contract.ENV_MIN_CLIENTS] = str(spec.min_available_clients)
     if job.metadata.uid:
         env[contract.ENV_JOB_UID] = job.metadata.uid
     return env
+
+
+def user_values(settings: PodSettings) -> dict[str, str]:
+    """The user's own variables (`spec.server.env`, `spec.clients.env`) that carry a plain value.
+
+    Those read `valueFrom` a Secret, a ConfigMap or the downward API need a cluster; `kubeflower
+    run` leaves them out (the processes inherit the caller's shell instead).
+    """
+    return {var.name: var.value for var in settings.env or [] if var.value is not None}
 
 
 def client_environment(job: FederatedTrainingJob) -> dict[str, str]:

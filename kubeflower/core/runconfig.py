@@ -8,19 +8,22 @@ declare every key below; a test keeps the two in step.
 
 from __future__ import annotations
 
+from kubeflower.core import contract
 from kubeflower.core.api import FederatedTrainingJobSpec
+from kubeflower.core.vocabulary import run_config_key
 
 RunConfig = dict[str, bool | int | float | str]
 
 
 def run_config(spec: FederatedTrainingJobSpec) -> RunConfig:
-    """The run config for the job: built-in task keys, or the user's app overrides as given."""
+    """The run config for the job: the built-in task's keys, or the user's app overrides; the
+    number of rounds in both (the server reads it from here too: it has no other channel)."""
     if spec.app is not None:
-        return dict(spec.app.run_config or {})
+        return {**(spec.app.run_config or {}), contract.RUN_CONFIG_ROUNDS: spec.rounds}
     assert spec.task is not None  # guaranteed by the model's task/app rule
     task, strategy = spec.task, spec.strategy
     config: RunConfig = {
-        "num-server-rounds": spec.rounds,
+        contract.RUN_CONFIG_ROUNDS: spec.rounds,
         "model": task.model.value,
         "dataset": task.dataset.value,
         "partitioning": task.partitioning.type.value,
@@ -35,12 +38,8 @@ def run_config(spec: FederatedTrainingJobSpec) -> RunConfig:
         "strategy": strategy.name.value,
         "fraction-train": strategy.fraction_train,
         "fraction-evaluate": strategy.fraction_evaluate,
-        "min-available-clients": spec.min_available_clients,
+        contract.RUN_CONFIG_MIN_CLIENTS: spec.min_available_clients,
     }
     for wire_name, value in strategy.parameters().items():
-        config[_kebab(wire_name)] = value
+        config[run_config_key(wire_name)] = value
     return config
-
-
-def _kebab(camel: str) -> str:
-    return "".join(f"-{c.lower()}" if c.isupper() else c for c in camel)

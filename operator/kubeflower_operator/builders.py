@@ -1,8 +1,8 @@
 """A job's children as plain manifest dicts, built by pure functions from the validated spec.
 
-The operator creates what these return (after `kopf.adopt`), `kubeflower render` prints it, and
-`kubeflower run` reads the containers' commands and environment from it: this module is the one
-description of what a job's pods run (their environment's values: `kubeflower.core.environment`).
+The operator creates what these return (after `kopf.adopt`) and `kubeflower render` prints it. The
+containers' commands and environment values come from the core (`kubeflower.core.contract` and
+`kubeflower.core.environment`), which `kubeflower run` uses directly for its local processes.
 Every pod meets the "restricted" Pod Security Standard.
 """
 
@@ -22,7 +22,6 @@ WARM_CLIENT_MEMORY_REQUEST = "1Gi"
 """A warm client pod's default memory request: SuperNode and SuperExec (about 0.26 GB), the fork
 server holding torch and Flower (about 0.5 GB) and the message's forked child (its own pages only)."""
 MANAGED_BY = "kubeflower-operator"
-FINAL_VOLUME = "final"
 SERVER_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "500m", "memory": "1Gi"},
     "limits": {"memory": "4Gi"},
@@ -67,10 +66,6 @@ def _user_env(env: list[EnvVar] | None) -> list[Manifest]:
     return [e.model_dump(by_alias=True, exclude_none=True) for e in env or []]
 
 
-_VOLUMES = {name: path for name, path in contract.POD_VOLUMES.items() if name != FINAL_VOLUME}
-"""emptyDir volumes: the root file system is read-only, these are where the workload writes."""
-
-
 def _container(
     job: FederatedTrainingJob, name: str, command: list[str], env: list[Manifest], settings: PodSettings, app: Settings
 ) -> Manifest:
@@ -88,7 +83,8 @@ def _container(
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": v, "mountPath": p} for v, p in _VOLUMES.items()] + list(settings.volume_mounts or []),
+        "volumeMounts": [{"name": v, "mountPath": p} for v, p in contract.POD_FOLDERS.items()]
+        + list(settings.volume_mounts or []),
     }
     if settings.resources is not None:
         container["resources"] = settings.resources.model_dump(by_alias=True, exclude_none=True)
@@ -97,7 +93,7 @@ def _container(
 
 def _volumes(replace: dict[str, Manifest]) -> list[Manifest]:
     """The pod's volumes: emptyDirs, but those the job names (its output volume) in their place."""
-    return [replace.get(v) or {"name": v, "emptyDir": {}} for v in _VOLUMES]
+    return [replace.get(v) or {"name": v, "emptyDir": {}} for v in contract.POD_FOLDERS]
 
 
 def _pod_spec(container: Manifest, settings: PodSettings, app: Settings, volumes: list[Manifest]) -> Manifest:
@@ -166,7 +162,7 @@ def _server_pod_volumes(job: FederatedTrainingJob) -> list[Manifest]:
     """The emptyDirs (the output volume in its place, when set) and the job's final status,
     optional: the ConfigMap exists only once the job has finished."""
     final = {"name": server_name(job.metadata.name), "optional": True}
-    return [*_volumes(server_volumes(job)), {"name": FINAL_VOLUME, "configMap": final}]
+    return [*_volumes(server_volumes(job)), {"name": contract.FINAL_VOLUME, "configMap": final}]
 
 
 def final_status_config_map(job: FederatedTrainingJob, document: str) -> Manifest:
@@ -191,10 +187,12 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     """One server pod. `Recreate`: two SuperLinks for one job must never overlap."""
     name = server_name(job.metadata.name)
     container = _container(
-        job, SERVER, ["kubeflower-server"], _env(environment.server_environment(job)), job.spec.server, settings
+        job, SERVER, list(contract.SERVER_COMMAND), _env(environment.server_environment(job)), job.spec.server, settings
     )
     container["resources"] = with_defaults(container.get("resources") or {}, SERVER_RESOURCES)
-    container["volumeMounts"].append({"name": FINAL_VOLUME, "mountPath": contract.FINAL_STATUS_DIR, "readOnly": True})
+    container["volumeMounts"].append(
+        {"name": contract.FINAL_VOLUME, "mountPath": contract.FINAL_STATUS_DIR, "readOnly": True}
+    )
     container["ports"] = [
         {"name": "flower", "containerPort": contract.SUPERLINK_PORT, "protocol": "TCP"},
         {"name": "status", "containerPort": contract.STATUS_PORT, "protocol": "TCP"},
@@ -316,7 +314,9 @@ def client_spread(job: FederatedTrainingJob) -> list[Manifest]:
 def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifest:
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
-    container = _container(job, CLIENT_CONTAINER, ["kubeflower-client"], client_env(job), job.spec.clients, settings)
+    container = _container(
+        job, CLIENT_CONTAINER, list(contract.CLIENT_COMMAND), client_env(job), job.spec.clients, settings
+    )
     container["ports"] = [{"name": "health", "containerPort": contract.SUPERNODE_HEALTH_PORT, "protocol": "TCP"}]
     # The SuperNode's own gRPC health server: not ready until it serves; restarted when it stops answering.
     health = {"grpc": {"port": contract.SUPERNODE_HEALTH_PORT}, "timeoutSeconds": 5}

@@ -10,6 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from kubeflower.core.vocabulary import (
+    DATASETS,
+    MODEL_INPUTS,
+    NUM_CLASSES,
+    DatasetName,
+    ModelName,
+    VocabularyError,
+    resolve_model,
+)
 from kubeflower_workload import datasets, models, training
 
 CLASSES = 10
@@ -96,21 +105,23 @@ def test_synthetic_is_deterministic_and_digit_shaped() -> None:
     assert np.array_equal(first.x, second.x) and np.array_equal(first.y, second.y)
 
 
-@pytest.mark.parametrize(
-    ("model", "dataset", "built"),
-    [
-        ("auto", "cifar10", "cifar-cnn"),
-        ("auto", "mnist", "mnist-cnn"),
-        ("auto", "synthetic", "digits-cnn"),
-        ("resnet18", "cifar10", "resnet18"),
-        ("digits-cnn", "digits", "digits-cnn"),
-    ],
-)
-def test_models_take_their_data_sets_shape(model: str, dataset: str, built: str) -> None:
-    name = models.resolve(model, dataset)
-    assert name == built
-    out = models.build(name)(torch.zeros(2, *datasets.SHAPES[dataset]))
-    assert out.shape == (2, datasets.NUM_CLASSES)
+@pytest.mark.parametrize("model", list(MODEL_INPUTS))
+def test_the_workload_builds_every_model_of_the_vocabulary_for_its_shape(model: ModelName) -> None:
+    out = models.build(model.value)(torch.zeros(2, *MODEL_INPUTS[model]))
+    assert out.shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("dataset", list(DatasetName))
+def test_auto_builds_the_model_of_the_data_sets_shape(dataset: DatasetName) -> None:
+    model = resolve_model("auto", dataset.value)
+    assert model == DATASETS[dataset].model and MODEL_INPUTS[model] == DATASETS[dataset].shape
+
+
+def test_a_model_that_does_not_fit_the_data_set_is_named() -> None:
+    with pytest.raises(VocabularyError, match="model resnet18 takes 3x32x32 inputs but dataset mnist has 1x28x28"):
+        resolve_model("resnet18", "mnist")
+    with pytest.raises(VocabularyError, match="unknown model 'vit'"):
+        resolve_model("vit", "mnist")
 
 
 def test_quickstart_cnn_is_flowers() -> None:

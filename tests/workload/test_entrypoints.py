@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from kubeflower.core import contract
+from kubeflower.core import contract, environment
 from kubeflower.core.api import FederatedTrainingJob
 from kubeflower.core.runconfig import run_config
-from kubeflower.local import local_commands, pod_environment
+from kubeflower.local import local_commands
+from kubeflower_operator import builders
+from kubeflower_operator.settings import Settings
 from kubeflower_workload import client, server
 from testbed.jobs import job
 
@@ -60,22 +62,55 @@ def test_server_settings_from_the_builders_environment() -> None:
     assert settings.run_config == run_config(model.spec)
     assert (settings.rounds, settings.min_clients, settings.superlink_port) == (3, 2, contract.SUPERLINK_PORT)
     assert settings.app_dir == server.BUILTIN_APP and settings.bind_host == "0.0.0.0"
-    with pytest.raises(server.SettingsError, match="KUBEFLOWER_ROUNDS must be a whole number"):
-        server.Settings.from_env({**server_env(model), contract.ENV_ROUNDS: "three"})
+    # The rounds and the minimum of clients have one channel: the run config the app gets too.
+    assert contract.ENV_MIN_CLIENTS not in server_env(model)
+    bad = json.dumps({**run_config(model.spec), contract.RUN_CONFIG_ROUNDS: "three"})
+    with pytest.raises(server.SettingsError, match="must hold 'num-server-rounds' as a whole number"):
+        server.Settings.from_env({**server_env(model), contract.ENV_RUN_CONFIG: bad})
 
 
-def test_pod_environment_fills_the_downward_api() -> None:
-    container = {
-        "env": [
-            {"name": "A", "value": "1"},
-            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-            {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
-            {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1"}}},
-            {"name": "MILLICPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
-        ]
+def test_a_users_app_gets_the_rounds_in_its_run_config_and_the_minimum_apart() -> None:
+    from kubeflower.core.environment import server_environment as server_env
+
+    model = FederatedTrainingJob.model_validate(
+        job("mine", task=None, app={"path": "/app", "runConfig": {"lr": 0.1}}, image="me/app:1", rounds=5)
+    )
+    settings = server.Settings.from_env(server_env(model))
+    assert settings.run_config == {"lr": 0.1, contract.RUN_CONFIG_ROUNDS: 5}
+    assert (settings.rounds, settings.min_clients) == (5, 2)
+
+
+def test_local_mode_gives_each_process_its_pods_command_and_values(tmp_path: Path) -> None:
+    """What the builders put into the pods and what `kubeflower run` gives its processes agree: the
+    same commands, the same plain values (bar the host's own ports and folders), and a value for
+    each variable the kubelet fills in (the pod's name, its CPUs)."""
+    model = FederatedTrainingJob.model_validate(
+        job("digits", clients={"replicas": 2, "env": [{"name": "MINE", "value": "1"}]}, namespace="ns")
+    )
+    server_env, client_env = environment.server_environment(model), environment.client_environment(model)
+    host_values = {
+        contract.ENV_SUPERLINK_PORT,
+        contract.ENV_STATUS_PORT,
+        contract.ENV_OUTPUT_DIR,
+        contract.ENV_DATA_DIR,
+        contract.ENV_SUPERLINK,
+        contract.ENV_SUPERNODE_PORT,
+        contract.ENV_HEALTH_ADDRESS,  # no kubelet probes locally
+        contract.ENV_CACHE_DIR,  # the host's data folder is writable
+        contract.ENV_FINAL_STATUS,  # no operator locally: the output folder says if the run finished
+        "FLWR_HOME",
     }
-    assert pod_environment(container, "p-0", "ns", 3) == {"A": "1", "POD": "p-0", "NS": "ns", "CPUS": "3"}
+    pods = [builders.server_deployment(model, Settings())] + [builders.client_statefulset(model, Settings())] * 2
+    for (_, command, env), pod in zip(
+        local_commands(model, tmp_path, tmp_path / "out", tmp_path / "h"), pods, strict=True
+    ):
+        container = pod["spec"]["template"]["spec"]["containers"][0]
+        assert command == container["command"]
+        plain = {e["name"]: e["value"] for e in container["env"] if "value" in e and e["name"] not in host_values}
+        assert plain == {name: env[name] for name in plain}
+        assert {e["name"] for e in container["env"] if "valueFrom" in e} <= set(env)
+    assert server_env.keys() <= {e["name"] for e in pods[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert client_env.keys() <= {e["name"] for e in pods[1]["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
 def test_local_mode_runs_the_pods_commands_with_host_overrides(tmp_path: Path) -> None:

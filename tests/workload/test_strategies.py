@@ -153,11 +153,27 @@ def test_bulyan_resists_an_outlier() -> None:
 
 
 def test_every_strategy_of_the_api_is_built() -> None:
-    from kubeflower.core.api import StrategyName
+    from kubeflower.core.vocabulary import StrategyName
 
     assert set(strategies.STRATEGIES) == {name.value for name in StrategyName}
     for name in strategies.STRATEGIES:
         assert type(build(name)).__name__ == name
+
+
+def test_the_parameter_table_matches_flowers_constructors() -> None:
+    """Each parameter is an argument of exactly the strategies the vocabulary gives it (FedAdam's
+    and FedYogi's beta_1 are not FedAdagrad's), so the API refuses what Flower would not take."""
+    import inspect
+
+    from kubeflower.core.vocabulary import STRATEGY_PARAMETERS, StrategyName
+
+    for name, parameter in STRATEGY_PARAMETERS.items():
+        takers = {
+            s
+            for s in StrategyName
+            if parameter.flower_argument in inspect.signature(strategies.STRATEGIES[s.value]).parameters
+        }
+        assert takers == set(parameter.strategies), name
 
 
 def test_sampling_parameters_reach_the_strategy() -> None:

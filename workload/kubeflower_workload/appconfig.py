@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubeflower_workload import models
+from kubeflower.core.vocabulary import VocabularyError, resolve_model
 
 UNSET = -1
 """Default of a strategy parameter the job leaves out: the strategy's own default applies."""
@@ -59,7 +59,7 @@ class TaskConfig:
         dataset = get(config, "dataset", str)
         task = cls(
             num_rounds=get(config, "num-server-rounds", int),
-            model=models.resolve(get(config, "model", str), dataset),
+            model=_model(get(config, "model", str), dataset),
             dataset=dataset,
             partitioning=get(config, "partitioning", str),
             dirichlet_alpha=get(config, "dirichlet-alpha", float),
@@ -81,3 +81,10 @@ class TaskConfig:
         if task.partitioning not in ("iid", "dirichlet"):
             raise RunConfigError(f"run config 'partitioning' must be iid or dirichlet (got {task.partitioning!r})")
         return task
+
+
+def _model(model: str, dataset: str) -> str:
+    try:
+        return resolve_model(model, dataset).value
+    except VocabularyError as exc:
+        raise RunConfigError(f"run config 'model': {exc}") from None

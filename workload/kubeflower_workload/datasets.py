@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from kubeflower.core import contract
+from kubeflower.core.vocabulary import DATASETS, NUM_CLASSES, DatasetName
 
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "kubeflower" / "data"
 """The data folder when KUBEFLOWER_DATA_DIR is not set (`kubeflower run`, a SuperNode started by hand)."""
@@ -30,35 +31,10 @@ CACHE_FOLDER = "kubeflower-cache"
 """Sub-folder of the data folder holding the prepared `.npz` arrays."""
 SYNTHETIC_SAMPLES = 2000
 SYNTHETIC_SEED = 1234
-NUM_CLASSES = 10
-TORCHVISION_CLASSES = {"cifar10": "CIFAR10", "mnist": "MNIST"}
 
 
 class DatasetUnavailable(Exception):
     """A data set that is neither in the data folder nor downloadable: a message for the user."""
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Raw values are divided by `scale`, then standardised per channel."""
-
-    scale: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-SHAPES: dict[str, tuple[int, int, int]] = {
-    "cifar10": (3, 32, 32),
-    "mnist": (1, 28, 28),
-    "digits": (1, 8, 8),
-    "synthetic": (1, 8, 8),
-}
-NORMALIZATION: dict[str, Normalization] = {
-    "cifar10": Normalization(255.0, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "mnist": Normalization(255.0, (0.1307,), (0.3081,)),
-    "digits": Normalization(16.0, (0.3049,), (0.3762,)),
-    "synthetic": Normalization(1.0, (0.0,), (1.0,)),
-}
 
 
 @dataclass(frozen=True)
@@ -72,7 +48,7 @@ class DataSet:
         """The selected samples as a normalised float32 tensor (torch is imported by the caller)."""
         import torch
 
-        norm = NORMALIZATION[self.name]
+        norm = DATASETS[DatasetName(self.name)]
         x = self.x[indices].astype(np.float32) / norm.scale
         mean = np.asarray(norm.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(norm.std, dtype=np.float32).reshape(1, -1, 1, 1)
@@ -90,14 +66,16 @@ def data_dir() -> Path:
 
 def load(name: str, data_dir: Path) -> DataSet:
     """The training split of a data set; DatasetUnavailable when it cannot be had."""
-    if name == "digits":
+    try:
+        dataset = DatasetName(name)
+    except ValueError:
+        raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(d.value for d in DatasetName)}") from None
+    if dataset == DatasetName.DIGITS:
         x, y = _digits()
-    elif name == "synthetic":
+    elif dataset == DatasetName.SYNTHETIC:
         x, y = _synthetic()
-    elif name in TORCHVISION_CLASSES:
-        x, y = _cached(name, data_dir)
     else:
-        raise ValueError(f"unknown dataset {name!r}; use one of {', '.join(SHAPES)}")
+        x, y = _cached(dataset, data_dir)
     return DataSet(name, x, y)
 
 
@@ -113,10 +91,10 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 def _synthetic() -> tuple[np.ndarray, np.ndarray]:
     """Ten noisy class prototypes of the digits' shape: learnable, and the same everywhere."""
-    rng = np.random.default_rng(SYNTHETIC_SEED)
-    prototypes = rng.normal(size=(NUM_CLASSES, *SHAPES["synthetic"])).astype(np.float32)
+    rng, shape = np.random.default_rng(SYNTHETIC_SEED), DATASETS[DatasetName.SYNTHETIC].shape
+    prototypes = rng.normal(size=(NUM_CLASSES, *shape)).astype(np.float32)
     y = rng.integers(0, NUM_CLASSES, SYNTHETIC_SAMPLES)
-    x = prototypes[y] + rng.normal(scale=1.0, size=(SYNTHETIC_SAMPLES, *SHAPES["synthetic"])).astype(np.float32)
+    x = prototypes[y] + rng.normal(scale=1.0, size=(SYNTHETIC_SAMPLES, *shape)).astype(np.float32)
     return x.astype(np.float32), y.astype(np.int64)
 
 
@@ -128,11 +106,11 @@ def _cache_folders(data_dir: Path) -> list[Path]:
     return [data_dir / CACHE_FOLDER, *([Path(own) / CACHE_FOLDER] if own else [])]
 
 
-def _cached(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _cached(name: DatasetName, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     folders = _cache_folders(data_dir)
     for folder in folders:
-        if (folder / f"{name}-train.npz").exists():
-            with np.load(folder / f"{name}-train.npz") as arrays:
+        if (folder / f"{name.value}-train.npz").exists():
+            with np.load(folder / f"{name.value}-train.npz") as arrays:
                 return arrays["x"], arrays["y"]
     x, y = _from_torchvision(name, data_dir)
     for folder in folders:
@@ -144,12 +122,12 @@ def _cached(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
             continue  # read-only: the next folder
         with os.fdopen(fd, "wb") as out:
             np.savez(out, x=x, y=y)
-        os.replace(tmp, folder / f"{name}-train.npz")
+        os.replace(tmp, folder / f"{name.value}-train.npz")
         break
     return x, y
 
 
-def _from_torchvision(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _from_torchvision(name: DatasetName, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     cls = _torchvision_class(name)
     try:
         found = cls(str(data_dir), train=True, download=False)
@@ -158,11 +136,11 @@ def _from_torchvision(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray
             found = cls(str(data_dir), train=True, download=True)
         except Exception as exc:
             raise DatasetUnavailable(
-                f"dataset {name} is not in the data folder {data_dir} and could not be downloaded "
+                f"dataset {name.value} is not in the data folder {data_dir} and could not be downloaded "
                 f"({type(exc).__name__}: {' '.join(str(exc).split())}); "
                 "put it there (a read-only data volume, spec.data, must hold it already) "
                 "from a machine that reaches the internet "
-                f"(torchvision.datasets.{TORCHVISION_CLASSES[name]}"
+                f"(torchvision.datasets.{DATASETS[name].torchvision}"
                 f"(root='{data_dir}', train=True, download=True)), or let the pods reach the internet"
             ) from None
     x = np.asarray(found.data, dtype=np.uint8)
@@ -172,12 +150,12 @@ def _from_torchvision(name: str, data_dir: Path) -> tuple[np.ndarray, np.ndarray
     return np.ascontiguousarray(x), y
 
 
-def _torchvision_class(name: str) -> Any:
+def _torchvision_class(name: DatasetName) -> Any:
     """torchvision's data set class; imported here, so only a first load pays for torchvision."""
     from torchvision import datasets as tv
 
-    if name == "mnist":
-        return tv.MNIST
+    if name != DatasetName.CIFAR10:
+        return getattr(tv, str(DATASETS[name].torchvision))
 
     class TrustedCIFAR10(tv.CIFAR10):
         """CIFAR-10 that trusts the files present instead of re-hashing them.

@@ -1,4 +1,4 @@
-"""The built-in app's models, by name, and the data shape each one takes."""
+"""The built-in app's models, by name (their input shapes: `kubeflower.core.vocabulary.MODEL_INPUTS`)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kubeflower_workload.datasets import NUM_CLASSES, SHAPES
-
-INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
-    "cifar-cnn": (3, 32, 32),
-    "mnist-cnn": (1, 28, 28),
-    "digits-cnn": (1, 8, 8),
-    "resnet18": (3, 32, 32),
-}
-AUTO: dict[str, str] = {"cifar10": "cifar-cnn", "mnist": "mnist-cnn", "digits": "digits-cnn", "synthetic": "digits-cnn"}
-"""`model: auto`: the model made for the data set's shape."""
+from kubeflower.core.vocabulary import MODEL_INPUTS, NUM_CLASSES
 
 
 class CifarCNN(nn.Module):
@@ -56,20 +47,6 @@ class SmallCNN(nn.Module):
         return logits
 
 
-def resolve(model: str, dataset: str) -> str:
-    """The model to build for the data set; a clear error when the shapes do not fit."""
-    if dataset not in SHAPES:
-        raise ValueError(f"unknown dataset {dataset!r}; use one of {', '.join(SHAPES)}")
-    name = AUTO[dataset] if model == "auto" else model
-    if name not in INPUT_SHAPES:
-        raise ValueError(f"unknown model {model!r}; use auto or one of {', '.join(INPUT_SHAPES)}")
-    if INPUT_SHAPES[name] != SHAPES[dataset]:
-        shape = "x".join(map(str, INPUT_SHAPES[name]))
-        have = "x".join(map(str, SHAPES[dataset]))
-        raise ValueError(f"model {name} takes {shape} inputs but dataset {dataset} has {have}; use model auto")
-    return name
-
-
 def build(name: str) -> nn.Module:
     """A freshly initialised model (seed torch first for a reproducible start)."""
     if name == "cifar-cnn":
@@ -83,4 +60,4 @@ def build(name: str) -> nn.Module:
 
         resnet: nn.Module = resnet18(weights=None, num_classes=NUM_CLASSES)
         return resnet
-    raise ValueError(f"unknown model {name!r}; use one of {', '.join(INPUT_SHAPES)}")
+    raise ValueError(f"unknown model {name!r}; use one of {', '.join(m.value for m in MODEL_INPUTS)}")

@@ -92,13 +92,22 @@ class Settings:
             raise SettingsError(f"{contract.ENV_RUN_CONFIG} is not JSON: {exc}") from None
         if not isinstance(run_config, dict):
             raise SettingsError(f"{contract.ENV_RUN_CONFIG} must be a JSON object")
+
+        def configured(key: str) -> int:
+            value = run_config.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingsError(f"{contract.ENV_RUN_CONFIG} must hold {key!r} as a whole number (got {value!r})")
+            return value
+
         app_path = env.get(contract.ENV_APP_PATH)
         return cls(
             job=need(contract.ENV_JOB_NAME),
             run_config=run_config,
             app_dir=Path(app_path) if app_path else BUILTIN_APP,
-            rounds=number(contract.ENV_ROUNDS),
-            min_clients=number(contract.ENV_MIN_CLIENTS),
+            # Each fact has one channel: the run config for the built-in app (its strategy reads the
+            # same keys); a user's app's run config is its own, so its minimum comes alone.
+            rounds=configured(contract.RUN_CONFIG_ROUNDS),
+            min_clients=number(contract.ENV_MIN_CLIENTS) if app_path else configured(contract.RUN_CONFIG_MIN_CLIENTS),
             superlink_port=number(contract.ENV_SUPERLINK_PORT),
             status_port=number(contract.ENV_STATUS_PORT),
             bind_host=env.get(contract.ENV_BIND_HOST) or "0.0.0.0",

@@ -3,6 +3,7 @@
 The strategies are Flower's own (`flwr.serverapp.strategy`), unchanged; the built-in ServerApp
 drives them round by round itself (see `federation`). A strategy parameter the job leaves out is
 UNSET in the run config, so the strategy keeps its own default (FedYogi's eta is not FedAdam's).
+Which strategies exist and which parameters each takes is `kubeflower.core.vocabulary`'s table.
 """
 
 from __future__ import annotations
@@ -11,47 +12,15 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.serverapp.strategy import (
-    Bulyan,
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedMedian,
-    FedProx,
-    FedTrimmedAvg,
-    FedYogi,
-    Krum,
-    MultiKrum,
-)
+from flwr.serverapp import strategy as flower_strategies
+from flwr.serverapp.strategy import FedAvg
 
+from kubeflower.core.vocabulary import STRATEGY_PARAMETERS, StrategyName, run_config_key
 from kubeflower_workload.appconfig import UNSET, RunConfigError, get
 
-STRATEGIES: dict[str, type[FedAvg]] = {
-    "FedAvg": FedAvg,
-    "FedProx": FedProx,
-    "FedAvgM": FedAvgM,
-    "FedAdam": FedAdam,
-    "FedYogi": FedYogi,
-    "FedAdagrad": FedAdagrad,
-    "FedMedian": FedMedian,
-    "FedTrimmedAvg": FedTrimmedAvg,
-    "Krum": Krum,
-    "MultiKrum": MultiKrum,
-    "Bulyan": Bulyan,
-}
+STRATEGIES: dict[str, type[FedAvg]] = {name.value: getattr(flower_strategies, name.value) for name in StrategyName}
 PARAMETERS: dict[str, tuple[str, type]] = {
-    "proximal-mu": ("proximal_mu", float),
-    "server-learning-rate": ("server_learning_rate", float),
-    "server-momentum": ("server_momentum", float),
-    "eta": ("eta", float),
-    "eta-l": ("eta_l", float),
-    "beta1": ("beta_1", float),
-    "beta2": ("beta_2", float),
-    "tau": ("tau", float),
-    "beta": ("beta", float),
-    "num-malicious-clients": ("num_malicious_nodes", int),
-    "num-clients-to-keep": ("num_nodes_to_select", int),
+    run_config_key(name): (parameter.flower_argument, parameter.kind) for name, parameter in STRATEGY_PARAMETERS.items()
 }
 """Run-config key of each strategy parameter -> the Flower constructor argument and its type."""
 
