@@ -210,13 +210,14 @@ def write_user_app(folder: Path) -> Path:
 def test_a_users_own_app_runs_unchanged_with_its_progress(tmp_path: Path, kubeflower_run: Any) -> None:
     write_user_app(tmp_path)
     job_file = write_job(
-        tmp_path, "my-app", task=None, app={"path": "myapp", "runConfig": {"step": 2.0}}, image="me/app:1"
+        tmp_path, "my-app", task=None, app={"path": "myapp", "runConfig": {"step": 2.0}}, image="me/app:1", rounds=3
     )
     result = kubeflower_run(job_file, tmp_path / "out")
     assert result.returncode == 0, result.stdout + result.stderr
     status = ServerStatus.model_validate_json((tmp_path / "out" / "metrics.json").read_text())
-    assert (status.current_round, status.total_rounds) == (2, 2)
-    assert [r.metrics["accuracy"] for r in status.history] == pytest.approx([0.2, 0.4])  # step 2.0 reached the app
+    # spec.rounds (3) reached the app as num-server-rounds, over its own default (2).
+    assert (status.current_round, status.total_rounds) == (3, 3)
+    assert [r.metrics["accuracy"] for r in status.history] == pytest.approx([0.2, 0.4, 0.6])  # step 2.0 too
     assert status.history[0].train_metrics == {"loss": pytest.approx(1.0)}
     assert status.history[1].replies == 2
 

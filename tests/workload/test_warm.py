@@ -362,7 +362,7 @@ def test_a_users_app_runs_warm_with_its_preload_and_unseeded_draws_differ_betwee
     with (app / "pyproject.toml").open("a") as pyproject:
         pyproject.write('[tool.kubeflower]\npreload = ["numpy", "torch"]\n')
     run_env["DRAWS_FILE"] = str(tmp_path / "draws.jsonl")  # reaches the app through the shim's environment
-    job_file = write_job(tmp_path, "drawing", task=None, app={"path": "myapp"}, image="me/app:1")
+    job_file = write_job(tmp_path, "drawing", task=None, app={"path": "myapp"}, image="me/app:1", rounds=2)
     result = kubeflower_run(job_file, tmp_path / "out")  # type: ignore[operator]
     assert result.returncode == 0, result.stdout + result.stderr
     logs = _logs(tmp_path / "out")
