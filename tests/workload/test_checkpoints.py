@@ -21,9 +21,9 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from kubeflower.core import contract
 from kubeflower.core.runconfig import run_config
-from kubeflower.core.server_status import RoundRecord
+from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
 from kubeflower.core.validation import parse_job
-from kubeflower_workload import BUILTIN_APP, checkpoints, federation, models, strategies, task
+from kubeflower_workload import BUILTIN_APP, checkpoints, federation, models, server, strategies, task
 from kubeflower_workload.appconfig import TaskConfig
 from testbed.jobs import job
 
@@ -161,3 +161,43 @@ def test_checkpoints_are_kept_few_and_another_jobs_are_never_resumed(tmp_path: P
     (tmp_path / f"round-{ROUNDS:06d}.pt").unlink()
     found = checkpoints.latest(tmp_path, "uid-1")
     assert found is not None and found.round == ROUNDS - 1
+
+
+def _settings(tmp_path: Path, uid: str = "uid-1") -> server.Settings:
+    env = {
+        contract.ENV_JOB_NAME: "job",
+        contract.ENV_RUN_CONFIG: '{"num-server-rounds": 3, "min-available-clients": 2}',
+        contract.ENV_SUPERLINK_PORT: "9092",
+        contract.ENV_STATUS_PORT: "8080",
+        contract.ENV_OUTPUT_DIR: str(tmp_path / "out"),
+        contract.ENV_JOB_UID: uid,
+        contract.ENV_FINAL_STATUS: str(tmp_path / "final" / contract.FINAL_STATUS_KEY),
+    }
+    return server.Settings.from_env(env)
+
+
+def test_a_starting_server_resumes_its_jobs_rounds_or_serves_its_final_state(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    assert server.initial_status(settings, "now").phase == Phase.PENDING  # nothing there: a fresh start
+    config = config_for({"name": "FedAvg"}, True)
+    with pytest.raises(Stopped):
+        run(config, contract.OutputFolder(settings.output_dir).checkpoints, stop_after=2)
+    resumed = server.initial_status(settings, "now")
+    assert resumed.resumed_round == 2 and resumed.current_round == 1  # round 2 awaits its evaluation
+    assert [r.round for r in resumed.history] == [1] and "resuming after round 2" in resumed.message
+    assert server.initial_status(_settings(tmp_path, "another-job"), "now").resumed_round is None
+
+    # The operator's final status (no output volume): served, if it is this job's.
+    final = ServerStatus(phase=Phase.SUCCEEDED, current_round=3, total_rounds=3, job_uid="uid-1")
+    assert settings.final_status is not None
+    settings.final_status.parent.mkdir()
+    settings.final_status.write_text(final.to_json())
+    assert server.initial_status(settings, "now").phase == Phase.SUCCEEDED
+    assert server.initial_status(_settings(tmp_path, "another-job"), "now").phase == Phase.PENDING
+    # metrics.json of this job, finished, wins (it has every round); a running one is not final.
+    metrics = contract.OutputFolder(settings.output_dir).metrics
+    metrics.write_text(final.model_copy(update={"history": [RoundRecord(round=1)] * 3}).to_json())
+    assert len(server.initial_status(settings, "now").history) == 3
+    settings.final_status.unlink()
+    metrics.write_text(final.model_copy(update={"phase": Phase.RUNNING}).to_json())
+    assert server.initial_status(settings, "now").resumed_round == 2

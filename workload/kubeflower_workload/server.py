@@ -412,7 +412,8 @@ def initial_status(settings: Settings, now: str) -> ServerStatus:
 
 
 def _final_document(path: Path, job_uid: str) -> ServerStatus | None:
-    """This job's final status document in the output folder, if it finished; else None."""
+    """This job's final status document at `path` (metrics.json, or the operator's ConfigMap file)
+    if the job finished; else None. Read bounded and validated: the file outlives pods and jobs."""
     try:
         if path.stat().st_size > MAX_DOCUMENT_BYTES:
             LOG.warning("%s is larger than %d bytes: ignored", path, MAX_DOCUMENT_BYTES)
