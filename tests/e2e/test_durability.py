@@ -97,6 +97,14 @@ def test_a_deleted_server_pod_resumes_from_its_output_claim_and_a_finished_job_n
 
     # The job goes; its results stay on the claim.
     cluster.kubectl("delete", "ftj", "kept", "--wait=false")
-    wait_for(lambda: not cluster.pods("kept", "server") and not cluster.processes("kept"), 120, "kept's pods gone")
+    wait_for(lambda: cluster.job("kept") is None, 60, "kept deleted")
+    try:
+        wait_for(lambda: not cluster.pods("kept", "server") and not cluster.processes("kept"), 180, "kept's pods gone")
+    except AssertionError:
+        left = [
+            (p["metadata"]["name"], p["metadata"].get("deletionTimestamp"), p.get("status"))
+            for p in cluster.pods("kept", "server")
+        ]
+        raise AssertionError(f"kept's pods not gone: {left}; processes {cluster.processes('kept')}") from None
     assert (claim / "final_model.pt").stat().st_size > 0
     assert json.loads((claim / "metrics.json").read_text())["phase"] == "Succeeded"
