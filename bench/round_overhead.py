@@ -265,7 +265,7 @@ def by_hand(
             check=True,
         )
         run_id = json.loads(submitted.stdout)["run-id"]
-        parser = progress.LogProgress()
+        parser = progress.LogProgress(builtin=app == BUILTIN_APP)
         stream = subprocess.Popen(
             [str(BIN / "flwr"), "log", run_id, "bench", "--stream"],
             env=cli_env,

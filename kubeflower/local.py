@@ -25,18 +25,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from kubeflower.core import contract, environment
-from kubeflower.core.api import FederatedTrainingJob
-from kubeflower.core.server_status import Phase, ServerStatus, fetch
+from kubeflower.core.api import FederatedTrainingJob, MetricKind, MetricNames
+from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus, fetch
 from kubeflower.core.validation import load_job
 from kubeflower_workload import datasets, processes
 
 STATUS_POLL = 0.5
 STOP_GRACE = 10.0
 SERVER_START_TIMEOUT = 60.0
+TABLE_METRICS = 12
+"""Metric columns of the summary table at most (metrics.json has them all)."""
+LOG_WIDTH = 400
+PLOT_OTHER_LINES = 12
+"""Curves of metrics other than the loss and accuracy in the plot at most."""
+GROUPS = ("train", "evaluate", "server")
+"""A round's metrics: the clients' training, the clients' evaluation, the ServerApp's (centralized)."""
 
 
 class LocalRunError(Exception):
@@ -77,12 +85,12 @@ def run_job(path: Path, output: Path | None, resume: bool = False) -> int:
         console.print("[yellow]stopped: every process of the job has been ended[/yellow]")
         return 130
     except LocalRunError as exc:
-        console.print(f"[red]job {job.metadata.name} failed:[/red] {exc}")
+        console.print(f"[red]job {job.metadata.name} failed:[/red] {escape(str(exc))}")
         return 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    _report(status, output, console)
+    _report(status, output, console, job.spec.metric_names)
     return 0 if status.phase == Phase.SUCCEEDED else 1
 
 
@@ -134,6 +142,7 @@ def local_commands(
             contract.ENV_OUTPUT_DIR: str(output),
             contract.ENV_DATA_DIR: data_dir,
             contract.ENV_FINAL_STATUS: "",  # no operator here: the output folder says if the run finished
+            contract.ENV_WORK_DIR: str(contract.OutputFolder(output).app),
             "FLWR_HOME": str(home / "server"),
         }
         | app_path
@@ -153,6 +162,7 @@ def local_commands(
                 contract.ENV_HEALTH_ADDRESS: "",  # no kubelet here: no health server, no port
                 contract.ENV_CACHE_DIR: "",  # the data folder here is the user's own, writable
                 contract.ENV_DATA_DIR: data_dir,
+                contract.ENV_WORK_DIR: str(home / f"client-{ordinal}" / "app"),  # as a pod's own emptyDir
                 "FLWR_HOME": str(home / f"client-{ordinal}"),
             }
             | app_path
@@ -221,60 +231,114 @@ def _follow(job: FederatedTrainingJob, members: list[Member], status_url: str, c
             if fetched is None and status.run_id is None and time.monotonic() - started > SERVER_START_TIMEOUT:
                 raise LocalRunError(f"the server did not answer {status_url}; its log: {members[0].log}")
             status = fetched or status
-            metrics, note = _metrics_text(status.metrics), status.message or status.phase.value
+            metrics = escape(_metrics_text(status, job.spec.metric_names))
+            note = escape(status.message or status.phase.value)
             bar.update(task, completed=status.current_round, total=status.total_rounds, metrics=metrics, note=note)
             line = f"{job.metadata.name}: round {status.current_round}/{status.total_rounds}  {metrics}  {note}"
             if not console.is_terminal and line != shown:
-                console.print(line, highlight=False)
+                console.print(line, highlight=False)  # escaped: the message may hold [brackets]
                 shown = line
             time.sleep(STATUS_POLL)
     return status
 
 
-def _report(status: ServerStatus, output: Path, console: Console) -> None:
-    """Summary table, and the plot of the curves next to metrics.json and the model."""
+def _report(status: ServerStatus, output: Path, console: Console, names: MetricNames) -> None:
+    """Summary table (every metric under its name), and the plot of the curves next to metrics.json."""
     table = Table(title=f"{status.phase.value}: {status.current_round}/{status.total_rounds} rounds")
-    for column in ("round", "train loss", "loss", "accuracy", "replies", "failures", "seconds"):
+    columns = _metric_columns(status.history)
+    picked = [curve for _, curves in _loss_and_accuracy(status.history, names) for curve in curves]
+    others = [column for column in columns if column not in picked][: max(0, TABLE_METRICS - len(picked))]
+    shown = [column for column in columns if column in picked or column in others]
+    table.add_column("round", justify="right")
+    for group, name in shown:
+        table.add_column(escape(_heading(group, name)), justify="right")
+    for column in ("replies", "failures", "seconds"):
         table.add_column(column, justify="right")
     for record in status.history:
-        table.add_row(
-            str(record.round),
-            _number(record.train_metrics.get("loss")),
-            _number(record.metrics.get("loss")),
-            _number(record.metrics.get("accuracy")),
-            str(record.replies),
-            str(record.failures),
-            f"{record.seconds:.1f}",
-        )
-    console.print(table)
+        values = [_number(_group(record, group).get(name)) for group, name in shown]
+        table.add_row(str(record.round), *values, str(record.replies), str(record.failures), f"{record.seconds:.1f}")
+    # A log file is not a terminal: its lines may be as long as the table, whose headings are names.
+    (console if console.is_terminal else Console(file=console.file, width=LOG_WIDTH)).print(table)
+    if len(columns) > len(shown):
+        console.print(f"{len(columns) - len(shown)} more metrics in metrics.json")
     if status.history:
-        _plot(status, contract.OutputFolder(output).plot)
+        _plot(status, contract.OutputFolder(output).plot, names)
     if status.phase != Phase.SUCCEEDED:
-        console.print(f"[red]job failed:[/red] {status.message}")
+        console.print(f"[red]job failed:[/red] {escape(status.message)}")
     folder = contract.OutputFolder(output)
     produced = [path.name for path in folder.results() if path.exists()]
-    console.print(f"results in {output}: {', '.join(produced) or 'nothing'}; logs in {folder.logs}")
+    if folder.app.is_dir():  # what the app saved in its working directory
+        produced += [f"{folder.app.name}/{path.name}" for path in sorted(folder.app.iterdir())]
+    console.print(escape(f"results in {output}: {', '.join(produced) or 'nothing'}; logs in {folder.logs}"))
 
 
-def _plot(status: ServerStatus, path: Path) -> None:
+def _group(record: RoundRecord, group: str) -> dict[str, float]:
+    return {"train": record.train_metrics, "evaluate": record.metrics, "server": record.server_metrics}[group]
+
+
+def _metric_columns(history: list[RoundRecord]) -> list[tuple[str, str]]:
+    """(group, name) of every metric in the history, by group, in order of first appearance."""
+    seen: dict[tuple[str, str], None] = {}
+    for group in GROUPS:
+        for record in history:
+            seen.update(dict.fromkeys((group, name) for name in _group(record, group)))
+    return list(seen)
+
+
+def _heading(group: str, name: str) -> str:
+    """A metric's column: its name, after `train` or `server` unless it says so itself."""
+    if group == "evaluate" or name.startswith(group):
+        return name
+    return f"{group} {name}"
+
+
+DEFAULT_NAMES = MetricNames()
+
+
+def _loss_and_accuracy(history: list[RoundRecord], names: MetricNames) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The loss and the accuracy curves, (group, name) each, as `names` (else the defaults) pick them in each group."""
+    wanted: tuple[tuple[str, tuple[tuple[str, MetricKind], ...]], ...] = (
+        ("loss", (("train", "train_loss"), ("evaluate", "loss"), ("server", "loss"))),
+        ("accuracy", (("evaluate", "accuracy"), ("server", "accuracy"))),
+    )
+    panels = []
+    for title, kinds in wanted:
+        curves = []
+        for group, kind in kinds:
+            metrics = [_group(r, group) for r in history]
+            # The job's names, else (the centralized evaluation often names its own) the defaults.
+            name = next((n for m in metrics if (n := names.pick(kind, m) or DEFAULT_NAMES.pick(kind, m))), None)
+            if name is not None:
+                curves.append((group, name))
+        panels.append((title, curves))
+    return panels
+
+
+def _plot(status: ServerStatus, path: Path, names: MetricNames) -> None:
+    """Loss and accuracy (as `names` picks them) of each group per round, and every other metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    rounds = [r.round for r in status.history]
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
-    for axes, key in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
-        axes.plot(rounds, [r.metrics.get(key, float("nan")) for r in status.history], marker="o", label="evaluate")
-        if key == "loss":
-            axes.plot(
-                rounds, [r.train_metrics.get(key, float("nan")) for r in status.history], marker="o", label="train"
-            )
-            axes.legend()
+    history = status.history
+    rounds = [r.round for r in history]
+    panels = _loss_and_accuracy(history, names)
+    shown = {curve for _, curves in panels for curve in curves}
+    others = [column for column in _metric_columns(history) if column not in shown][:PLOT_OTHER_LINES]
+    if others:
+        panels.append(("other metrics", others))
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for axes, (title, curves) in zip(axes_list, panels, strict=True):
+        for group, name in curves:
+            values = [_group(r, group).get(name, float("nan")) for r in history]
+            axes.plot(rounds, values, marker="o", label=_heading(group, name))
+        if curves:
+            axes.legend(fontsize="small")
         axes.set_xlabel("round")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.set_title(key)
+        axes.set_title(title)
         axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -292,8 +356,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _metrics_text(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k} {metrics[k]:.4f}" for k in ("loss", "accuracy") if k in metrics)
+def _metrics_text(status: ServerStatus, names: MetricNames) -> str:
+    """The last round's loss and accuracy, the clients' evaluation's first, else the ServerApp's."""
+    shown = []
+    for kind in ("loss", "accuracy"):
+        for metrics in (status.metrics, status.server_metrics):
+            if (name := names.pick(kind, metrics)) is not None:
+                shown.append(f"{name} {metrics[name]:.4f}")
+                break
+    return "  ".join(shown)
 
 
 def _number(value: float | None) -> str:

@@ -37,6 +37,8 @@ def _set(path: str, value: Any) -> Any:
 
 _DELETE = object()
 
+_OWN_APP = [_set("spec.task", _DELETE), _set("spec.image", "me/app:1")]
+
 # (id, mutations, the field path every layer must name)
 INVALID: list[tuple[str, list[Any], str]] = [
     ("rounds-not-a-number", [_set("spec.rounds", "three")], "spec.rounds"),
@@ -86,6 +88,17 @@ INVALID: list[tuple[str, list[Any], str]] = [
         "spec.output.claimName",
     ),
     ("output-neither", [_set("spec.output", {})], "spec.output.claimName"),
+    ("app-under-a-pod-volume", [*_OWN_APP, _set("spec.app", {"path": "/tmp/app"})], "spec.app.path"),
+    (
+        "app-sets-its-own-rounds-key",
+        [*_OWN_APP, _set("spec.app", {"path": "/app", "roundsKey": "rounds", "runConfig": {"rounds": 2}})],
+        "spec.app.runConfig",
+    ),
+    (
+        "strategy-for-an-own-app",
+        [*_OWN_APP, _set("spec.app", {"path": "/app"}), _set("spec.strategy", {"name": "FedProx", "proximalMu": 0.1})],
+        "spec.strategy",
+    ),
 ]
 
 

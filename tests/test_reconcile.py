@@ -232,3 +232,45 @@ def test_a_data_claim_that_one_node_holds_cannot_serve_clients_on_several() -> N
     failed = plan(parsed, 1, JobStatus(), Observed(data_claim_modes=("ReadWriteOnce",)), NOW, SETTINGS)
     assert failed.status.phase == Phase.FAILED and failed.create == []
     assert "spec.data.claimName" in (failed.status.message or "")
+
+
+def _own_app_job(**metric_names: str) -> Any:
+    return parse_job(
+        job(namespace="default", task=None, app={"path": "/app"}, image="me/app:1", metricNames=metric_names)
+    )
+
+
+def test_an_own_apps_metrics_by_name_with_accuracy_and_loss_as_the_job_names_them() -> None:
+    record = RoundRecord(
+        round=1,
+        metrics={"eval_acc": 0.8, "eval_loss": 0.4},
+        server_metrics={"accuracy": 0.9, "loss": 0.3, "eval_acc": 0.1},
+        train_metrics={"train_loss": 0.5},
+    )
+    doc = ServerStatus(total_rounds=3).with_round(record)
+    defaults = _own_app_job()
+    result = plan(
+        defaults, 1, JobStatus(), Observed(children=children(defaults), poll=Poll(document=doc)), NOW, SETTINGS
+    )
+    # Unset names: the first of Flower's template names in the clients' evaluation (eval_acc).
+    assert result.status.wire()["metrics"] == {"accuracy": 0.8, "loss": 0.4, "eval_acc": 0.8, "eval_loss": 0.4}
+    chosen = _own_app_job(accuracy="accuracy", loss="loss")  # the centralized evaluation's
+    result = plan(chosen, 1, JobStatus(), Observed(children=children(chosen), poll=Poll(document=doc)), NOW, SETTINGS)
+    assert result.status.wire()["metrics"] == {"accuracy": 0.9, "loss": 0.3, "eval_acc": 0.8, "eval_loss": 0.4}
+
+
+def test_a_hostile_document_is_read_bounded() -> None:
+    """Ten thousand metrics and an endless message from a pod: the operator keeps a bounded status."""
+    many = {f"m{i}": float(i) for i in range(10000)}
+    raw = ServerStatus(total_rounds=3).model_dump(by_alias=True) | {
+        "metrics": many,
+        "history": [{"round": 1, "metrics": many, "trainMetrics": many, "serverMetrics": many}],
+        "message": "x" * 100000,
+    }
+    import json
+
+    doc = ServerStatus.model_validate_json(json.dumps(raw))  # as `fetch` reads it
+    assert len(doc.metrics) == len(doc.history[0].server_metrics) == 16 and len(doc.message) == 1024
+    parsed = _own_app_job()
+    result = plan(parsed, 1, JobStatus(), Observed(children=children(parsed), poll=Poll(document=doc)), NOW, SETTINGS)
+    assert len(result.status.wire()["metrics"]) == 16

@@ -409,22 +409,91 @@ class TaskSpec(ApiModel):
     cel_rules: ClassVar[tuple[CelRule, ...]] = tuple(_model_rule(m) for m in MODEL_INPUTS)
 
 
+_HIDDEN = tuple(contract.POD_FOLDERS.values())
+"""Where the pods' volumes hide an image's files."""
+
+
+def _visible(path: str) -> bool:
+    return not any(path == hidden or path.startswith(f"{hidden}/") for hidden in _HIDDEN)
+
+
 class AppSpec(ApiModel):
     """Bring your own Flower App, baked into `image`."""
 
     path: str = Field(
-        min_length=1, description="Directory of the Flower App project (its pyproject.toml) in the image."
+        min_length=1,
+        max_length=4096,
+        description=(
+            "Directory of the Flower App project (its pyproject.toml) in the image; not where the pods' volumes "
+            "hide the image's files (/tmp, /var/lib/kubeflower/output, data or flwr)."
+        ),
     )
     run_config: dict[str, RunConfigValue] | None = Field(default=None, description="Overrides of the app's run config.")
+    rounds_key: str = Field(
+        default=contract.RUN_CONFIG_ROUNDS,
+        min_length=1,
+        max_length=253,
+        description=(
+            "The app's run-config key for its number of rounds, which spec.rounds sets; the app must declare it "
+            "in [tool.flwr.app.config] (Flower's templates name it num-server-rounds)."
+        ),
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
-            rule=f"!has(self.runConfig) || !('{contract.RUN_CONFIG_ROUNDS}' in self.runConfig)",
-            message=f"the number of rounds is spec.rounds: remove {contract.RUN_CONFIG_ROUNDS} from app.runConfig",
+            rule=" && ".join(f"self.path != '{hidden}' && !self.path.startsWith('{hidden}/')" for hidden in _HIDDEN),
+            message=(
+                f"path is hidden in the pods: their volumes are mounted at {', '.join(_HIDDEN)}; "
+                "put the app elsewhere in the image (e.g. /app)"
+            ),
+            field_path=".path",
+            check=lambda a: _visible(a.path),
+        ),
+        CelRule(
+            rule="!has(self.runConfig) || !(self.roundsKey in self.runConfig)",
+            message="the number of rounds is spec.rounds: remove the app's rounds key (roundsKey) from app.runConfig",
             field_path=".runConfig",
-            check=lambda a: contract.RUN_CONFIG_ROUNDS not in (a.run_config or {}),
+            check=lambda a: a.rounds_key not in (a.run_config or {}),
         ),
     )
+
+
+ACCURACY_NAMES: Final = (
+    "accuracy",
+    "acc",
+    "eval_acc",
+    "eval_accuracy",
+    "test_acc",
+    "test_accuracy",
+    "val_acc",
+    "val_accuracy",
+)
+LOSS_NAMES: Final = ("loss", "eval_loss", "test_loss", "val_loss")
+TRAIN_LOSS_NAMES: Final = ("train_loss", "loss")
+MetricKind = Literal["accuracy", "loss", "train_loss"]
+
+
+class MetricNames(ApiModel):
+    """Which metrics are the job's accuracy and loss (ACCURACY column, kubeflower run's table and plot)."""
+
+    accuracy: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="Unset: the first of " + ", ".join(ACCURACY_NAMES) + " that the app reports.",
+    )
+    loss: str | None = Field(
+        default=None, min_length=1, max_length=253, description="Unset: the first of " + ", ".join(LOSS_NAMES) + "."
+    )
+
+    def pick(self, kind: MetricKind, metrics: dict[str, float]) -> str | None:
+        """The name among `metrics` that is the job's `kind` (train_loss: in training metrics), or None."""
+        if kind == "train_loss":
+            candidates: tuple[str, ...] = (*TRAIN_LOSS_NAMES, *((self.loss,) if self.loss else ()))
+        else:
+            chosen = self.accuracy if kind == "accuracy" else self.loss
+            candidates = (chosen,) if chosen else ACCURACY_NAMES if kind == "accuracy" else LOSS_NAMES
+        return next((name for name in candidates if name in metrics), None)
 
 
 class RunPolicy(ApiModel):
@@ -445,6 +514,23 @@ class ServiceSpec(ApiModel):
     type: ServiceType = ServiceType.CLUSTER_IP
 
 
+_BUILTIN_STRATEGY_RULE = " && ".join(
+    [
+        "(!has(self.strategy.name) || self.strategy.name == 'FedAvg')",
+        "(!has(self.strategy.fractionTrain) || self.strategy.fractionTrain == 1.0)",
+        "(!has(self.strategy.fractionEvaluate) || self.strategy.fractionEvaluate == 1.0)",
+        *(f"!has(self.strategy.{param})" for param in STRATEGY_PARAMETERS),
+    ]
+)
+
+
+def _default_strategy(strategy: StrategySpec) -> bool:
+    """Nothing but minAvailableClients differs from the defaults (what the CRD's `{}` gives)."""
+    return strategy.model_dump(exclude={"min_available_clients"}) == StrategySpec().model_dump(
+        exclude={"min_available_clients"}
+    )
+
+
 def _min_clients_ok(spec: FederatedTrainingJobSpec) -> bool:
     m = spec.strategy.min_available_clients
     return m is None or m <= spec.clients.replicas
@@ -458,6 +544,7 @@ class FederatedTrainingJobSpec(ApiModel):
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     task: TaskSpec | None = None
     app: AppSpec | None = None
+    metric_names: MetricNames = Field(default_factory=MetricNames)
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     service: ServiceSpec = Field(default_factory=ServiceSpec)
     data: VolumeSpec | None = Field(
@@ -509,6 +596,15 @@ class FederatedTrainingJobSpec(ApiModel):
             message="image must not be empty; remove it to use the operator's default image",
             field_path=".image",
             check=lambda s: s.image is None or len(s.image) > 0,
+        ),
+        CelRule(
+            rule="!has(self.app) || (" + _BUILTIN_STRATEGY_RULE + ")",
+            message=(
+                "strategy applies to the built-in app (task) only, except minAvailableClients: your own app builds "
+                "its strategy in its code; remove the other strategy fields and pass values through app.runConfig"
+            ),
+            field_path=".strategy",
+            check=lambda s: s.app is None or _default_strategy(s.strategy),
         ),
         CelRule(
             rule="!has(self.app) || has(self.image)",
@@ -570,7 +666,10 @@ class Condition(ApiModel):
 
 
 class JobMetrics(ApiModel):
+    """The last round's metrics by name; accuracy and loss are the ones spec.metricNames picks."""
+
     model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, float] = Field(init=False)
 
     loss: float | None = None
     accuracy: float | None = None

@@ -100,7 +100,8 @@ class OutputFolder:
 
     @property
     def app(self) -> Path:
-        """A user's Flower App's own working folder (for the bring-your-own-app work: nothing writes it yet)."""
+        """A user's Flower App's working directory (ENV_WORK_DIR): what it saves under a relative
+        path lands here, beside the results, never over them (`metrics.json` is written after the run)."""
         return self.root / "app"
 
     def results(self) -> tuple[Path, ...]:
@@ -119,6 +120,14 @@ ENV_JOB_NAME = "KUBEFLOWER_JOB_NAME"
 ENV_DATA_DIR = "KUBEFLOWER_DATA_DIR"
 ENV_CACHE_DIR = "KUBEFLOWER_CACHE_DIR"
 """A writable folder for prepared data sets, used when the data folder cannot be written."""
+
+ENV_ROUNDS_KEY = "KUBEFLOWER_ROUNDS_KEY"
+"""The run-config key that holds the number of rounds (a user's app's spec.app.roundsKey); unset:
+RUN_CONFIG_ROUNDS. The number itself has one channel, the run config."""
+ENV_WORK_DIR = "KUBEFLOWER_WORK_DIR"
+"""The working directory of the Flower App's processes (both entry points change into it, and
+their ServerApp and ClientApp processes inherit it): `OutputFolder.app`, writable where the root
+file system is read-only."""
 
 # Server entry point.
 ENV_RUN_CONFIG = "KUBEFLOWER_RUN_CONFIG"

@@ -9,6 +9,7 @@ processes directly, with its own ports and folders in place of the pod's.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from kubeflower.core import contract
 from kubeflower.core.api import FederatedTrainingJob, PodSettings
@@ -17,6 +18,11 @@ from kubeflower.core.runconfig import run_config
 SERVER = "server"
 CLIENTS = "clients"
 """The two components of a job: their children's name suffixes and `COMPONENT_LABEL` values."""
+
+
+WORK_DIR = str(contract.OutputFolder(Path(contract.OUTPUT_DIR)).app)
+"""The app's working directory in both pods: the output folder's place for it (a client pod's output
+folder is its own)."""
 
 
 def server_name(job_name: str) -> str:
@@ -43,11 +49,13 @@ def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
         contract.ENV_OUTPUT_DIR: contract.OUTPUT_DIR,
         contract.ENV_DATA_DIR: contract.DATA_DIR,
         contract.ENV_FINAL_STATUS: f"{contract.FINAL_STATUS_DIR}/{contract.FINAL_STATUS_KEY}",
+        contract.ENV_WORK_DIR: WORK_DIR,
         **contract.FLOWER_ENV,
     }
     if spec.app is not None:
         env[contract.ENV_APP_PATH] = spec.app.path
         env[contract.ENV_MIN_CLIENTS] = str(spec.min_available_clients)
+        env[contract.ENV_ROUNDS_KEY] = spec.app.rounds_key
     if job.metadata.uid:
         env[contract.ENV_JOB_UID] = job.metadata.uid
     return env
@@ -75,6 +83,7 @@ def client_environment(job: FederatedTrainingJob) -> dict[str, str]:
         contract.ENV_DATA_DIR: contract.DATA_DIR,
         contract.ENV_CACHE_DIR: contract.CACHE_DIR,
         contract.ENV_WARM_CLIENTAPPS: str(job.spec.clients.warm_client_apps).lower(),
+        contract.ENV_WORK_DIR: WORK_DIR,
         **contract.FLOWER_ENV,
     }
     if job.spec.app is not None:  # the clients read what their fork server pre-imports from it

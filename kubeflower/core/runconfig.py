@@ -17,9 +17,10 @@ RunConfig = dict[str, bool | int | float | str]
 
 def run_config(spec: FederatedTrainingJobSpec) -> RunConfig:
     """The run config for the job: the built-in task's keys, or the user's app overrides; the
-    number of rounds in both (the server reads it from here too: it has no other channel)."""
+    number of rounds in both (the server reads it from here too: it has no other channel), under
+    the app's own key for a user's app (spec.app.roundsKey, which it must declare)."""
     if spec.app is not None:
-        return {**(spec.app.run_config or {}), contract.RUN_CONFIG_ROUNDS: spec.rounds}
+        return {**(spec.app.run_config or {}), spec.app.rounds_key: spec.rounds}
     assert spec.task is not None  # guaranteed by the model's task/app rule
     task, strategy = spec.task, spec.strategy
     config: RunConfig = {

@@ -9,9 +9,10 @@ the two sides cannot drift. JSON shape (camelCase, every field always present):
       "totalRounds": 3,
       "clients": {"connected": 2, "expected": 2},
       "metrics": {"loss": 0.41, "accuracy": 0.88},   # last finished round; {} before the first
+      "serverMetrics": {},             # last finished round's centralized (ServerApp-side) evaluation
       "history": [                     # one entry per finished round, oldest first, bounded
         {"round": 1, "metrics": {"loss": 1.2, "accuracy": 0.61}, "trainMetrics": {"loss": 1.5},
-         "replies": 2, "failures": 0, "seconds": 7.9}
+         "serverMetrics": {}, "replies": 2, "failures": 0, "seconds": 7.9}
       ],
       "message": "",                   # why it failed, or what it is waiting for
       "runId": 1234,                   # Flower's run id, once submitted
@@ -20,18 +21,43 @@ the two sides cannot drift. JSON shape (camelCase, every field always present):
       "resumedRound": 3,               # a restarted server resumed after this round (checkpoint); else null
       "jobUid": "..."                  # the job this document is about (metrics.json on a reused volume)
     }
+
+Metrics come from the app (a user's app is untrusted input): every metric dictionary keeps at
+most METRICS_LIMIT finite numbers with names of at most METRIC_NAME_LIMIT printable characters, and
+the message at most MESSAGE_LIMIT characters, whoever builds or reads the document.
 """
 
 from __future__ import annotations
 
+import math
 import urllib.request
+from collections.abc import Mapping
 from enum import Enum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 HISTORY_LIMIT = 1000
 """Rounds kept in `history`: enough for the curves, bounded so a long job's document stays small."""
+METRICS_LIMIT = 16
+"""Metrics kept per dictionary (a round's train, evaluate or server metrics); the first ones reported."""
+METRIC_NAME_LIMIT = 40
+MESSAGE_LIMIT = 1024
+
+
+def bounded_metrics(values: Mapping[str, float]) -> dict[str, float]:
+    """The metrics a document keeps: finite numbers under short printable names, at most METRICS_LIMIT."""
+    kept: dict[str, float] = {}
+    for name, value in values.items():
+        if len(kept) == METRICS_LIMIT:
+            break
+        if 0 < len(name) <= METRIC_NAME_LIMIT and name.isprintable() and math.isfinite(value):
+            kept[name] = value
+    return kept
+
+
+Metrics = Annotated[dict[str, float], AfterValidator(bounded_metrics)]
 
 
 # The one phase vocabulary: the job's (`status.phase`) and its run's (this document's). The server
@@ -60,8 +86,9 @@ class ClientCounts(_Doc):
 
 class RoundRecord(_Doc):
     round: int
-    metrics: dict[str, float] = Field(default_factory=dict, description="Aggregated evaluation metrics.")
-    train_metrics: dict[str, float] = Field(default_factory=dict, description="Aggregated training metrics.")
+    metrics: Metrics = Field(default_factory=dict, description="Aggregated evaluation metrics (the clients').")
+    train_metrics: Metrics = Field(default_factory=dict, description="Aggregated training metrics.")
+    server_metrics: Metrics = Field(default_factory=dict, description="Centralized evaluation (the ServerApp's).")
     replies: int = 0
     failures: int = 0
     seconds: float = 0.0
@@ -72,9 +99,10 @@ class ServerStatus(_Doc):
     current_round: int = 0
     total_rounds: int = 0
     clients: ClientCounts = Field(default_factory=ClientCounts)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
+    server_metrics: Metrics = Field(default_factory=dict)
     history: list[RoundRecord] = Field(default_factory=list)
-    message: str = ""
+    message: Annotated[str, AfterValidator(lambda text: text[:MESSAGE_LIMIT])] = ""
     run_id: int | None = None
     start_time: str | None = None
     finish_time: str | None = None
@@ -85,7 +113,12 @@ class ServerStatus(_Doc):
         """The document after one more finished round; history keeps the newest HISTORY_LIMIT."""
         history = [*self.history, record][-HISTORY_LIMIT:]
         return self.model_copy(
-            update={"current_round": record.round, "metrics": dict(record.metrics), "history": history}
+            update={
+                "current_round": record.round,
+                "metrics": dict(record.metrics),
+                "server_metrics": dict(record.server_metrics),
+                "history": history,
+            }
         )
 
     def to_json(self) -> str:

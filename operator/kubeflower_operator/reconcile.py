@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 from kubeflower.core import environment
-from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, JobMetrics
+from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, JobMetrics, MetricNames
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, ServerStatus
 from kubeflower_operator import builders
@@ -88,7 +88,8 @@ def _round_events(previous_round: int, document: ServerStatus) -> list[Event]:
     events = []
     for record in document.history:
         if record.round > previous_round:
-            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(record.metrics.items()))
+            shown = record.metrics or record.server_metrics  # an app may evaluate on its server only
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items()))
             events.append(
                 Event(
                     "Normal",
@@ -219,11 +220,24 @@ def progress(
             )
         events += _round_events(previous.current_round or 0, document)
         update["current_round"] = document.current_round
-        if document.metrics:
-            update["metrics"] = JobMetrics.model_validate(
-                {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in document.metrics.items()}
-            )
+        if document.metrics or document.server_metrics:
+            update["metrics"] = job_metrics(job.spec.metric_names, document)
     return previous.model_copy(update=update), events
+
+
+def job_metrics(names: MetricNames, document: ServerStatus) -> JobMetrics:
+    """The last round's metrics for the job's status: the clients' evaluation by name, the ServerApp's
+    where the name is free, and `accuracy` and `loss` as spec.metricNames picks them (bounded: the
+    document keeps few metrics, with short names)."""
+    merged = document.server_metrics | document.metrics
+    picked = {kind: merged[name] for kind in ("accuracy", "loss") if (name := _pick(names, kind, document))}
+    return JobMetrics.model_validate(
+        {key: float(f"{value:.{METRIC_DIGITS}g}") for key, value in (merged | picked).items()}
+    )
+
+
+def _pick(names: MetricNames, kind: Literal["accuracy", "loss"], document: ServerStatus) -> str | None:
+    return names.pick(kind, document.metrics) or names.pick(kind, document.server_metrics)
 
 
 class Verdict(NamedTuple):
@@ -251,7 +265,7 @@ def verdict(
     document = observed.poll.document
     restarts = status.server_restarts or 0
     if document is not None and document.phase == Phase.SUCCEEDED:
-        accuracy = document.metrics.get("accuracy")
+        accuracy = job_metrics(job.spec.metric_names, document).accuracy
         detail = f", accuracy {accuracy:.4f}" if accuracy is not None else ""
         return Verdict(Phase.SUCCEEDED, "RunSucceeded", f"all {document.total_rounds} rounds completed{detail}")
     if document is not None and document.phase == Phase.FAILED:

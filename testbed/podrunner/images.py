@@ -9,6 +9,7 @@ with ErrImageNeverPull, as on a node that cannot pull.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class Image:
     workdir: str = "/"
     users: dict[int, str] = field(default_factory=dict)
     """Users the image adds to /etc/passwd and /etc/group (`useradd --user-group`)."""
+    folders: dict[str, str] = field(default_factory=dict)
+    """Folders the image adds (path in the container -> this machine's folder, mounted read-only)."""
 
 
 _PYTHON_ENV = {
@@ -75,9 +78,16 @@ OPERATOR = Image(
     users={10001: "kubeflower"},
 )
 
+EXAMPLE_APP = Path(__file__).resolve().parents[2] / "examples" / "flower-app"
+EXAMPLE_APP_PATH = "/srv/flower-app"
+FLOWER_APP_EXAMPLE = dataclasses.replace(WORKLOAD, folders={EXAMPLE_APP_PATH: str(EXAMPLE_APP)})
+"""examples/flower-app/Dockerfile: the workload image with the app project added, read-only. At
+EXAMPLE_APP_PATH, not the Dockerfile's /app: the pod runner cannot add a top-level directory."""
+
 IMAGES: dict[str, Image] = {
     "ghcr.io/kubeflower/workload:0.1.0": WORKLOAD,
     "ghcr.io/kubeflower/operator:0.1.0": OPERATOR,
+    "ghcr.io/kubeflower/flower-app-example:0.1.0": FLOWER_APP_EXAMPLE,
 }
 
 

@@ -313,6 +313,9 @@ class Kubelet:
                 raise podspec.Unsupported(f"containers[].{hook}")
         mounts: list[Obj] = []
         points = MountPoints()
+        for target, folder in image.folders.items():  # the image's own files, before the pod's volumes
+            points.add(target, True, mounts)
+            mounts.append({"source": folder, "target": target, "readOnly": True})
         # Parents before children, as container runtimes mount them.
         for mount in sorted(launch.mounts, key=lambda m: len(Path(m["mountPath"]).parts)):
             source = sandbox.volumes[mount["name"]]

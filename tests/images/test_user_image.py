@@ -36,4 +36,7 @@ def test_an_image_built_from_the_workload_image_runs_its_own_flower_app(docker: 
         assert status["currentRound"] == status["totalRounds"] == 3
         # The app's own metrics, under its own names, aggregated by Flower's FedAvg.
         assert status["metrics"]["eval_acc"] >= 0.8, status
+        assert sorted(status["serverMetrics"]) == ["accuracy", "loss"], status  # its centralized evaluation
+        # Its torch.save("final_model.pt") into its working directory, with the root read-only.
+        assert "the app saved final_model.pt in /var/lib/kubeflower/output/app" in network.logs(federation.server)
         print(f"\nown app in containers: 3/3 rounds, eval_acc {status['metrics']['eval_acc']:.4f}")

@@ -54,6 +54,21 @@ def test_client_settings_errors(env: dict[str, str], message: str) -> None:
         client.supernode_command(env)
 
 
+def test_an_own_apps_rounds_under_its_own_key_and_its_working_directory() -> None:
+    from kubeflower.core.environment import client_environment, server_environment
+
+    model = FederatedTrainingJob.model_validate(
+        job("mine", task=None, app={"path": "/app", "roundsKey": "rounds", "runConfig": {"lr": 0.1}}, image="me/a:1")
+    )
+    assert run_config(model.spec) == {"rounds": 3, "lr": 0.1}
+    settings = server.Settings.from_env(server_environment(model))
+    assert settings.rounds == 3 and settings.app_dir == Path("/app")
+    assert settings.work_dir == Path(contract.OUTPUT_DIR) / "app"
+    assert client_environment(model)[contract.ENV_WORK_DIR] == f"{contract.OUTPUT_DIR}/app"
+    default = FederatedTrainingJob.model_validate(job("mine", task=None, app={"path": "/app"}, image="me/a:1"))
+    assert run_config(default.spec) == {contract.RUN_CONFIG_ROUNDS: 3}  # Flower's templates' key
+
+
 def test_server_settings_from_the_builders_environment() -> None:
     from kubeflower.core.environment import server_environment as server_env
 
@@ -98,6 +113,7 @@ def test_local_mode_gives_each_process_its_pods_command_and_values(tmp_path: Pat
         contract.ENV_HEALTH_ADDRESS,  # no kubelet probes locally
         contract.ENV_CACHE_DIR,  # the host's data folder is writable
         contract.ENV_FINAL_STATUS,  # no operator locally: the output folder says if the run finished
+        contract.ENV_WORK_DIR,
         "FLWR_HOME",
     }
     pods = [builders.server_deployment(model, Settings())] + [builders.client_statefulset(model, Settings())] * 2
@@ -122,6 +138,7 @@ def test_local_mode_runs_the_pods_commands_with_host_overrides(tmp_path: Path) -
     assert json.loads(server_env[contract.ENV_RUN_CONFIG]) == run_config(model.spec)
     assert server_env[contract.ENV_BIND_HOST] == "127.0.0.1"
     assert server_env[contract.ENV_OUTPUT_DIR] == str(tmp_path / "out")
+    assert server_env[contract.ENV_WORK_DIR] == str(tmp_path / "out" / "app")  # the output folder's place
     superlink = f"127.0.0.1:{server_env[contract.ENV_SUPERLINK_PORT]}"
     ports = {server_env[contract.ENV_SUPERLINK_PORT], server_env[contract.ENV_STATUS_PORT]}
     for ordinal, (_, command, env) in enumerate(clients):
@@ -130,6 +147,7 @@ def test_local_mode_runs_the_pods_commands_with_host_overrides(tmp_path: Path) -
         assert env[contract.ENV_SUPERLINK] == superlink and env[contract.ENV_NUM_PARTITIONS] == "3"
         ports.add(env[contract.ENV_SUPERNODE_PORT])
         assert env["FLWR_HOME"] == str(tmp_path / "home" / f"client-{ordinal}")
+        assert env[contract.ENV_WORK_DIR] == str(tmp_path / "home" / f"client-{ordinal}" / "app")
         # The clients share this host's CPUs: torch gets no more threads than a client's share.
         assert env[contract.ENV_THREADS] == str(max(1, (os.cpu_count() or 1) // 3))
     assert contract.ENV_THREADS not in server_env

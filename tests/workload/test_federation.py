@@ -222,14 +222,14 @@ def test_a_users_own_app_runs_unchanged_with_its_progress(tmp_path: Path, kubefl
     assert status.history[1].replies == 2
 
 
-def test_a_bad_run_config_fails_the_job_with_flowers_message(tmp_path: Path, kubeflower_run: Any) -> None:
+def test_a_run_config_key_the_app_does_not_declare_fails_the_job_naming_it(tmp_path: Path, kubeflower_run: Any) -> None:
     write_user_app(tmp_path)
     job_file = write_job(
         tmp_path, "bad-config", task=None, app={"path": "myapp", "runConfig": {"stpe": 2.0}}, image="me/app:1"
     )
     result = kubeflower_run(job_file, tmp_path / "out")
     assert result.returncode == 1
-    assert "Key 'stpe' is not present in the main dictionary" in result.stdout
+    assert "does not declare 'stpe' in [tool.flwr.app.config] of its pyproject.toml" in result.stdout
     status = ServerStatus.model_validate_json((tmp_path / "out" / "metrics.json").read_text())
     assert status.phase == Phase.FAILED and "stpe" in status.message
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
+from kubeflower.core.server_status import (
+    MESSAGE_LIMIT,
+    METRIC_NAME_LIMIT,
+    METRICS_LIMIT,
+    ClientCounts,
+    Phase,
+    RoundRecord,
+    ServerStatus,
+    bounded_metrics,
+)
 from kubeflower_workload import progress
 from kubeflower_workload.control import RunState
 
@@ -51,18 +60,88 @@ def test_the_last_flower_round_closes_when_the_run_ends() -> None:
     assert [r.round for r in parser.finish(now=2.0)] == [2]
 
 
-def test_structured_events_survive_any_chunking_and_win_over_flower_lines() -> None:
+def test_the_built_in_apps_structured_events_survive_any_chunking_and_alone_count() -> None:
     records = [RoundRecord(round=i, metrics={"accuracy": i / 10}, replies=2, seconds=1.5) for i in (1, 2)]
     text = FLOWER_LOG + "".join(f"noise\n{progress.event_line(r)}\n" for r in records)
-    parser = progress.LogProgress()
+    parser = progress.LogProgress(builtin=True)
     found = []
     for start in range(0, len(text), 7):  # lines split across chunks
         found += parser.feed(text[start : start + 7], now=0.0)
     found += parser.finish(now=0.0)
-    assert [r.round for r in found if r.metrics.get("accuracy") in (0.1, 0.2)] == [1, 2]
-    assert parser.structured
-    later = parser.feed("[ROUND 3/3]\naggregate_train: Received 2 results and 0 failures\n", now=1.0)
-    assert later == [] and parser.finish(now=2.0) == []
+    assert found == records  # Flower's own lines are not read for the built-in app
+
+
+def test_a_users_app_cannot_forge_the_built_in_apps_events() -> None:
+    forged = RoundRecord(round=999999, metrics={"accuracy": 1.0}, replies=999)
+    parser = progress.LogProgress()
+    found = parser.feed(f"{progress.event_line(forged)}\n" + FLOWER_LOG, now=0.0) + parser.finish(now=1.0)
+    assert [r.round for r in found] == [1, 2] and all(r.replies <= 2 for r in found)
+    # A round number of more than ROUND_DIGITS digits is no round either.
+    assert parser.feed("[ROUND 12345678/12345678]\n", now=2.0) == [] and parser.total_rounds == 2
+
+
+# The same from an app with a centralized `evaluate_fn` (Flower's templates), as logged.
+CENTRALIZED_LOG = """\x1b[92mINFO \x1b[0m:      Initial global evaluation results: {'accuracy': 0.0, 'loss': 1.0}
+\x1b[92mINFO \x1b[0m:      [ROUND 1/1]
+\x1b[92mINFO \x1b[0m:      aggregate_train: Received 2 results and 0 failures
+\x1b[92mINFO \x1b[0m:      \t└──> Aggregated MetricRecord: {'train_loss': 1.0}
+\x1b[92mINFO \x1b[0m:      aggregate_evaluate: Received 2 results and 0 failures
+\x1b[92mINFO \x1b[0m:      \t└──> Aggregated MetricRecord: {'eval_loss': 0.18, 'eval_acc': 0.05}
+\x1b[92mINFO \x1b[0m:      Global evaluation
+\x1b[92mINFO \x1b[0m:      \t└──> MetricRecord: {'accuracy': 0.1, 'loss': 0.09}
+\x1b[92mINFO \x1b[0m:     \x20
+\x1b[92mINFO \x1b[0m:      Strategy execution finished in 18.94s
+"""
+
+
+def test_every_metric_by_its_name_with_the_centralized_evaluation() -> None:
+    parser = progress.LogProgress()
+    (record,) = parser.feed(CENTRALIZED_LOG, now=0.0)
+    assert record.train_metrics == {"train_loss": 1.0}
+    assert record.metrics == {"eval_loss": 0.18, "eval_acc": 0.05}
+    assert record.server_metrics == {"accuracy": 0.1, "loss": 0.09}
+    status = ServerStatus(total_rounds=1).with_round(record)
+    assert status.server_metrics == {"accuracy": 0.1, "loss": 0.09}
+
+
+def test_ten_thousand_metrics_and_an_endless_line_stay_bounded() -> None:
+    many = {f"metric_{i:05d}": float(i) for i in range(10000)}
+    text = f"[ROUND 1/1]\naggregate_train: Received 2 results and 0 failures\nAggregated MetricRecord: {many}\n"
+    parser = progress.LogProgress()
+    assert parser.feed(text, now=0.0) == []
+    parser.feed("x" * (3 * progress.LINE_LIMIT), now=0.0)  # no newline: kept at LINE_LIMIT
+    assert len(parser._partial) == progress.LINE_LIMIT
+    (record,) = parser.finish(now=1.0)
+    assert list(record.train_metrics) == [f"metric_{i:05d}" for i in range(METRICS_LIMIT)]
+    long_names = {"n" * (METRIC_NAME_LIMIT + 1): 1.0, "bad\x1bname": 2.0, "nan": float("nan"), "ok": 3.0}
+    assert bounded_metrics(long_names) == {"ok": 3.0}
+    assert len(ServerStatus(message="m" * 5000).message) == MESSAGE_LIMIT
+
+
+FAILED_ROUND_LOG = """INFO :      [ROUND 1/3]
+INFO :      aggregate_train: Received 0 results and 2 failures
+INFO :      \t> Received error in reply from node 1: <class 'RuntimeError'>:<'no data [partition 0]'>
+INFO :      \t> Received error in reply from node 2: <class 'RuntimeError'>:<'no data [partition 0]'>
+INFO :      configure_evaluate: Sampled 2 nodes (out of 2)
+"""
+
+
+def test_a_round_in_which_every_client_failed_is_a_failure_with_the_clients_error() -> None:
+    parser = progress.LogProgress()
+    parser.feed(FAILED_ROUND_LOG[:150], now=0.0)
+    assert parser.failure is None  # not before the clients' errors are read
+    parser.feed(FAILED_ROUND_LOG[150:], now=0.0)
+    assert parser.failure == "round 1: all 2 clients failed: RuntimeError: no data [partition 0]"
+    some = progress.LogProgress()
+    some.feed(FLOWER_LOG, now=0.0)  # round 2: 1 result, 1 failure: not a failed round
+    assert some.failure is None
+
+
+def test_a_plain_message_is_the_first_line_without_decoration() -> None:
+    text = "\x1b[91m╭─ Error ─╮\x1b[0m\n│ model [resnet] wants [3, 32, 32] │\n╰──────╯\nsecond line"
+    assert progress.plain_message(text) == "Error"
+    assert progress.plain_message("  \n│ model [resnet] wants [3, 32, 32] │") == "model [resnet] wants [3, 32, 32]"
+    assert progress.plain_message("└──> boom\x07") == "boom"
 
 
 def test_run_status_sets_the_phase_and_clients() -> None:

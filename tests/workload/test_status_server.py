@@ -25,6 +25,10 @@ def test_prometheus_text() -> None:
     assert 'kubeflower_run_phase{job="my\\"job",phase="Failed"} 0' in text
     assert "# TYPE kubeflower_loss gauge" in text
     assert "kubeflower_loss" not in status_server.prometheus_text(ServerStatus(), "j")
+    own = ServerStatus().with_round(RoundRecord(round=1, metrics={"eval_acc": 0.5}, server_metrics={'a"b': 0.25}))
+    text = status_server.prometheus_text(own, "j")
+    assert 'kubeflower_metric{job="j",kind="evaluate",name="eval_acc"} 0.5' in text
+    assert 'kubeflower_metric{job="j",kind="server",name="a\\"b"} 0.25' in text
 
 
 def test_endpoints() -> None:

@@ -97,6 +97,10 @@ def main() -> int:
     except PreloadError as exc:  # the app still runs; its modules are then imported in each message
         LOG.error("warm ClientApps pre-import Flower only: %s", exc)
         preload = []
+    work_dir = os.environ.get(contract.ENV_WORK_DIR)
+    if work_dir:  # the ClientApp's writable working directory: its processes inherit it
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        os.chdir(work_dir)
     LOG.info("starting: %s", " ".join(command))
     processes.become_subreaper()
     superlink_host = os.environ[contract.ENV_SUPERLINK].rpartition(":")[0].strip("[]")

@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import tomllib
 import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -203,3 +204,22 @@ def build_fab(app_dir: Path) -> bytes:
             output = (result.stderr or result.stdout).strip()
             raise ControlError(f"the Flower App in {app_dir} could not be bundled: {output}")
         return fabs[0].read_bytes()
+
+
+def app_config_keys(app_dir: Path) -> set[str]:
+    """The run-config keys an app project declares (`[tool.flwr.app.config]`, nested tables as
+    dotted keys, as Flower flattens them); ControlError when its pyproject.toml cannot be read."""
+    try:
+        project = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ControlError(f"the Flower App's pyproject.toml in {app_dir} cannot be read: {exc}") from None
+    config = project.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+    return set(_flat_keys(config)) if isinstance(config, dict) else set()
+
+
+def _flat_keys(table: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _flat_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"

@@ -8,8 +8,11 @@ SuperLink's SuperExec today, a separate pod with `--isolation process`), the Sup
 so a reader that reconnects resumes from a timestamp and loses nothing, and a user's own app gets
 its progress from the same stream: Flower's standard `[ROUND i/N]` and aggregated-metrics lines.
 
-`LogProgress` accepts both: a run that prints structured events is read from those alone (the
-built-in app); otherwise Flower's strategy log lines are parsed (a user's app).
+`LogProgress` reads one or the other: the built-in app's run is read from its structured events
+alone; a user's app from Flower's strategy log lines (`Strategy.start`: train, evaluate and the
+centralized evaluation of `evaluate_fn`, and the errors of the clients that failed). A user's app
+is untrusted input: its structured-looking lines are ignored, lines are cut at LINE_LIMIT, round
+numbers have at most ROUND_DIGITS digits, and the metrics are bounded by the status document.
 """
 
 from __future__ import annotations
@@ -18,20 +21,42 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
+from kubeflower.core.server_status import MESSAGE_LIMIT, ClientCounts, Phase, RoundRecord, ServerStatus, bounded_metrics
 from kubeflower_workload.control import RunState
 
 EVENT_PREFIX = "KUBEFLOWER_ROUND "
-_ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+LINE_LIMIT = 1 << 20
+"""Characters of one log line that are read (a line of 10,000 metrics is about 300,000)."""
+ROUND_DIGITS = 6
+ERRORS_KEPT = 3
+"""Distinct client errors quoted when every client of a round failed."""
+_ROUND = re.compile(rf"\[ROUND (\d{{1,{ROUND_DIGITS}}})/(\d{{1,{ROUND_DIGITS}}})\]")
 _RECEIVED = re.compile(r"aggregate_(train|evaluate): Received (\d+) results and (\d+) failures")
-_AGGREGATED = re.compile(r"Aggregated MetricRecord: (\{.*\})")
+_CLIENT_ERROR = re.compile(r"> Received error in reply from node \d+: (.*)")
+_CENTRALIZED = re.compile(r"Global evaluation$")
+_METRICS = re.compile(r"(?:Aggregated )?MetricRecord: (\{.*\})")
 _FINISHED = re.compile(r"Strategy execution finished")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_FLOWER_ERROR = re.compile(r"<class '(?:[\w.]*\.)?(\w+)'>:<['\"](.*)['\"]>$")
+"""How Flower writes a ClientApp's exception into an error reply: `<class 'ValueError'>:<'text'>`."""
+_DECORATION = re.compile(r"[\u2500-\u259f]+")
+"""Box-drawing and block characters: Flower's tree prefixes (`└──>`) and rich's panels."""
 
 
 def strip_ansi(text: str) -> str:
     """Flower colours its log levels; matching needs the plain text."""
     return _ANSI.sub("", text)
+
+
+def plain_message(text: str) -> str:
+    """The first line of an error, as plain text for a status message: no colours, no box drawing,
+    no control characters, at most MESSAGE_LIMIT characters."""
+    for line in strip_ansi(text).splitlines():
+        plain = "".join(c for c in _DECORATION.sub(" ", line) if c.isprintable())
+        plain = " ".join(plain.split()).lstrip("> ")
+        if plain:
+            return plain[:MESSAGE_LIMIT]
+    return ""
 
 
 def with_run(status: ServerStatus, run: RunState, connected: int, now: str) -> ServerStatus:
@@ -47,7 +72,7 @@ def with_run(status: ServerStatus, run: RunState, connected: int, now: str) -> S
         if run.sub_status == "completed":
             update |= {"phase": Phase.SUCCEEDED, "message": ""}
         else:
-            reason = run.details or f"the run ended as {run.sub_status or 'unknown'}"
+            reason = plain_message(run.details) or f"the run ended as {run.sub_status or 'unknown'}"
             update |= {"phase": Phase.FAILED, "message": reason}
         update["finish_time"] = now
     return status.model_copy(update=update)
@@ -73,6 +98,10 @@ class _Pending:
     started: float
     phase: str = "train"
     record: RoundRecord = field(init=False)
+    errors: list[str] = field(default_factory=list)
+    """The first lines of the clients' errors of this round's training."""
+    all_failed: bool = False
+    """Every client of this round's training failed (none succeeded)."""
 
     def __post_init__(self) -> None:
         self.record = RoundRecord(round=self.round)
@@ -82,20 +111,23 @@ class _Pending:
 class LogProgress:
     """Feed it the run's log as it arrives; it returns the rounds that finished."""
 
-    structured: bool = False
-    """Set once a structured event was seen: Flower's own lines are ignored from then on."""
+    builtin: bool = False
+    """The built-in app's run: read from its structured events alone. A user's app's run is read
+    from Flower's log lines alone, so that it cannot forge a round's events."""
     total_rounds: int | None = None
     """From `[ROUND i/N]` lines; None until one is seen."""
+    failure: str | None = None
+    """Set once a round's training had no client succeed: why the run must fail (a user's app)."""
     _partial: str = ""
     _pending: _Pending | None = None
 
     def feed(self, text: str, now: float) -> list[RoundRecord]:
         """Consume a chunk of log (chunks may split lines); `now` times the rounds of Flower's lines."""
         lines = (self._partial + text).split("\n")
-        self._partial = lines.pop()
+        self._partial = lines.pop()[-LINE_LIMIT:]
         finished: list[RoundRecord] = []
         for line in lines:
-            finished.extend(self._line(strip_ansi(line), now))
+            finished.extend(self._line(strip_ansi(line[:LINE_LIMIT]), now))
         return finished
 
     def finish(self, now: float) -> list[RoundRecord]:
@@ -104,38 +136,59 @@ class LogProgress:
         return finished + self._close(now)
 
     def _line(self, line: str, now: float) -> list[RoundRecord]:
-        if EVENT_PREFIX in line:
-            self.structured = True
-            self._pending = None
-            return [RoundRecord.model_validate_json(line.split(EVENT_PREFIX, 1)[1])]
-        if self.structured:
+        if self.builtin:
+            if EVENT_PREFIX in line:
+                try:
+                    return [RoundRecord.model_validate_json(line.split(EVENT_PREFIX, 1)[1])]
+                except ValueError:  # a line cut short: that round is missing, the run goes on
+                    return []
             return []
+        pending = self._pending
+        if pending is not None and pending.all_failed and self.failure is None:
+            if match := _CLIENT_ERROR.search(line):
+                reason = plain_message(_FLOWER_ERROR.sub(r"\1: \2", match.group(1))) or "no reason given"
+                if reason not in pending.errors and len(pending.errors) < ERRORS_KEPT:
+                    pending.errors.append(reason)
+                return []
+            self._fail(pending)
         if match := _ROUND.search(line):
             finished = self._close(now)
             self.total_rounds = int(match.group(2))
             self._pending = _Pending(round=int(match.group(1)), started=now)
             return finished
-        if self._pending is None:
+        if pending is None:
             return []
         if match := _RECEIVED.search(line):
-            self._pending.phase = match.group(1)
+            pending.phase = match.group(1)
             if match.group(1) == "train":
-                self._pending.record.replies = int(match.group(2))
-                self._pending.record.failures = int(match.group(3))
-        elif match := _AGGREGATED.search(line):
+                pending.record.replies = int(match.group(2))
+                pending.record.failures = int(match.group(3))
+                pending.all_failed = pending.record.replies == 0 and pending.record.failures > 0
+        elif _CENTRALIZED.search(line):
+            pending.phase = "server"
+        elif match := _METRICS.search(line):
             metrics = _metrics(match.group(1))
-            if self._pending.phase == "train":
-                self._pending.record.train_metrics = metrics
+            if pending.phase == "train":
+                pending.record.train_metrics = metrics
+            elif pending.phase == "server":
+                pending.record.server_metrics = metrics
             else:
-                self._pending.record.metrics = metrics
+                pending.record.metrics = metrics
         elif _FINISHED.search(line):
             return self._close(now)
         return []
+
+    def _fail(self, pending: _Pending) -> None:
+        failed = pending.record.failures
+        reasons = "; ".join(pending.errors) or "see the clients' logs"
+        self.failure = plain_message(f"round {pending.round}: all {failed} clients failed: {reasons}")
 
     def _close(self, now: float) -> list[RoundRecord]:
         if self._pending is None:
             return []
         pending, self._pending = self._pending, None
+        if pending.all_failed and self.failure is None:
+            self._fail(pending)
         pending.record.seconds = round(now - pending.started, 3)
         return [pending.record]
 
@@ -144,8 +197,9 @@ def _metrics(text: str) -> dict[str, float]:
     """The numbers of a logged MetricRecord (`{'loss': 0.5, ...}`); anything else is skipped."""
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return {}
     if not isinstance(value, dict):
         return {}
-    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    numbers = {str(k): float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return bounded_metrics(numbers)

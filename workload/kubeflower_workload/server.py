@@ -7,6 +7,12 @@ writes `metrics.json` (the final status document) into the output folder, stops 
 keeps serving the final state, so a Deployment never restarts a finished job. SIGTERM stops the
 run and exits 0.
 
+The run's own log (the ServerApp's lines, its prints and its traceback) is copied to our output,
+the pod's log (`logs/server.log` in `kubeflower run`). Every process of the app starts in the app's
+working directory (ENV_WORK_DIR). A user's app must declare every run-config key the job sets
+(`spec.rounds` under `spec.app.roundsKey`), checked before the run is submitted; a round in which
+every client's training failed stops its run as Failed, as the built-in app does.
+
 Exit codes: 0 after SIGTERM; 1 when the SuperLink cannot start or dies during the run (a restart
 may help); 2 for a bad environment (the operator's bug, not the user's). A run that fails, or an
 app that cannot be bundled or submitted, is reported as Failed with the reason, and the process
@@ -36,7 +42,7 @@ from typing import IO
 from kubeflower.core import contract
 from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus, http_get
 from kubeflower_workload import BUILTIN_APP, checkpoints, processes, progress, status_server
-from kubeflower_workload.control import Control, ControlError, RunState, build_fab
+from kubeflower_workload.control import Control, ControlError, RunState, app_config_keys, build_fab
 
 LOG = logging.getLogger("kubeflower-server")
 SUPERLINK_START_TIMEOUT = 60.0
@@ -64,6 +70,8 @@ class Settings:
     job: str
     run_config: dict[str, bool | int | float | str]
     app_dir: Path
+    work_dir: Path | None
+    """The app's working directory (ENV_WORK_DIR); None: where we were started."""
     rounds: int
     min_clients: int
     superlink_port: int
@@ -99,14 +107,16 @@ class Settings:
                 raise SettingsError(f"{contract.ENV_RUN_CONFIG} must hold {key!r} as a whole number (got {value!r})")
             return value
 
-        app_path = env.get(contract.ENV_APP_PATH)
+        app_path, work_dir = env.get(contract.ENV_APP_PATH), env.get(contract.ENV_WORK_DIR)
         return cls(
             job=need(contract.ENV_JOB_NAME),
             run_config=run_config,
-            app_dir=Path(app_path) if app_path else BUILTIN_APP,
+            app_dir=Path(app_path).absolute() if app_path else BUILTIN_APP,
+            work_dir=Path(work_dir).absolute() if work_dir else None,
             # Each fact has one channel: the run config for the built-in app (its strategy reads the
-            # same keys); a user's app's run config is its own, so its minimum comes alone.
-            rounds=configured(contract.RUN_CONFIG_ROUNDS),
+            # same keys); a user's app's run config is its own, so its minimum comes alone, and its
+            # rounds are under its own key (ENV_ROUNDS_KEY).
+            rounds=configured(env.get(contract.ENV_ROUNDS_KEY) or contract.RUN_CONFIG_ROUNDS),
             min_clients=number(contract.ENV_MIN_CLIENTS) if app_path else configured(contract.RUN_CONFIG_MIN_CLIENTS),
             superlink_port=number(contract.ENV_SUPERLINK_PORT),
             status_port=number(contract.ENV_STATUS_PORT),
@@ -135,12 +145,16 @@ class Board:
 
 
 class LogFollower(threading.Thread):
-    """Reads the run's log through StreamLogs and posts each finished round on the board."""
+    """Reads the run's log through StreamLogs, copies it to our output and posts each finished
+    round on the board; `on_end` is called when the run ended or one of its rounds failed."""
 
-    def __init__(self, control: Control, run_id: int, board: Board, on_end: Callable[[], None]) -> None:
+    def __init__(
+        self, control: Control, run_id: int, board: Board, on_end: Callable[[], None], *, builtin: bool
+    ) -> None:
         super().__init__(name="run-log", daemon=True)
         self.control, self.run_id, self.board, self.on_end = control, run_id, board, on_end
-        self.parser = progress.LogProgress()
+        self.parser = progress.LogProgress(builtin=builtin)
+        self._mismatch_told = False
 
     def run(self) -> None:
         after = 0.0
@@ -148,7 +162,11 @@ class LogFollower(threading.Thread):
             try:
                 for text, latest in self.control.stream_logs(self.run_id, after):
                     after = max(after, latest)
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
                     self._post(self.parser.feed(text, time.time()))
+                    if self.parser.failure is not None:
+                        self.on_end()
                 if self.control.run_state(self.run_id).finished:
                     self.on_end()
                     return
@@ -157,9 +175,15 @@ class LogFollower(threading.Thread):
                 time.sleep(POLL_INTERVAL)
 
     def _with_round(self, status: ServerStatus, record: RoundRecord) -> ServerStatus:
-        # A user's app may run another number of rounds than the job says: its log lines tell.
-        total = self.parser.total_rounds or status.total_rounds
-        return status.with_round(record).model_copy(update={"total_rounds": total})
+        # The job's rounds reach a user's app through its run config; one that runs another number
+        # (it ignores that key) is told in the log, and the job's total stays the one it asked for.
+        total = self.parser.total_rounds
+        if total is not None and total != status.total_rounds and not self._mismatch_told:
+            self._mismatch_told = True
+            LOG.warning(
+                "the app runs %d rounds where the job says %d: does it read its rounds key?", total, status.total_rounds
+            )
+        return status.with_round(record)
 
     def close_last_round(self) -> None:
         """The run completed: a round still open in Flower's log lines is finished."""
@@ -243,6 +267,8 @@ class Supervisor:
             return 0 if self.stop.is_set() else 1
         s = self.settings
         try:
+            if s.app_dir != BUILTIN_APP:
+                _check_declared(s.app_dir, s.run_config)
             LOG.info("bundling the Flower App in %s", s.app_dir)
             run_id = self._submit(build_fab(s.app_dir))
         except ControlError as exc:
@@ -255,12 +281,15 @@ class Supervisor:
 
     def _follow(self, run_id: int) -> int:
         assert self.superlink is not None
-        follower = LogFollower(self.control, run_id, self.board, on_end=self.wake.set)
+        builtin = self.settings.app_dir == BUILTIN_APP
+        follower = LogFollower(self.control, run_id, self.board, on_end=self.wake.set, builtin=builtin)
         follower.start()
         while not self.stop.is_set():
             if self.superlink.poll() is not None:
                 LOG.error("the SuperLink exited with code %s during run %d", self.superlink.returncode, run_id)
                 return 1
+            if follower.parser.failure is not None:
+                return self._fail_run(run_id, follower, follower.parser.failure)
             try:
                 state, connected = self.control.run_state(run_id), self.control.online_nodes()
             except ControlError as exc:
@@ -284,6 +313,18 @@ class Supervisor:
         except ControlError as exc:
             LOG.warning("stopping run %d: %s", run_id, exc)
         return 0
+
+    def _fail_run(self, run_id: int, follower: LogFollower, reason: str) -> int:
+        """A round of a user's app had no client succeed: stop its run and fail it, as the built-in
+        app fails its own."""
+        LOG.error("run %d: %s; stopping it", run_id, reason)
+        try:
+            self.control.stop_run(run_id)
+        except ControlError as exc:
+            LOG.warning("stopping run %d: %s", run_id, exc)
+        follower.join(LOG_DRAIN_TIMEOUT)
+        self._finished(RunState("finished", "failed", reason), None)
+        return self._serve_final()
 
     def _submit(self, fab: bytes) -> int:
         """Start the run; a refusal carries the reason the SuperLink logged with it."""
@@ -324,7 +365,7 @@ class Supervisor:
         return False
 
     def _finished(self, state: RunState, connected: int | None) -> None:
-        """Write metrics.json, then publish the final phase: whoever sees it finds the file."""
+        """Write metrics.json and log the outcome, then publish the final phase: whoever sees it finds both."""
         current = self.board.get()
         status = progress.with_run(
             current, state, current.clients.connected if connected is None else connected, _now()
@@ -334,16 +375,18 @@ class Supervisor:
         tmp = output.with_suffix(".tmp")
         tmp.write_text(status.to_json())
         tmp.replace(output)
-        self.board.apply(lambda _: status)
         outcome = f"failed: {status.message}" if status.phase == Phase.FAILED else "succeeded"
+        saved = _app_files(self.settings.work_dir)
         LOG.info(
-            "run %s after %d/%d rounds (metrics %s); %s",
+            "run %s after %d/%d rounds (metrics %s); %s%s",
             outcome,
             status.current_round,
             status.total_rounds,
             status.metrics or "none",
             f"results in {self.settings.output_dir}",
+            f"; the app saved {', '.join(saved)} in {self.settings.work_dir}" if saved else "",
         )
+        self.board.apply(lambda _: status)  # last: whoever sees the final phase finds the file and the log
 
     def _serve_final(self) -> int:
         """Stop the SuperLink (its work is done) and serve the final status until told to stop."""
@@ -352,6 +395,32 @@ class Supervisor:
             self.superlink_healthy = False
         self.stop.wait()
         return 0
+
+
+APP_FILES_LISTED = 20
+
+
+def _app_files(work_dir: Path | None) -> list[str]:
+    """What the app left in its working directory (the first APP_FILES_LISTED names, quoted when
+    not printable: they are the app's), for the log."""
+    if work_dir is None or not work_dir.is_dir():
+        return []
+    names = sorted(path.name for path in work_dir.iterdir())[:APP_FILES_LISTED]
+    return [name if name.isprintable() else repr(name) for name in names]
+
+
+def _check_declared(app_dir: Path, config: Mapping[str, object]) -> None:
+    """Every key the job sets must be one the app declares: else Flower refuses the run, and only
+    this pod can say so with the app's own file (ControlError with the fix)."""
+    declared = app_config_keys(app_dir)
+    missing = sorted(set(config) - declared)
+    if missing:
+        raise ControlError(
+            f"the Flower App in {app_dir} does not declare {', '.join(map(repr, missing))} in "
+            "[tool.flwr.app.config] of its pyproject.toml, which the job sets (spec.rounds under "
+            "spec.app.roundsKey, default num-server-rounds; spec.app.runConfig): declare it in the app, "
+            "or set spec.app.roundsKey to the app's own key for its number of rounds"
+        )
 
 
 def _with_run(status: ServerStatus, state: RunState, connected: int) -> ServerStatus:
@@ -436,6 +505,9 @@ def main() -> int:
     except SettingsError as exc:
         LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.core.contract)", exc)
         return 2
+    if settings.work_dir is not None:  # the app's processes inherit it
+        settings.work_dir.mkdir(parents=True, exist_ok=True)
+        os.chdir(settings.work_dir)
     processes.become_subreaper()
     log_copy = open_server_log(contract.OutputFolder(settings.output_dir).server_log)
     if log_copy is not None:

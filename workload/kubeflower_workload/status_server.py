@@ -35,6 +35,13 @@ def prometheus_text(status: ServerStatus, job: str) -> str:
             gauges.append(
                 (f"kubeflower_{key}", f"Aggregated evaluation {key} of the last round.", [(label, status.metrics[key])])
             )
+    every = [
+        (f'{label},kind="{kind}",name="{_escape(name)}"', value)
+        for kind, metrics in (("evaluate", status.metrics), ("server", status.server_metrics))
+        for name, value in metrics.items()
+    ]
+    if every:  # a user's app's own names (bounded by the status document)
+        gauges.append(("kubeflower_metric", "Every metric of the last round, by kind and name.", every))
     lines = []
     for name, help_text, samples in gauges:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]

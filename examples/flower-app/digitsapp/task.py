@@ -31,6 +31,14 @@ def load_data(partition_id: int, num_partitions: int, batch_size: int) -> tuple[
     return train, test
 
 
+def load_centralized_test(batch_size: int = 256) -> DataLoader:
+    """The server's own test set for the centralized evaluation: every 10th sample of the digits."""
+    images, labels = load_digits(return_X_y=True)
+    x = torch.tensor(images[::10] / 16.0, dtype=torch.float32)
+    y = torch.tensor(labels[::10], dtype=torch.long)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size)
+
+
 def train(net: Net, loader: DataLoader, epochs: int, lr: float) -> float:
     """Train the model on the training set; the average loss."""
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
