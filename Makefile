@@ -62,8 +62,10 @@ engine-stop:
 demo: setup
 	$(VENV)/bin/kubeflower run examples/digits-fedavg.yaml --output runs/digits-fedavg
 
-# Regenerate the committed CRD from the API model (a test fails when they differ).
+# Regenerate the committed Kubernetes core schemas (from the Kubernetes client's models) and the
+# CRD from the API model (a test fails when either differs).
 crd: setup
+	$(PY) scripts/corev1.py > kubeflower/core/corev1.json
 	$(VENV)/bin/kubeflower crd > crds/federatedtrainingjobs.kubeflower.io.yaml
 
 bench: setup

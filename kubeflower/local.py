@@ -142,6 +142,7 @@ def local_commands(
             contract.ENV_OUTPUT_DIR: str(output),
             contract.ENV_DATA_DIR: data_dir,
             contract.ENV_FINAL_STATUS: "",  # no operator here: the output folder says if the run finished
+            contract.ENV_STOP_TOKEN: "",  # nor anyone to stop the run through the status port (Ctrl-C does)
             contract.ENV_WORK_DIR: str(contract.OutputFolder(output).app),
             "FLWR_HOME": str(home / "server"),
         }

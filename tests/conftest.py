@@ -21,14 +21,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_operator(kube: Any, **env: str) -> Iterator[Any]:
+def running_operator(kube: Any, namespaces: tuple[str, ...] = (), **env: str) -> Iterator[Any]:
     """The real operator (kubeflower_operator.handlers) logged in through the server's kubeconfig,
-    its metrics on a free port unless `KUBEFLOWER_METRICS_PORT` is given."""
+    its metrics on a free port unless `KUBEFLOWER_METRICS_PORT` is given; watching `namespaces`
+    only when given (the namespaced install), else all."""
     from kopf.testing import KopfRunner
 
     settings = {"KUBECONFIG": str(kube.kubeconfig), "KUBEFLOWER_METRICS_PORT": str(free_port()), **env}
     with mock.patch.dict(os.environ, settings):
-        args = ["run", "--standalone", "--all-namespaces", "-m", "kubeflower_operator.handlers"]
+        scope = [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
+        args = ["run", "--standalone", *scope, "-m", "kubeflower_operator.handlers"]
         with KopfRunner(args, timeout=30) as runner:
             yield runner
     assert runner.exception is None, runner.output

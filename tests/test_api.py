@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -113,15 +115,42 @@ def _cel_errors(node: dict[str, Any], value: Any, path: str) -> list[str]:
         for name, prop in node.get("properties", {}).items():
             if name in value:
                 errors += _cel_errors(prop, value[name], f"{path}.{name}")
+    if isinstance(value, list) and isinstance(node.get("items"), dict):
+        for i, item in enumerate(value):
+            errors += _cel_errors(node["items"], item, f"{path}[{i}]")
     return errors
+
+
+def _error_path(error: jsonschema.ValidationError) -> str:
+    """The error's field as the API server names it (`spec.env[0].name`); an unknown field by its
+    own name, as the API server's strict field validation does (`unknown field "spec.x.bogus"`)."""
+    parts = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = set(error.schema.get("properties", {}))
+        parts.append(sorted(set(error.instance) - known)[0])
+    if error.validator == "required" and isinstance(error.instance, dict):
+        parts.append(next(name for name in error.validator_value if name not in error.instance))
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# The API server decodes JSON numbers as Go does: 2.0 is a float, refused where an integer is due.
+_API_SERVER_TYPES = jsonschema.validators.extend(
+    jsonschema.Draft7Validator,
+    type_checker=jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
 
 
 def api_server_errors(document: dict[str, Any]) -> list[str]:
     """What a real API server would answer to `kubectl apply` of the document, as field paths."""
     s = schema()
     value = _default(s, copy.deepcopy(document))
-    validator = jsonschema.Draft7Validator(_strict(s))
-    errors = [".".join(str(p) for p in e.absolute_path) + f" {e.message}" for e in validator.iter_errors(value)]
+    validator = _API_SERVER_TYPES(_strict(s))
+    errors = [f"{_error_path(e)} {e.message}"[:300] for e in validator.iter_errors(value)]
     return errors if errors else [e.lstrip(".") for e in _cel_errors(s, value, "")]
 
 
@@ -248,3 +277,74 @@ def test_model_round_trips_with_defaults() -> None:
     wire = parsed.model_dump(by_alias=True, exclude_none=True)
     assert wire["spec"]["strategy"]["name"] == "FedAvg" and wire["spec"]["runPolicy"]["backoffLimit"] == 3
     assert FederatedTrainingJob.model_validate(wire) == parsed
+
+
+def test_crd_fits_client_side_apply() -> None:
+    """`kubectl apply` (client-side) keeps the whole object as JSON in an annotation, capped at 256 KiB."""
+    assert len(json.dumps(crd(), separators=(",", ":"))) < 256 * 1024
+
+
+def test_every_spec_number_string_list_and_map_has_a_maximum() -> None:
+    """Bounded input, and what keeps the API server's CEL cost estimate within its budget."""
+    unbounded = []
+    for path, node in _walk(schema()["properties"]["spec"], "spec"):
+        kind = node.get("type")
+        if node.get("x-kubernetes-int-or-string"):
+            bounded = "maximum" in node and "maxLength" in node
+        elif kind in ("integer", "number"):
+            bounded = "maximum" in node or "exclusiveMaximum" in node
+        elif kind == "string":
+            bounded = "maxLength" in node or "enum" in node
+        elif kind == "array":
+            bounded = "maxItems" in node
+        elif kind == "object" and isinstance(node.get("additionalProperties"), dict):
+            bounded = "maxProperties" in node
+        else:
+            bounded = True
+        if not bounded:
+            unbounded.append(path)
+    assert unbounded == []
+
+
+def test_kubernetes_core_schemas_are_generated_from_the_client() -> None:
+    """corev1.json is what scripts/corev1.py makes from the installed Kubernetes client."""
+    spec = importlib.util.spec_from_file_location("corev1_script", ROOT / "scripts" / "corev1.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    committed = json.loads((ROOT / "kubeflower" / "core" / "corev1.json").read_text())
+    assert committed == script.generate(), "run `make crd` and commit kubeflower/core/corev1.json"
+
+
+def test_a_job_using_every_kubernetes_field_passes_every_layer() -> None:
+    """The strict schemas refuse nonsense, not what a real job sets: secrets of its own namespace,
+    OMP_NUM_THREADS, quantities in every form, tolerations, affinity, spread."""
+    pod = {
+        "env": [
+            {"name": "OMP_NUM_THREADS", "value": "2"},
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+            {"name": "MY_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+        "resources": {"requests": {"cpu": "500m", "memory": "1.5Gi"}, "limits": {"cpu": 2, "memory": "2e9"}},
+        "nodeSelector": {"kubernetes.io/arch": "amd64"},
+        "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 60}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]
+                }
+            }
+        },
+    }
+    document = job(
+        image="registry.example.com:5000/team/app:1.0",
+        server=pod,
+        clients={
+            **pod,
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}],
+        },
+    )
+    assert api_server_errors(document) == []
+    parsed = parse_job(document)
+    assert parsed.spec.clients.resources is not None
+    assert parsed.spec.clients.resources.wire()["limits"] == {"cpu": 2, "memory": "2e9"}

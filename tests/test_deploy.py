@@ -91,3 +91,42 @@ def test_two_replicas_elect_a_leader_with_the_rbac_it_needs_and_a_disruption_bud
         }
     ]
     assert role["metadata"]["namespace"] == deployment["metadata"]["namespace"], "the Lease: the operator's namespace"
+
+
+def test_job_rights_fold_into_the_built_in_user_roles() -> None:
+    objects = kustomize(DEPLOY)
+    edit = objects["ClusterRole/kubeflower-edit"]
+    view = objects["ClusterRole/kubeflower-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert "create" in edit["rules"][0]["verbs"] and "federatedtrainingjobs" in edit["rules"][0]["resources"]
+    assert set(view["rules"][0]["verbs"]) == {"get", "list", "watch"}
+
+
+def test_the_namespaced_install_grants_the_same_rules_in_the_watched_namespace_only() -> None:
+    cluster_wide = kustomize(DEPLOY)
+    objects = kustomize(DEPLOY.parent / "deploy-namespaced")
+    assert "ClusterRole/kubeflower-operator" not in objects
+    assert "ClusterRoleBinding/kubeflower-operator" not in objects
+    role = objects["Role/kubeflower-operator"]
+    namespace = role["metadata"]["namespace"]
+    (container,) = objects["Deployment/kubeflower-operator"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == [f"--namespace={namespace}"], "it watches where its Role is"
+    crd_rule = {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    }
+    assert objects["ClusterRole/kubeflower-operator-crds"]["rules"] == [crd_rule], (
+        "only reading the CRDs is cluster-wide"
+    )
+    expected = [r for r in cluster_wide["ClusterRole/kubeflower-operator"]["rules"] if r != crd_rule]
+    assert role["rules"] == expected, "the namespaced rules are the cluster-wide ones"
+    binding = objects["RoleBinding/kubeflower-operator"]
+    assert binding["metadata"]["namespace"] == namespace and binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "kubeflower-operator",
+    }
+    assert binding["subjects"][0]["namespace"] == "kubeflower-system"

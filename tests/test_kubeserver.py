@@ -361,6 +361,27 @@ def test_owner_references_are_garbage_collected_in_cascade(kube: KubeServer) -> 
     assert "ownerReferences" not in kube.get("v1", "configmaps", "default", "shared")["metadata"]
 
 
+def test_a_dependent_written_after_its_owner_went_is_collected(kube: KubeServer) -> None:
+    """A controller acting on a stale list makes a pod for a ReplicaSet already collected: it goes too."""
+    owner = kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner"}})
+    reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "adopted"}})
+    kube.delete("v1", "configmaps", "default", "owner")
+
+    created = kube.create(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late", "ownerReferences": [reference]}}
+    )
+    assert created["metadata"]["name"] == "late" and kube.get("v1", "configmaps", "default", "late") is None
+    kube.patch("v1", "configmaps", "default", "adopted", {"metadata": {"ownerReferences": [reference]}})
+    assert kube.get("v1", "configmaps", "default", "adopted") is None
+    alive = kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "alive"}})
+    kept = {**reference, "name": "alive", "uid": alive["metadata"]["uid"]}
+    kube.create(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "two", "ownerReferences": [reference, kept]}}
+    )
+    assert kube.get("v1", "configmaps", "default", "two") is not None, "one owner still exists: kept"
+
+
 def test_namespace_deletion_removes_its_objects(kube: KubeServer) -> None:
     status, ns = api(kube, "POST", "/api/v1/namespaces", {"metadata": {"name": "team"}})
     assert status == 201 and ns["status"] == {"phase": "Active"}

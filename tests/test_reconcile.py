@@ -9,8 +9,8 @@ from kubeflower.core import contract
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
 from kubeflower.core.validation import parse_job
-from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, Poll, restart_count, summarize
-from kubeflower_operator.reconcile import Plan, desired_children, invalid_plan, plan
+from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, Poll, ServerPod, restart_count, summarize
+from kubeflower_operator.reconcile import Plan, Refusal, count_restarts, desired_children, invalid_plan, plan, refused
 from kubeflower_operator.settings import Settings
 from testbed.jobs import job
 
@@ -25,7 +25,15 @@ def children(parsed: Any, *, ready: bool = True, clients: bool = True, ready_cli
             continue
         child = summarize(manifest)
         ready_n = (1 if ready else 0) if manifest["kind"] == "Deployment" else ready_clients
-        found[child.kind] = Child(child.kind, child.name, child.replicas, ready_n, child.config_hash)
+        found[child.kind] = Child(
+            child.kind,
+            child.name,
+            child.replicas,
+            ready_n,
+            child.config_hash,
+            resource_version="7",
+            partitions=child.partitions,
+        )
     return found
 
 
@@ -159,12 +167,17 @@ def test_unreachable_status_is_tolerated_then_fails() -> None:
 def test_backoff_limit_and_deadline() -> None:
     parsed = parse_job(job(namespace="default", runPolicy={"backoffLimit": 1, "activeDeadlineSeconds": 100}))
     found = children(parsed)
-    ok = plan(parsed, 1, JobStatus(), Observed(children=found, server_restarts=1), NOW, SETTINGS)
+    ok = plan(parsed, 1, JobStatus(), Observed(children=found, server_pods=(ServerPod("a", "t", 1),)), NOW, SETTINGS)
     assert ok.status.wire()["phase"] == "Running"
     assert [(e.type, e.reason) for e in ok.events] == [("Warning", "ServerRestarted")]
     assert "1 of runPolicy.backoffLimit=1" in ok.events[0].message
-    assert plan(parsed, 1, ok.status, Observed(children=found, server_restarts=1), NOW, SETTINGS).events == []
-    over = plan(parsed, 1, JobStatus(), Observed(children=found, server_restarts=2), NOW, SETTINGS)
+    assert (
+        plan(
+            parsed, 1, ok.status, Observed(children=found, server_pods=(ServerPod("a", "t", 1),)), NOW, SETTINGS
+        ).events
+        == []
+    )
+    over = plan(parsed, 1, JobStatus(), Observed(children=found, server_pods=(ServerPod("a", "t", 2),)), NOW, SETTINGS)
     assert over.status.wire()["reason"] == "BackoffLimitExceeded"
     late = plan(parsed, 1, JobStatus(start_time="2026-11-28T11:58:00Z"), Observed(children=found), NOW, SETTINGS)
     assert late.status.wire()["reason"] == "DeadlineExceeded" and late.delete == [
@@ -179,6 +192,69 @@ def test_scaling_updates_the_clients_but_never_the_server() -> None:
     result = plan(scaled, 2, JobStatus(), Observed(children=found), NOW, SETTINGS)
     assert [(m["kind"], m["spec"]["replicas"]) for m in result.update] == [("StatefulSet", 5)]
     assert result.update[0]["metadata"]["annotations"][CONFIG_HASH] != found["StatefulSet"].config_hash
+    # The pods' template is untouched: no client restarts, the data's split stays at 2 partitions.
+    before = {m["kind"]: m for m in desired_children(parsed, SETTINGS)}["StatefulSet"]
+    assert result.update[0]["spec"]["template"] == before["spec"]["template"]
+    assert result.status.wire()["partitions"] == 2
+
+
+def test_spec_changes_replace_children_guarded_by_their_resource_version() -> None:
+    """A removed field (a nodeSelector) leaves the child: replaced whole, at the version observed."""
+    selected = parse_job(
+        job(namespace="default", clients={"nodeSelector": {"pool": "a"}}, service={"type": "NodePort"})
+    )
+    found = children(selected)
+    plain = parse_job(job(namespace="default"))
+    result = plan(plain, 2, JobStatus(current_round=1), Observed(children=found), NOW, SETTINGS)
+    replaced = {m["kind"]: m for m in result.update}
+    assert set(replaced) == {"StatefulSet", "Service"}, "mid-run the server stays"
+    assert all(m["metadata"]["resourceVersion"] == "7" for m in replaced.values())
+    assert "nodeSelector" not in replaced["StatefulSet"]["spec"]["template"]["spec"]
+    assert replaced["Service"]["spec"]["type"] == "ClusterIP"
+
+
+def test_the_server_follows_its_spec_until_a_round_has_finished() -> None:
+    """A wrong image or resources can be fixed: the server is replaced before its run makes progress."""
+    wrong = parse_job(job(namespace="default", server={"resources": {"requests": {"cpu": "64"}}}))
+    found = children(wrong, ready=False, clients=False)
+    fixed = parse_job(job(namespace="default"))
+    early = plan(fixed, 2, JobStatus(server_pod="uid-1"), Observed(children=found), NOW, SETTINGS)
+    (server,) = [m for m in early.update if m["kind"] == "Deployment"]
+    assert "resources" not in server["spec"]["template"]["spec"]["containers"][0]
+    assert early.status.server_pod == "!uid-1", "the replaced server's new pod is not a restart"
+    running = children(wrong)
+    late = plan(fixed, 2, JobStatus(current_round=2), Observed(children=running), NOW, SETTINGS)
+    assert [m["kind"] for m in late.update if m["kind"] == "Deployment"] == []
+
+
+def test_restarts_count_re_created_server_pods() -> None:
+    """backoffLimit counts a pod made anew (eviction, node loss), not only a container's restarts."""
+    first = count_restarts(JobStatus(), (ServerPod("a", "t1", 1),))
+    assert first == {"server_restarts": 1, "server_pod": "a", "server_pod_restarts": 1}
+    same = count_restarts(JobStatus(**first), (ServerPod("a", "t1", 2),))
+    assert same["server_restarts"] == 2
+    evicted = count_restarts(JobStatus(**same), (ServerPod("b", "t2", 0),))
+    assert evicted["server_restarts"] == 3 and evicted["server_pod"] == "b"
+    gone = count_restarts(JobStatus(**evicted), ())
+    assert gone == evicted, "no pod for a moment (being re-created) changes nothing"
+    expected = count_restarts(JobStatus(**{**evicted, "server_pod": "!b"}), (ServerPod("c", "t3", 0),))
+    assert expected["server_restarts"] == 3 and expected["server_pod"] == "c"
+
+
+def test_a_refused_child_is_the_jobs_reason_and_warned_once() -> None:
+    parsed = parse_job(job(namespace="default"))
+    planned = plan(parsed, 1, JobStatus(), Observed(), NOW, SETTINGS).status
+    refusal = Refusal(
+        "Deployment", "digits-fedavg-server", 422, 'spec.template.spec.containers[0].image: Invalid value: "x"'
+    )
+    status, events = refused(JobStatus(), planned, [refusal], 1, NOW)
+    wire = status.wire()
+    assert wire["phase"] == "Pending" and wire["reason"] == "ChildRefused"
+    assert "containers[0].image: Invalid value" in wire["message"]
+    conditions = {c["type"]: c for c in wire["conditions"]}
+    assert conditions["ChildrenAccepted"]["status"] == "False"
+    assert [e.reason for e in events] == ["ChildRefused"]
+    assert refused(status, planned, [refusal], 1, NOW)[1] == []
 
 
 def test_suspend_scales_both_to_zero() -> None:
@@ -262,7 +338,7 @@ def test_an_own_apps_metrics_by_name_with_accuracy_and_loss_as_the_job_names_the
 def test_a_hostile_document_is_read_bounded() -> None:
     """Ten thousand metrics and an endless message from a pod: the operator keeps a bounded status."""
     many = {f"m{i}": float(i) for i in range(10000)}
-    raw = ServerStatus(total_rounds=3).model_dump(by_alias=True) | {
+    raw = ServerStatus(total_rounds=3, current_round=1).model_dump(by_alias=True) | {
         "metrics": many,
         "history": [{"round": 1, "metrics": many, "trainMetrics": many, "serverMetrics": many}],
         "message": "x" * 100000,
@@ -274,3 +350,22 @@ def test_a_hostile_document_is_read_bounded() -> None:
     parsed = _own_app_job()
     result = plan(parsed, 1, JobStatus(), Observed(children=children(parsed), poll=Poll(document=doc)), NOW, SETTINGS)
     assert len(result.status.wire()["metrics"]) == 16
+
+
+def test_a_documents_history_keeps_it_within_what_a_reader_takes() -> None:
+    """An app with the most metrics of the longest names, for 1000 rounds, would make a 3 MB
+    document; the server keeps the newest rounds that fit, so the operator's bounded read (1 MiB)
+    never refuses a document of ours. A built-in job's 1000 rounds all fit."""
+    from kubeflower.core.server_status import HISTORY_LIMIT, MAX_DOCUMENT_BYTES, METRIC_NAME_LIMIT, METRICS_LIMIT
+
+    names = [f"{i:02d}".ljust(METRIC_NAME_LIMIT, "m") for i in range(METRICS_LIMIT)]
+    wide = {name: -1.2345678901234567e-300 for name in names}
+    heavy = light = ServerStatus(total_rounds=HISTORY_LIMIT)
+    for r in range(1, HISTORY_LIMIT + 1):
+        heavy = heavy.with_round(RoundRecord(round=r, metrics=wide, train_metrics=wide, server_metrics=wide))
+        light = light.with_round(RoundRecord(round=r, metrics={"loss": 0.1, "accuracy": 0.9}, replies=2))
+    body = heavy.to_json().encode()
+    assert len(body) <= MAX_DOCUMENT_BYTES and heavy.history[-1].round == HISTORY_LIMIT
+    assert 0 < len(heavy.history) < HISTORY_LIMIT
+    assert ServerStatus.model_validate_json(body, strict=True).current_round == HISTORY_LIMIT
+    assert [r.round for r in light.history] == list(range(1, HISTORY_LIMIT + 1))

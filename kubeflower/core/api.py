@@ -13,15 +13,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from kubeflower.core import contract
+from kubeflower.core import contract, corev1
 from kubeflower.core.contract import POD_VOLUMES
-from kubeflower.core.server_status import Phase
+from kubeflower.core.corev1 import RESTRICTED_VOLUME_TYPES
+from kubeflower.core.server_status import MAX_ROUNDS, Phase
 from kubeflower.core.vocabulary import (
     MODEL_INPUTS,
     STRATEGY_PARAMETERS,
@@ -44,16 +45,37 @@ LONGEST_CHILD_SUFFIX = "-clients"
 MAX_NAME_LENGTH = 52 - len(LONGEST_CHILD_SUFFIX)
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
-Quantity = Annotated[
-    int | str,
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}),
-]
-FreeForm = Annotated[
-    dict[str, Any],
-    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
-]
+# Every integer, duration, string, list and map has a maximum: a value past it would overflow a
+# computation (a deadline of 10^11 s), grow the operator's memory, or push a CEL rule's cost
+# estimate past the API server's budget.
+MAX_SECONDS = 10 * 365 * 24 * 3600
+"""Durations (deadlines, TTLs): ten years, far below what a datetime can add without overflowing."""
+MAX_SEED = 2**31 - 1
+MAX_CLIENTS = 1000
+MAX_ENV = 128
+MAX_LIST = 64
+MAX_STRING = 1024
+IMAGE_PATTERN = (
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+"""A container image reference (registry/path:tag@digest), as the container runtime parses it."""
+LabelKey = Annotated[str, Field(min_length=1, max_length=corev1.MAX_KEY)]
+LabelValue = Annotated[str, Field(max_length=63)]
+AnnotationValue = Annotated[str, Field(max_length=4 * MAX_STRING)]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253)]
+"""A Kubernetes object's name (a claim, a service account, a priority or runtime class)."""
+RunConfigKey = Annotated[str, Field(min_length=1, max_length=corev1.MAX_KEY)]
 # Any scalar: Flower run config values are str, int, float or bool; pydantic checks the type.
-RunConfigValue = Annotated[bool | int | float | str, WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True})]
+RunConfigValue = Annotated[
+    bool | int | float | Annotated[str, Field(max_length=MAX_STRING)],
+    WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
+]
+RESERVED_ENV_PREFIXES = ("KUBEFLOWER_", "FLWR_")
+"""Environment variables of the contract between operator and workload (`contract`) and Flower's
+own: a user's value would change what the pods are (a partition, a bind address, a Control API
+reopened on 0.0.0.0), so they are refused. Others, OMP_NUM_THREADS included, stay the user's."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +102,7 @@ class CelRule:
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are errors, not silently lost."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False)
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = ()
 
@@ -122,41 +144,102 @@ class ServiceType(str, Enum):
     LOAD_BALANCER = "LoadBalancer"
 
 
-class ResourceRequirements(ApiModel):
-    requests: dict[str, Quantity] | None = None
-    limits: dict[str, Quantity] | None = None
+class KubernetesObject(ApiModel):
+    """A Kubernetes core type in the job's spec, its model generated (`kubeflower.core.corev1`)."""
+
+    def wire(self) -> dict[str, Any]:
+        """As the pod spec carries it (camelCase, unset fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-class EnvVar(ApiModel):
-    name: str = Field(min_length=1)
-    value: str | None = None
-    value_from: FreeForm | None = None
+if TYPE_CHECKING:  # built at import time from corev1.json; to the type checker, each is a KubernetesObject
+    EnvVar: TypeAlias = KubernetesObject
+    Toleration: TypeAlias = KubernetesObject
+    Affinity: TypeAlias = KubernetesObject
+    ResourceRequirements: TypeAlias = KubernetesObject
+    TopologySpreadConstraint: TypeAlias = KubernetesObject
+    Volume: TypeAlias = KubernetesObject
+    VolumeSource: TypeAlias = KubernetesObject
+    VolumeMount: TypeAlias = KubernetesObject
+    LocalObjectReference: TypeAlias = KubernetesObject
+else:
+    EnvVar = corev1.model("EnvVar", KubernetesObject)
+    Toleration = corev1.model("Toleration", KubernetesObject)
+    Affinity = corev1.model("Affinity", KubernetesObject)
+    ResourceRequirements = corev1.model("ResourceRequirements", KubernetesObject)
+    TopologySpreadConstraint = corev1.model("TopologySpreadConstraint", KubernetesObject)
+    Volume = corev1.model("Volume", KubernetesObject)
+    VolumeSource = corev1.model("VolumeSource", KubernetesObject)
+    VolumeMount = corev1.model("VolumeMount", KubernetesObject)
+    LocalObjectReference = corev1.model("LocalObjectReference", KubernetesObject)
 
-
-RESTRICTED_VOLUME_TYPES = (
-    "configMap",
-    "csi",
-    "downwardAPI",
-    "emptyDir",
-    "ephemeral",
-    "persistentVolumeClaim",
-    "projected",
-    "secret",
+_RESERVED_CEL = " && ".join(f"!self.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
+EnvVar.cel_rules = (
+    CelRule(
+        rule=_RESERVED_CEL,
+        message=(
+            "KUBEFLOWER_* and FLWR_* variables are set by the operator (partition, addresses, Flower's own "
+            "settings); rename it (OMP_NUM_THREADS and other variables stay yours)"
+        ),
+        field_path=".name",
+        check=lambda env: not env.name.startswith(RESERVED_ENV_PREFIXES),
+    ),
 )
-"""The volume types the "restricted" Pod Security Standard allows: every pod of a job meets it, so
-the user's volumes (and spec.output/spec.data sources) are of these types only (an NFS share: a
-PersistentVolumeClaim bound to an NFS PersistentVolume)."""
+
+
+_ONE_SOURCE = CelRule(
+    rule=" + ".join(f"(has(self.{t}) ? 1 : 0)" for t in RESTRICTED_VOLUME_TYPES) + " == 1",
+    message="give exactly one volume type: one of " + ", ".join(RESTRICTED_VOLUME_TYPES),
+    field_path="",
+    check=lambda v: len(set(v.wire()) & set(RESTRICTED_VOLUME_TYPES)) == 1,
+)
+VolumeSource.cel_rules = (_ONE_SOURCE,)
+Volume.cel_rules = (
+    _ONE_SOURCE,
+    CelRule(
+        rule="!(self.name in " + str(list(POD_VOLUMES)) + ")",
+        message=f"volume names {', '.join(POD_VOLUMES)} are the operator's own; rename it",
+        field_path=".name",
+        check=lambda v: v.name not in POD_VOLUMES,
+    ),
+)
+
+
+def _outside_ours(path: str) -> bool:
+    return not any(path == ours or path.startswith(ours.rstrip("/") + "/") for ours in POD_VOLUMES.values())
+
+
+VolumeMount.cel_rules = (
+    CelRule(
+        rule="!(self.name in " + str(list(POD_VOLUMES)) + ")",
+        message="the operator's own volumes are mounted already; mount a volume of yours (volumes)",
+        field_path=".name",
+        check=lambda m: m.name not in POD_VOLUMES,
+    ),
+    CelRule(
+        rule="self.mountPath.startsWith('/') && "
+        + " && ".join(f"self.mountPath != '{p}' && !self.mountPath.startsWith('{p}/')" for p in POD_VOLUMES.values()),
+        message=(
+            f"mountPath must be absolute and outside the operator's own ({', '.join(POD_VOLUMES.values())}); "
+            "choose another path"
+        ),
+        field_path=".mountPath",
+        check=lambda m: m.mount_path.startswith("/") and _outside_ours(m.mount_path),
+    ),
+)
 
 
 def _invalid(message: str) -> PydanticCustomError:
-    """A field's error in our words (no "Value error," before it). These checks of free-form fields
-    are the operator's and the CLI's: the CRD cannot see inside a free-form object."""
+    """A field's error in our words (no "Value error," before it)."""
     return PydanticCustomError("invalid", "{message}", {"message": message})
 
 
-def _restricted_volume_source(volume: dict[str, Any], where: str) -> None:
-    """Raises the error naming the volume type the restricted Pod Security Standard forbids."""
-    for key in volume:
+def _restricted_types(value: Any, where: str) -> None:
+    """Raises the error naming a volume type the restricted Pod Security Standard forbids (before
+    the generic "extra inputs" error that the strict model would give for it)."""
+    if not isinstance(value, dict):
+        return
+    for key in value:
         if key != "name" and key not in RESTRICTED_VOLUME_TYPES:
             raise _invalid(
                 f"{where}: volume type {key!r} is not allowed by the restricted Pod Security Standard that every "
@@ -165,98 +248,81 @@ def _restricted_volume_source(volume: dict[str, Any], where: str) -> None:
             )
 
 
-class LocalObjectReference(ApiModel):
-    name: str = Field(min_length=1)
-
-
 class PodSettings(ApiModel):
     """Scheduling and resources shared by the server pod and the client pods, and what a pod
     template carries beyond them; the operator's own fields (its containers' command, env and
     security context, its volumes and labels) always win."""
 
     resources: ResourceRequirements | None = None
-    env: list[EnvVar] | None = None
-    node_selector: dict[str, str] | None = None
-    tolerations: list[FreeForm] | None = None
-    affinity: FreeForm | None = None
-    volumes: list[FreeForm] | None = Field(
+    env: list[EnvVar] | None = Field(default=None, max_length=MAX_ENV)
+    node_selector: dict[LabelKey, LabelValue] | None = Field(default=None, max_length=MAX_LIST)
+    tolerations: list[Toleration] | None = Field(default=None, max_length=MAX_LIST)
+    affinity: Affinity | None = None
+    volumes: list[Volume] | None = Field(
         default=None,
+        max_length=MAX_LIST,
         description=(
             "More pod volumes (restricted Pod Security Standard types: configMap, csi, downwardAPI, emptyDir, "
             "ephemeral, persistentVolumeClaim, projected, secret); names other than the operator's own."
         ),
     )
-    volume_mounts: list[FreeForm] | None = Field(
-        default=None, description="Mounts of those volumes in the container, at paths other than the operator's."
-    )
-    image_pull_secrets: list[LocalObjectReference] | None = None
-    service_account_name: str | None = Field(
+    volume_mounts: list[VolumeMount] | None = Field(
         default=None,
-        min_length=1,
+        max_length=MAX_LIST,
+        description="Mounts of those volumes in the container, at paths other than the operator's.",
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(default=None, max_length=MAX_LIST)
+    service_account_name: ObjectName | None = Field(
+        default=None,
         description=(
             "The pod's service account. Named: its token is mounted (the pods never use it themselves: it is for "
             "what you add, a sidecar or workload identity). Unset: the namespace's default account, no token."
         ),
     )
-    priority_class_name: str | None = Field(default=None, min_length=1)
-    runtime_class_name: str | None = Field(default=None, min_length=1)
-    labels: dict[str, str] | None = Field(
-        default=None, description="Pod labels, under the operator's own (which win on the same key)."
+    priority_class_name: ObjectName | None = None
+    runtime_class_name: ObjectName | None = None
+    labels: dict[LabelKey, LabelValue] | None = Field(
+        default=None,
+        max_length=MAX_LIST,
+        description="Pod labels, under the operator's own (which win on the same key).",
     )
-    annotations: dict[str, str] | None = Field(default=None, description="Pod annotations.")
-    topology_spread_constraints: list[FreeForm] | None = Field(
-        default=None, description="The pod spec's topologySpreadConstraints."
+    annotations: dict[LabelKey, AnnotationValue] | None = Field(
+        default=None, max_length=MAX_LIST, description="Pod annotations."
+    )
+    topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(
+        default=None, max_length=16, description="The pod spec's topologySpreadConstraints."
     )
 
-    @field_validator("volumes")
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            # A mount of the operator's own volume is refused by VolumeMount's rule, not twice.
+            rule=(
+                "!has(self.volumeMounts) || self.volumeMounts.all(m, m.name in " + str(list(POD_VOLUMES)) + " || "
+                "(has(self.volumes) && self.volumes.exists(v, v.name == m.name)))"
+            ),
+            message="every volumeMounts entry names a volume of volumes; add it there",
+            field_path=".volumeMounts",
+            check=lambda s: (
+                {m.name for m in s.volume_mounts or []} - set(POD_VOLUMES) <= {v.name for v in s.volumes or []}
+            ),
+        ),
+    )
+
+    @field_validator("volumes", mode="before")
     @classmethod
-    def _volumes_ok(cls, volumes: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        for volume in volumes or []:
-            name = volume.get("name")
-            if not isinstance(name, str) or not name:
-                raise _invalid("every volume needs a name")
-            if name in POD_VOLUMES:
-                raise _invalid(f"volume name {name!r} is the operator's own ({', '.join(POD_VOLUMES)}); rename it")
-            _restricted_volume_source(volume, f"volume {name!r}")
+    def _volume_types(cls, volumes: Any) -> Any:
+        for volume in volumes if isinstance(volumes, list) else []:
+            _restricted_types(volume, f"volume {volume.get('name')!r}" if isinstance(volume, dict) else "volume")
         return volumes
-
-    @field_validator("volume_mounts")
-    @classmethod
-    def _mounts_ok(cls, mounts: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        for mount in mounts or []:
-            path = mount.get("mountPath")
-            if not isinstance(path, str) or not path.startswith("/") or not isinstance(mount.get("name"), str):
-                raise _invalid("every volume mount needs a name and an absolute mountPath")
-            if mount["name"] in POD_VOLUMES:
-                raise _invalid(f"volume {mount['name']!r} is the operator's own: it is mounted already")
-            taken = [p for p in POD_VOLUMES.values() if path == p or path.startswith(p.rstrip("/") + "/")]
-            if taken:
-                raise _invalid(f"mountPath {path} is inside the operator's {taken[0]}; choose another path")
-        return mounts
-
-    @model_validator(mode="after")
-    def _mounts_name_volumes(self) -> PodSettings:
-        names = {v["name"] for v in self.volumes or []}
-        for mount in self.volume_mounts or []:
-            if mount["name"] not in names:
-                raise PydanticCustomError(
-                    "cel_rule",
-                    "{message}",
-                    {
-                        "message": f"volumeMounts: {mount['name']!r} names no volume in volumes; add it there",
-                        "field_path": ".volumeMounts",
-                    },
-                )
-        return self
 
 
 class VolumeSpec(ApiModel):
     """A volume the job does not own: a PersistentVolumeClaim by name, or any pod volume source."""
 
-    claim_name: str | None = Field(
-        default=None, min_length=1, description="A PersistentVolumeClaim in the job's namespace (never deleted)."
+    claim_name: ObjectName | None = Field(
+        default=None, description="A PersistentVolumeClaim in the job's namespace (never deleted)."
     )
-    source: FreeForm | None = Field(
+    source: VolumeSource | None = Field(
         default=None,
         description=(
             "A pod volume source instead of a claim, as in a pod's volumes[] without its name ({csi: {...}}); "
@@ -273,11 +339,10 @@ class VolumeSpec(ApiModel):
         ),
     )
 
-    @field_validator("source")
+    @field_validator("source", mode="before")
     @classmethod
-    def _source_ok(cls, source: dict[str, Any] | None) -> dict[str, Any] | None:
-        if source is not None:
-            _restricted_volume_source(source, "source")
+    def _source_types(cls, source: Any) -> Any:
+        _restricted_types(source, "source")
         return source
 
     def volume(self, name: str, read_only: bool = False) -> dict[str, Any]:
@@ -285,13 +350,13 @@ class VolumeSpec(ApiModel):
         if self.claim_name is not None:
             claim: dict[str, Any] = {"claimName": self.claim_name, **({"readOnly": True} if read_only else {})}
             return {"name": name, "persistentVolumeClaim": claim}
-        return {**(self.source or {}), "name": name}
+        return {**(self.source.wire() if self.source else {}), "name": name}
 
     def describe(self) -> str:
         """Where the volume is, in words (the job's status)."""
         if self.claim_name is not None:
             return f"persistentVolumeClaim {self.claim_name}"
-        return f"volume {', '.join(sorted(self.source or {})) or 'source'}"
+        return f"volume {', '.join(sorted(self.source.wire() if self.source else {})) or 'source'}"
 
 
 class ServerSpec(PodSettings):
@@ -299,7 +364,7 @@ class ServerSpec(PodSettings):
 
 
 class ClientsSpec(PodSettings):
-    replicas: int = Field(default=2, ge=1, le=1000, description="Number of client pods (SuperNodes).")
+    replicas: int = Field(default=2, ge=1, le=MAX_CLIENTS, description="Number of client pods (SuperNodes).")
     warm_client_apps: bool = Field(
         default=True,
         description=(
@@ -309,8 +374,9 @@ class ClientsSpec(PodSettings):
             "false: Flower's stock process per message."
         ),
     )
-    topology_spread_constraints: list[FreeForm] | None = Field(  # PodSettings' field, with the clients' default
+    topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(  # PodSettings', the clients' default
         default=None,
+        max_length=16,
         description=(
             "How the client pods spread over the cluster (pod spec's topologySpreadConstraints). Unset: a soft "
             "spread over nodes (kubernetes.io/hostname, ScheduleAnyway); set, even to [], it replaces that default."
@@ -327,19 +393,30 @@ class StrategySpec(ApiModel):
     min_available_clients: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_CLIENTS,
         description="Clients that must be connected before a round starts; defaults to clients.replicas.",
     )
-    proximal_mu: float | None = Field(default=None, ge=0, description="FedProx: weight of the proximal term.")
-    server_learning_rate: float | None = Field(default=None, gt=0, description="FedAvgM: server-side learning rate.")
+    proximal_mu: float | None = Field(default=None, ge=0, le=1000, description="FedProx: weight of the proximal term.")
+    server_learning_rate: float | None = Field(
+        default=None, gt=0, le=1000, description="FedAvgM: server-side learning rate."
+    )
     server_momentum: float | None = Field(default=None, ge=0, lt=1, description="FedAvgM: server-side momentum.")
-    eta: float | None = Field(default=None, gt=0, description="FedAdam, FedYogi, FedAdagrad: server learning rate.")
-    eta_l: float | None = Field(default=None, gt=0, description="FedAdam, FedYogi, FedAdagrad: client learning rate.")
+    eta: float | None = Field(
+        default=None, gt=0, le=1000, description="FedAdam, FedYogi, FedAdagrad: server learning rate."
+    )
+    eta_l: float | None = Field(
+        default=None, gt=0, le=1000, description="FedAdam, FedYogi, FedAdagrad: client learning rate."
+    )
     beta1: float | None = Field(default=None, ge=0, lt=1, description="FedAdam, FedYogi: first moment decay.")
     beta2: float | None = Field(default=None, ge=0, lt=1, description="FedAdam, FedYogi: second moment decay.")
-    tau: float | None = Field(default=None, gt=0, description="FedAdam, FedYogi, FedAdagrad: adaptivity.")
+    tau: float | None = Field(default=None, gt=0, le=1000, description="FedAdam, FedYogi, FedAdagrad: adaptivity.")
     beta: float | None = Field(default=None, gt=0, lt=0.5, description="FedTrimmedAvg: fraction cut at each end.")
-    num_malicious_clients: int | None = Field(default=None, ge=0, description="Krum, MultiKrum, Bulyan.")
-    num_clients_to_keep: int | None = Field(default=None, ge=1, description="MultiKrum: updates averaged.")
+    num_malicious_clients: int | None = Field(
+        default=None, ge=0, le=MAX_CLIENTS, description="Krum, MultiKrum, Bulyan."
+    )
+    num_clients_to_keep: int | None = Field(
+        default=None, ge=1, le=MAX_CLIENTS, description="MultiKrum: updates averaged."
+    )
 
     def parameters(self) -> dict[str, Any]:
         """The strategy's own parameters that are set, by wire name."""
@@ -380,8 +457,10 @@ def _model_rule(model: ModelName) -> CelRule:
 
 class Partitioning(ApiModel):
     type: PartitioningType = PartitioningType.IID
-    alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration; smaller is more skewed.")
-    seed: int = Field(default=42, ge=0, description="Seed of the split: the same seed gives the same partitions.")
+    alpha: float = Field(default=0.5, gt=0, le=1000, description="Dirichlet concentration; smaller is more skewed.")
+    seed: int = Field(
+        default=42, ge=0, le=MAX_SEED, description="Seed of the split: the same seed gives the same partitions."
+    )
 
 
 class TaskSpec(ApiModel):
@@ -396,7 +475,7 @@ class TaskSpec(ApiModel):
     test_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Share of each client's data held out to evaluate."
     )
-    seed: int = Field(default=0, ge=0, description="Seed of model initialisation and training order.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of model initialisation and training order.")
     fused_train_evaluate: bool = Field(
         default=True,
         description=(
@@ -428,7 +507,9 @@ class AppSpec(ApiModel):
             "hide the image's files (/tmp, /var/lib/kubeflower/output, data or flwr)."
         ),
     )
-    run_config: dict[str, RunConfigValue] | None = Field(default=None, description="Overrides of the app's run config.")
+    run_config: dict[RunConfigKey, RunConfigValue] | None = Field(
+        default=None, max_length=MAX_LIST, description="Overrides of the app's run config."
+    )
     rounds_key: str = Field(
         default=contract.RUN_CONFIG_ROUNDS,
         min_length=1,
@@ -501,12 +582,12 @@ class RunPolicy(ApiModel):
         default=CleanPolicy.CLIENTS, description="Children removed when the job finishes."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the job this long after it finishes."
+        default=None, ge=0, le=MAX_SECONDS, description="Delete the job this long after it finishes."
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the job when it runs longer than this."
+        default=None, ge=1, le=MAX_SECONDS, description="Fail the job when it runs longer than this."
     )
-    backoff_limit: int = Field(default=3, ge=0, description="Server restarts tolerated before the job fails.")
+    backoff_limit: int = Field(default=3, ge=0, le=1000, description="Server restarts tolerated before the job fails.")
     suspend: bool = Field(default=False, description="Scale the federation to zero and keep the job.")
 
 
@@ -537,8 +618,13 @@ def _min_clients_ok(spec: FederatedTrainingJobSpec) -> bool:
 
 
 class FederatedTrainingJobSpec(ApiModel):
-    image: str | None = Field(default=None, description="Workload image; defaults to the operator's configured image.")
-    rounds: int = Field(default=3, ge=1, le=100000)
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=IMAGE_PATTERN,
+        description="Workload image; defaults to the operator's configured image.",
+    )
+    rounds: int = Field(default=3, ge=1, le=MAX_ROUNDS)
     clients: ClientsSpec = Field(default_factory=ClientsSpec)
     server: ServerSpec = Field(default_factory=ServerSpec)
     strategy: StrategySpec = Field(default_factory=StrategySpec)
@@ -590,12 +676,6 @@ class FederatedTrainingJobSpec(ApiModel):
             ),
             field_path=".strategy.name",
             check=lambda s: s.strategy.name != StrategyName.BULYAN or s.clients.replicas >= 5,
-        ),
-        CelRule(
-            rule="!has(self.image) || self.image.size() > 0",
-            message="image must not be empty; remove it to use the operator's default image",
-            field_path=".image",
-            check=lambda s: s.image is None or len(s.image) > 0,
         ),
         CelRule(
             rule="!has(self.app) || (" + _BUILTIN_STRATEGY_RULE + ")",
@@ -695,7 +775,20 @@ class FederatedTrainingJobStatus(ApiModel):
     selector: str | None = Field(default=None, description="Label selector of the client pods (scale subresource).")
     metrics: JobMetrics | None = None
     server_address: str | None = None
-    server_restarts: int | None = None
+    server_restarts: int | None = Field(
+        default=None, description="Server restarts, container restarts and re-created pods (eviction, node loss) alike."
+    )
+    server_pod: str | None = Field(
+        default=None,
+        description="UID of the server pod the restart count follows ('!' + UID: a new pod is expected after it).",
+    )
+    server_pod_restarts: int | None = Field(default=None, description="Container restarts of that pod, last seen.")
+    partitions: int | None = Field(
+        default=None, description="Shards the data is split into: the client replicas when the clients were made."
+    )
+    status_failing_since: str | None = Field(
+        default=None, description="Since when the server's status document has been unreadable (the failure clock)."
+    )
     results: str | None = Field(default=None, description="Where the server writes the job's results.")
     resumed_round: int | None = Field(
         default=None, description="The last round a restarted server resumed after (from its checkpoint)."

@@ -139,6 +139,11 @@ ENV_MIN_CLIENTS = "KUBEFLOWER_MIN_CLIENTS"
 """Your own app only: the clients a round waits for (spec.strategy.minAvailableClients), for the
 server's waiting message. The built-in app has it in its run config, its one channel, as it has the
 number of rounds for every app (`kubeflower.core.runconfig`)."""
+ENV_STOP_TOKEN = "KUBEFLOWER_STOP_TOKEN"
+"""The job's UID: a `POST /stop` on the status port carrying it (header STOP_TOKEN_HEADER) ends
+the run as Failed and stops the SuperLink (the operator's verdict: deadline, backoffLimit); unset
+(`kubeflower run`): no stop endpoint."""
+STOP_TOKEN_HEADER = "X-Kubeflower-Stop-Token"
 ENV_SUPERLINK_PORT = "KUBEFLOWER_SUPERLINK_PORT"
 ENV_BIND_HOST = "KUBEFLOWER_BIND_HOST"
 """Interface the SuperLink and the status endpoint listen on; unset means all (a pod). `kubeflower

@@ -38,6 +38,12 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     for key, value in node.items():
         if key in _DROP_KEYS and not (key == "additionalProperties" and isinstance(value, dict)):
             continue
+        if key == "propertyNames":
+            # Not in a CRD's schema language: the keys' length is a CEL rule there.
+            limit = value["maxLength"]
+            rule = {"rule": f"self.all(k, k.size() <= {limit})", "message": f"keys must be at most {limit} characters"}
+            out.setdefault("x-kubernetes-validations", []).append(rule)
+            continue
         if key == "properties":
             out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
         elif key == "default" and value is None:

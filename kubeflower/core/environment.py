@@ -56,8 +56,9 @@ def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
         env[contract.ENV_APP_PATH] = spec.app.path
         env[contract.ENV_MIN_CLIENTS] = str(spec.min_available_clients)
         env[contract.ENV_ROUNDS_KEY] = spec.app.rounds_key
-    if job.metadata.uid:
+    if job.metadata.uid:  # a job in a cluster: checkpoints carry its UID; the operator may stop its run
         env[contract.ENV_JOB_UID] = job.metadata.uid
+        env[contract.ENV_STOP_TOKEN] = job.metadata.uid
     return env
 
 
@@ -67,17 +68,20 @@ def user_values(settings: PodSettings) -> dict[str, str]:
     Those read `valueFrom` a Secret, a ConfigMap or the downward API need a cluster; `kubeflower
     run` leaves them out (the processes inherit the caller's shell instead).
     """
-    return {var.name: var.value for var in settings.env or [] if var.value is not None}
+    wired = [var.wire() for var in settings.env or []]
+    return {var["name"]: var["value"] for var in wired if "value" in var}
 
 
-def client_environment(job: FederatedTrainingJob) -> dict[str, str]:
+def client_environment(job: FederatedTrainingJob, partitions: int | None = None) -> dict[str, str]:
     """A client entry point's environment, the same for every client (before the user's
     `spec.clients.env`); its partition comes from its pod's name (ENV_POD_NAME), its torch threads
-    from its CPUs (ENV_THREADS), which only the pod knows."""
+    from its CPUs (ENV_THREADS), which only the pod knows. `partitions`: how many shards the data
+    is split into, fixed when the clients were first made (a scale must not change it: that would
+    restart every client and re-split the data mid-run); by default the replica count."""
     values = {
         contract.ENV_JOB_NAME: job.metadata.name,
         contract.ENV_SUPERLINK: superlink_address(job),
-        contract.ENV_NUM_PARTITIONS: str(job.spec.clients.replicas),
+        contract.ENV_NUM_PARTITIONS: str(partitions or job.spec.clients.replicas),
         contract.ENV_SUPERNODE_PORT: str(contract.SUPERNODE_PORT),
         contract.ENV_HEALTH_ADDRESS: f"0.0.0.0:{contract.SUPERNODE_HEALTH_PORT}",
         contract.ENV_DATA_DIR: contract.DATA_DIR,

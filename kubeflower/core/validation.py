@@ -6,6 +6,7 @@ point reports the same problem the same way: the field's path, what is wrong, an
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kubeflower.core.api import API_VERSION, KIND, FederatedTrainingJob
+from kubeflower.core.api import API_VERSION, IMAGE_PATTERN, KIND, FederatedTrainingJob
 
 # What to do, by pydantic error type; the message already says what is wrong.
 _FIXES = {
@@ -37,6 +38,10 @@ _FIXES = {
     "less_than": "lower it",
     "less_than_equal": "lower it",
     "string_too_short": "fill it in",
+    "string_too_long": "shorten it",
+    "too_long": "remove entries",
+    "string_pattern_mismatch": "check its format",
+    "finite_number": "use a finite number",
 }
 
 
@@ -65,7 +70,13 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-_UNION_MEMBERS = {"str", "int", "float", "bool"}
+_UNION_MEMBERS = {"str", "int", "float", "bool", "constrained-str", "constrained-int"}
+_QUANTITY_MAPS = {"limits", "requests", "divisor"}
+_PATTERNS = {
+    IMAGE_PATTERN: "is not an image reference; use registry/name:tag or name@sha256:digest",
+}
+"""What a pattern means, in words (the regular expression itself helps nobody)."""
+QUANTITY_MESSAGE = "must be a Kubernetes quantity: a whole number >= 0, or a string such as 500m, 1.5, 2Gi"
 
 
 def field_errors(exc: ValidationError) -> list[FieldError]:
@@ -73,23 +84,32 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     scalar_unions: set[str] = set()
     for err in exc.errors():
         loc = tuple(err["loc"])
+        if loc and loc[-1] == "[key]":
+            # A map's key failed (too long): the map is the field, the key quoted, shortened.
+            errors.append(FieldError(_path(loc[:-2]), f"key {str(loc[-2])[:40]!r}...: {err['msg']}; shorten it"))
+            continue
         if err["type"] == "cel_rule":
             rule_path = tuple(p for p in err["ctx"]["field_path"].lstrip(".").split(".") if p)
             errors.append(FieldError(_path(loc + rule_path), err["msg"]))
             continue
         if loc and loc[-1] in _UNION_MEMBERS:
-            # A run config value failed every scalar type: one error, not one per type.
+            # A run config value or a quantity failed every member of its union: one error, not one per type.
             path = _path(loc[:-1])
             if path not in scalar_unions:
                 scalar_unions.add(path)
-                errors.append(FieldError(path, f"must be a string, number or boolean (got {err['input']!r})"))
+                quantity = bool(_QUANTITY_MAPS & {str(p) for p in loc})
+                what = QUANTITY_MESSAGE if quantity else "must be a string, number or boolean"
+                errors.append(FieldError(path, f"{what} (got {err['input']!r})"[:300]))
+            continue
+        if err["type"] == "string_pattern_mismatch" and _PATTERNS.get(err["ctx"]["pattern"]):
+            errors.append(FieldError(_path(loc), f"{_PATTERNS[err['ctx']['pattern']]} (got {err['input']!r})"[:300]))
             continue
         message = err["msg"]
         fix = _FIXES.get(err["type"])
         if fix:
             message = f"{message}; {fix}"
         if err["type"] not in {"missing"} and "input" in err and not isinstance(err["input"], dict | list):
-            message = f"{message} (got {err['input']!r})"
+            message = f"{message} (got {err['input']!r})"[:300]
         errors.append(FieldError(_path(loc), message))
     return errors
 
@@ -108,7 +128,10 @@ def parse_job(document: Any) -> FederatedTrainingJob:
         raise JobInvalid(name, head)
     body = {k: v for k, v in document.items() if k in {"apiVersion", "kind", "metadata", "spec"}}
     try:
-        return FederatedTrainingJob.model_validate(body)
+        # Strict, as JSON: the types the API server takes and no others (no "3" for 3, no 2.0 for
+        # 2, no true for 1), so `kubeflower validate`, the operator and the CRD agree. YAML's own
+        # scalars (a date) become strings, as kubectl sends them.
+        return FederatedTrainingJob.model_validate_json(json.dumps(body, default=str), strict=True)
     except ValidationError as exc:
         raise JobInvalid(name, field_errors(exc)) from None
 

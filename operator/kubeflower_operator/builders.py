@@ -63,7 +63,7 @@ def _env(values: dict[str, str]) -> list[Manifest]:
 
 
 def _user_env(env: list[EnvVar] | None) -> list[Manifest]:
-    return [e.model_dump(by_alias=True, exclude_none=True) for e in env or []]
+    return [e.wire() for e in env or []]
 
 
 def _container(
@@ -84,10 +84,10 @@ def _container(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [{"name": v, "mountPath": p} for v, p in contract.POD_FOLDERS.items()]
-        + list(settings.volume_mounts or []),
+        + [m.wire() for m in settings.volume_mounts or []],
     }
     if settings.resources is not None:
-        container["resources"] = settings.resources.model_dump(by_alias=True, exclude_none=True)
+        container["resources"] = settings.resources.wire()
     return container
 
 
@@ -102,7 +102,7 @@ def _pod_spec(container: Manifest, settings: PodSettings, app: Settings, volumes
     security settings are always ours."""
     spec: Manifest = {
         "containers": [container],
-        "volumes": volumes + list(settings.volumes or []),
+        "volumes": volumes + [v.wire() for v in settings.volumes or []],
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": app.run_as_user,
@@ -116,16 +116,16 @@ def _pod_spec(container: Manifest, settings: PodSettings, app: Settings, volumes
         "enableServiceLinks": False,
         "restartPolicy": "Always",
     }
-    pull_secrets = [s.model_dump() for s in settings.image_pull_secrets or []]
+    pull_secrets = [s.wire() for s in settings.image_pull_secrets or []]
     for key, value in (
         ("nodeSelector", settings.node_selector),
-        ("tolerations", settings.tolerations),
-        ("affinity", settings.affinity),
+        ("tolerations", [t.wire() for t in settings.tolerations or []]),
+        ("affinity", settings.affinity.wire() if settings.affinity else None),
         ("imagePullSecrets", pull_secrets),
         ("serviceAccountName", settings.service_account_name),
         ("priorityClassName", settings.priority_class_name),
         ("runtimeClassName", settings.runtime_class_name),
-        ("topologySpreadConstraints", settings.topology_spread_constraints),
+        ("topologySpreadConstraints", [c.wire() for c in settings.topology_spread_constraints or []]),
     ):
         if value:
             spec[key] = value
@@ -216,7 +216,12 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     }
 
 
-def server_service(job: FederatedTrainingJob) -> Manifest:
+def server_service(job: FederatedTrainingJob, fleet: bool = True) -> Manifest:
+    """The server's Service; `fleet=False` (a finished job): the status port alone."""
+    ports = [
+        {"name": "flower", "port": contract.SUPERLINK_PORT, "targetPort": "flower", "protocol": "TCP"},
+        {"name": "status", "port": contract.STATUS_PORT, "targetPort": "status", "protocol": "TCP"},
+    ]
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -224,10 +229,7 @@ def server_service(job: FederatedTrainingJob) -> Manifest:
         "spec": {
             "type": job.spec.service.type.value,
             "selector": selector_labels(job.metadata.name, SERVER),
-            "ports": [
-                {"name": "flower", "port": contract.SUPERLINK_PORT, "targetPort": "flower", "protocol": "TCP"},
-                {"name": "status", "port": contract.STATUS_PORT, "targetPort": "status", "protocol": "TCP"},
-            ],
+            "ports": ports if fleet else ports[1:],
         },
     }
 
@@ -260,13 +262,13 @@ def server_network_policy(job: FederatedTrainingJob) -> Manifest | None:
     }
 
 
-def client_env(job: FederatedTrainingJob) -> list[Manifest]:
+def client_env(job: FederatedTrainingJob, partitions: int | None = None) -> list[Manifest]:
     """The client environment's entries: the job's values, and the pod's name and CPUs from the
     downward API."""
-    values = environment.client_environment(job)
+    values = environment.client_environment(job, partitions)
     pod_name = {"name": contract.ENV_POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
     env = [pod_name, *_env(values)]
-    if contract.ENV_THREADS not in {e.name for e in job.spec.clients.env or []}:  # the user's value wins
+    if contract.ENV_THREADS not in {e.wire()["name"] for e in job.spec.clients.env or []}:  # the user's value wins
         cpus = {
             "containerName": CLIENT_CONTAINER,
             "resource": _cpu_resource(job),
@@ -279,8 +281,8 @@ def client_env(job: FederatedTrainingJob) -> list[Manifest]:
 def _cpu_resource(job: FederatedTrainingJob) -> str:
     """The client container's CPUs, as the downward API reads them: the limit, else the request
     (clusters that set no CPU limits), else `limits.cpu`, which then reads the node's CPUs."""
-    resources = job.spec.clients.resources
-    if resources is not None and "cpu" not in (resources.limits or {}) and "cpu" in (resources.requests or {}):
+    resources: Manifest = job.spec.clients.resources.wire() if job.spec.clients.resources else {}
+    if "cpu" not in resources.get("limits", {}) and "cpu" in resources.get("requests", {}):
         return "requests.cpu"
     return "limits.cpu"
 
@@ -298,8 +300,8 @@ def client_spread(job: FederatedTrainingJob) -> list[Manifest]:
     then over the nodes they allow)."""
     clients = job.spec.clients
     if clients.topology_spread_constraints is not None:
-        return clients.topology_spread_constraints
-    if clients.affinity and ({"podAffinity", "podAntiAffinity"} & set(clients.affinity)):
+        return [c.wire() for c in clients.topology_spread_constraints]
+    if clients.affinity and ({"podAffinity", "podAntiAffinity"} & set(clients.affinity.wire())):
         return []
     return [
         {
@@ -311,11 +313,11 @@ def client_spread(job: FederatedTrainingJob) -> list[Manifest]:
     ]
 
 
-def client_statefulset(job: FederatedTrainingJob, settings: Settings) -> Manifest:
+def client_statefulset(job: FederatedTrainingJob, settings: Settings, partitions: int | None = None) -> Manifest:
     """The clients: a StatefulSet, so each pod's ordinal is a stable partition id."""
     name = clients_name(job.metadata.name)
     container = _container(
-        job, CLIENT_CONTAINER, list(contract.CLIENT_COMMAND), client_env(job), job.spec.clients, settings
+        job, CLIENT_CONTAINER, list(contract.CLIENT_COMMAND), client_env(job, partitions), job.spec.clients, settings
     )
     container["ports"] = [{"name": "health", "containerPort": contract.SUPERNODE_HEALTH_PORT, "protocol": "TCP"}]
     # The SuperNode's own gRPC health server: not ready until it serves; restarted when it stops answering.
@@ -362,5 +364,5 @@ def server_children(job: FederatedTrainingJob, settings: Settings) -> list[Manif
     return [server_deployment(job, settings), server_service(job), *([policy] if policy else [])]
 
 
-def all_children(job: FederatedTrainingJob, settings: Settings) -> list[Manifest]:
-    return [*server_children(job, settings), client_statefulset(job, settings)]
+def all_children(job: FederatedTrainingJob, settings: Settings, partitions: int | None = None) -> list[Manifest]:
+    return [*server_children(job, settings), client_statefulset(job, settings, partitions)]

@@ -1,11 +1,14 @@
-"""Writes to a job's children through the Kubernetes client: create, patch, delete, by kind.
+"""Writes to a job's children through the Kubernetes client: create, replace, patch, delete, by kind.
 
 Every write is idempotent from the reconcile's point of view: creating what already exists (the
-watch had not caught up yet) and deleting what is already gone are not errors.
+watch had not caught up yet) and deleting what is already gone are not errors. What already exists
+is ours only if its controller owner reference is the job's: an object of the same name owned by
+something else is a conflict (`NotOurs`), never adopted or overwritten.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +30,21 @@ _KINDS: dict[str, tuple[Callable[[client.ApiClient], Any], str]] = {
     "ConfigMap": (client.CoreV1Api, "config_map"),
     "NetworkPolicy": (client.NetworkingV1Api, "network_policy"),
 }
+
+
+class NotOurs(Exception):
+    """A child's name is taken by an object that another owner controls."""
+
+    def __init__(self, kind: str, name: str, owner: str) -> None:
+        super().__init__(f"{kind} {name} already exists and belongs to {owner}; rename the job or remove that object")
+        self.kind, self.name = kind, name
+
+
+def _controller(obj: Manifest) -> str | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+    return None
 
 
 class Children:
@@ -59,12 +77,34 @@ class Children:
         return call
 
     def create(self, namespace: str, manifest: Manifest) -> None:
+        """Create the child; one that exists already is fine only if the job controls it."""
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
         try:
-            self._method("create", manifest["kind"])(namespace, manifest)
+            self._method("create", kind)(namespace, manifest)
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            log.debug("%s %s already exists", manifest["kind"], manifest["metadata"]["name"])
+            existing = self._read(namespace, kind, name)
+            owner = _controller(existing)
+            ours = _controller(manifest)
+            if owner != ours:
+                raise NotOurs(kind, name, owner or "no controller") from None
+            log.debug("%s %s already exists", kind, name)
+
+    def _read(self, namespace: str, kind: str, name: str) -> Manifest:
+        api_class, suffix = _KINDS[kind]
+        method = getattr(api_class(self._client), f"read_namespaced_{suffix}")
+        try:
+            found: Manifest = json.loads(method(name, namespace, _preload_content=False).data)
+            return found
+        except ApiException as exc:
+            self._on_error("read", kind, exc.status)
+            raise
+
+    def replace(self, namespace: str, manifest: Manifest) -> None:
+        """Replace the child with the manifest (which carries the resourceVersion it was observed
+        at: a 409 if it changed since, and the next reconcile plans again)."""
+        self._method("replace", manifest["kind"])(manifest["metadata"]["name"], namespace, manifest)
 
     def patch(self, namespace: str, manifest: Manifest) -> None:
         self._method("patch", manifest["kind"])(

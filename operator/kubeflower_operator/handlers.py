@@ -9,6 +9,7 @@ indexes (no API reads), polls the server's status document, plans with the pure
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -18,20 +19,30 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from kubeflower.core import api, contract, environment
 from kubeflower.core.api import FederatedTrainingJobStatus
 from kubeflower.core.validation import JobInvalid, parse_job
 from kubeflower_operator import builders, leadership, metrics, reconcile
-from kubeflower_operator.children import Children
-from kubeflower_operator.observed import Child, Observed, Poll, restart_count, summarize
+from kubeflower_operator import poll as polling
+from kubeflower_operator.children import Children, NotOurs
+from kubeflower_operator.observed import Child, Observed, Poll, ServerPod, server_pod, summarize
 from kubeflower_operator.poll import poll, status_url
 from kubeflower_operator.settings import Settings
 
 TIMER_INTERVAL = Settings.from_env().reconcile_interval
 log = logging.getLogger("kubeflower_operator")
 MANAGED = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
+MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED.items())
+CHILD_RESOURCES = (
+    ("apps", "deployments"),
+    ("apps", "statefulsets"),
+    ("", "services"),
+    ("networking.k8s.io", "networkpolicies"),
+    ("", "configmaps"),  # the final status: the operator's own ConfigMaps only, never the cluster's others
+)
 JOB = (api.GROUP, api.VERSION, api.PLURAL)
 
 
@@ -55,6 +66,14 @@ def configure(
     # Events are posted on purpose (one per round, one per verdict), not for every log line.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 20
+    # The children's watches ask the API server for the operator's own objects only (a label
+    # selector on the watch request), not every Deployment, StatefulSet, Service, NetworkPolicy,
+    # ConfigMap and server pod of the cluster, filtered in memory.
+    for group, plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[group, plural] = MANAGED_SELECTOR
+    settings.watching.label_selectors["", "pods"] = (
+        f"{MANAGED_SELECTOR},{contract.COMPONENT_LABEL}={environment.SERVER}"
+    )
     # A job is deleted from inside its own timer (ttlSecondsAfterFinished), or while one runs: kopf
     # then waits for the timer to exit before it removes its finalizer, and checks again only after
     # cancellation_polling (60 s by default) unless the timer exits within a few event-loop cycles.
@@ -134,9 +153,11 @@ kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED, id="net
 
 
 @kopf.index("", "v1", "pods", labels={**MANAGED, contract.COMPONENT_LABEL: environment.SERVER})
-def server_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], int]:
+def server_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], ServerPod]:
     key = _job_key(body)
-    return {key: restart_count(body)} if key else {}
+    if not key or body["metadata"].get("deletionTimestamp"):
+        return {}  # a pod on its way out is no longer the job's server
+    return {key: server_pod(body)}
 
 
 def _observe(
@@ -153,7 +174,7 @@ def _observe(
         del expected[kind]  # the watch has caught up with what we created
     return Observed(
         children={**expected, **found},
-        server_restarts=sum(indexes["server_pods"].get(key, [])),
+        server_pods=tuple(indexes["server_pods"].get(key, [])),
         poll=poll_result,
     )
 
@@ -178,8 +199,13 @@ def reconcile_job(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo:
             seen_version, written = memo.get("written", (None, None))
             current = written if seen_version == meta["resourceVersion"] else dict(status)
             _fence(memo)
-            plan = _plan(body, _typed_status(current, meta), memo, indexes)
-            _apply(plan, body, memo)
+            typed = _typed_status(current, meta)
+            plan = _plan(body, typed, memo, indexes)
+            refusals = _apply(plan, body, memo)
+            if refusals:
+                generation = int(meta.get("generation", 1))
+                plan.status, events = reconcile.refused(typed, plan.status, refusals, generation, datetime.now(UTC))
+                _post(body, memo, events)
             desired = plan.status.wire()
             memo.written = (meta["resourceVersion"], desired)
             # kopf sends the status patch after we return: the last moment we can fence it.
@@ -194,6 +220,14 @@ def reconcile_job(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo:
             patch.status[key] = value
     for gone in set(current) - set(desired):
         patch.status[gone] = None
+
+
+def _post(body: kopf.Body, memo: kopf.Memo, events: list[reconcile.Event]) -> None:
+    job = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+    for event in events:
+        _fence(memo)
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        (log.warning if event.type == "Warning" else log.info)("%s: %s: %s", job, event.reason, event.message)
 
 
 def _typed_status(current: dict[str, Any], meta: Any) -> FederatedTrainingJobStatus:
@@ -219,13 +253,14 @@ def _plan(
     key = (meta["namespace"], meta["name"])
     expected: dict[str, Child] = memo.setdefault("expected", {})
     server = _observe(key, indexes, expected, Poll()).children.get("Deployment")
+    polled = Poll()
     if server and server.ready_replicas >= 1 and current.completion_time is None:
         url = status_url(settings, meta["name"], meta["namespace"])
-        memo.poll = poll(url, memo.get("poll", Poll()), settings.poll_timeout)
-        memo.metrics.polled(key, failed=memo.poll.error is not None)
-    else:
-        memo.poll = Poll()
-    observed = _observe(key, indexes, expected, memo.poll)
+        since = current.status_failing_since
+        since_epoch = reconcile.parse_timestamp(since).timestamp() if since else None
+        polled = poll(url, since_epoch, settings.poll_timeout, job.spec.rounds)
+        memo.metrics.polled(key, failed=polled.error is not None)
+    observed = _observe(key, indexes, expected, polled)
     claim = job.spec.data.claim_name if job.spec.data else None
     if claim and "StatefulSet" not in observed.children and current.completion_time is None:
         modes = memo.children.claim_access_modes(meta["namespace"], claim)  # one read, until the clients exist
@@ -233,27 +268,73 @@ def _plan(
     return reconcile.plan(job, generation, current, observed, now, settings)
 
 
-def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> None:
+REFUSED = {400, 403, 404, 409, 422}
+"""Answers to a child's write that no retry of the same write fixes: the spec, a quota, an admission
+policy, or another owner's object must change first. They become the job's reason, not kopf's
+endless retries (a 409 on a replace is a stale resourceVersion: the next reconcile plans afresh)."""
+
+
+def _refusal(kind: str, name: str, exc: ApiException) -> reconcile.Refusal:
+    try:
+        said = str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        said = str(exc.reason)
+    return reconcile.Refusal(kind, name, int(exc.status or 0), said)
+
+
+def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> list[reconcile.Refusal]:
+    """Apply the plan's writes and post its events; the writes the API server refused."""
     # Logged through a plain logger: kopf's per-object logger would turn warnings into Events too,
     # and the plan's events are posted explicitly, once each.
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     job = f"{namespace}/{name}"
     children: Children = memo.children
+    refusals: list[reconcile.Refusal] = []
     for manifest in plan.create:
         kopf.adopt(manifest, owner=body)
-        children.create(namespace, manifest)
-        memo.expected[manifest["kind"]] = summarize(manifest)
-        log.info("%s: created %s %s", job, manifest["kind"], manifest["metadata"]["name"])
+        kind, child = manifest["kind"], manifest["metadata"]["name"]
+        try:
+            children.create(namespace, manifest)
+        except NotOurs as exc:
+            refusals.append(reconcile.Refusal(kind, child, 409, str(exc)))
+            continue
+        except ApiException as exc:
+            if exc.status not in REFUSED:
+                raise
+            refusals.append(_refusal(kind, child, exc))
+            continue
+        memo.expected[kind] = summarize(manifest)
+        log.info("%s: created %s %s", job, kind, child)
     for manifest in plan.update:
-        children.patch(namespace, manifest)
-        log.info("%s: updated %s %s to the job's spec", job, manifest["kind"], manifest["metadata"]["name"])
+        kind, child = manifest["kind"], manifest["metadata"]["name"]
+        try:
+            if "resourceVersion" in manifest["metadata"]:
+                kopf.adopt(manifest, owner=body)
+                children.replace(namespace, manifest)
+            else:
+                children.patch(namespace, manifest)
+        except ApiException as exc:
+            if exc.status == 409:
+                log.info("%s: %s %s changed since it was observed; planning again", job, kind, child)
+                continue
+            if exc.status not in REFUSED:
+                raise
+            refusals.append(_refusal(kind, child, exc))
+            continue
+        log.info("%s: updated %s %s to the job's spec", job, kind, child)
     for kind, child_name in plan.delete:
         children.delete(namespace, kind, child_name)
         log.info("%s: deleted %s %s (runPolicy.cleanPolicy)", job, kind, child_name)
-    for event in plan.events:
-        _fence(memo)
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-        (log.warning if event.type == "Warning" else log.info)("%s: %s: %s", job, event.reason, event.message)
+    _post(body, memo, plan.events)
+    if plan.stop_server:
+        settings: Settings = memo.settings
+        url = polling.stop_url(status_url(settings, name, namespace))
+        try:
+            answer = polling.stop(url, str(body["metadata"].get("uid", "")), settings.poll_timeout)
+            log.info("%s: asked the server to stop its run: HTTP %d", job, answer)
+        except OSError as exc:  # a dead server stops nothing; its Service loses the Fleet port anyway
+            log.info("%s: the server could not be told to stop: %s", job, exc)
     if plan.delete_job:
         log.info("%s: deleting the job: ttlSecondsAfterFinished has passed", job)
         children.delete_job(namespace, name)
+    return refusals

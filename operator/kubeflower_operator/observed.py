@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubeflower.core import contract
 from kubeflower.core.server_status import ServerStatus
 
 CONFIG_HASH = "kubeflower.io/config-hash"
@@ -25,6 +26,10 @@ class Child:
     ready_replicas: int = 0
     config_hash: str | None = None
     deleting: bool = False
+    resource_version: str | None = None
+    """What a replace must carry: it fails (409) if the object changed since it was observed."""
+    partitions: int | None = None
+    """The clients' KUBEFLOWER_NUM_PARTITIONS (a StatefulSet's): the split a scale must keep."""
 
 
 def summarize(body: Any) -> Child:
@@ -39,13 +44,38 @@ def summarize(body: Any) -> Child:
         ready_replicas=int(status.get("readyReplicas", 0) or 0),
         config_hash=(meta.get("annotations") or {}).get(CONFIG_HASH),
         deleting=bool(meta.get("deletionTimestamp")),
+        resource_version=meta.get("resourceVersion"),
+        partitions=_partitions(spec),
     )
+
+
+def _partitions(spec: Any) -> int | None:
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    for container in containers[:1]:
+        for var in container.get("env") or []:
+            if var.get("name") == contract.ENV_NUM_PARTITIONS and str(var.get("value", "")).isdigit():
+                return int(var["value"])
+    return None
 
 
 def restart_count(pod: Any) -> int:
     """Container restarts of one pod, from its status."""
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     return sum(int(s.get("restartCount", 0) or 0) for s in statuses)
+
+
+@dataclass(frozen=True)
+class ServerPod:
+    """One server pod: which one (its UID), when it was made, how often its containers restarted."""
+
+    uid: str
+    created: str
+    restarts: int
+
+
+def server_pod(pod: Any) -> ServerPod:
+    meta = pod.get("metadata", {})
+    return ServerPod(meta.get("uid", ""), meta.get("creationTimestamp") or "", restart_count(pod))
 
 
 @dataclass(frozen=True)
@@ -56,13 +86,15 @@ class Poll:
     error: str | None = None
     failing_since: float | None = None
     """Monotonic-free wall time (epoch seconds) of the first failure in the current run of failures."""
+    invalid: bool = False
+    """The server answered, with something that is not a status document."""
 
 
 @dataclass(frozen=True)
 class Observed:
     children: dict[str, Child] = field(default_factory=dict)
     """By kind: Deployment, Service, NetworkPolicy, StatefulSet, ConfigMap (the final status)."""
-    server_restarts: int = 0
+    server_pods: tuple[ServerPod, ...] = ()
     poll: Poll = field(default_factory=Poll)
     data_claim_modes: tuple[str, ...] | None = None
     """The access modes of the job's data claim (spec.data.claimName), read before the clients are

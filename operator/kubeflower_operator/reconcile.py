@@ -18,13 +18,16 @@ from kubeflower.core.api import CleanPolicy, Condition, FederatedTrainingJob, Jo
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, ServerStatus
 from kubeflower_operator import builders
-from kubeflower_operator.observed import CONFIG_HASH, Child, Observed
+from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, ServerPod
 from kubeflower_operator.settings import Settings
 
 Manifest = dict[str, Any]
 METRIC_DIGITS = 4
 """Significant digits of the metrics in the status: `kubectl get ftj` prints them as they are (an
 ACCURACY of 0.9778, not 0.9777777777777777); the server's metrics.json keeps every digit."""
+MAX_ROUND_EVENTS = 3
+"""RoundCompleted events per reconcile: rounds beyond these (a document that jumped ahead, an
+operator back from a long pause) are told in one event, so a document cannot flood the API."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Plan:
     """The whole desired status; the handler patches only the fields that differ (`JobStatus.wire`)."""
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
+    stop_server: bool = False
+    """The operator failed the job while its server may still run it: tell the server to stop."""
 
 
 def with_config_hash(manifest: Manifest) -> Manifest:
@@ -54,13 +59,50 @@ def with_config_hash(manifest: Manifest) -> Manifest:
     return manifest
 
 
-def desired_children(job: FederatedTrainingJob, settings: Settings) -> list[Manifest]:
+def desired_children(job: FederatedTrainingJob, settings: Settings, partitions: int | None = None) -> list[Manifest]:
     """Every child of the job as the operator creates it (before owner references)."""
-    return [with_config_hash(m) for m in builders.all_children(job, settings)]
+    return [with_config_hash(m) for m in builders.all_children(job, settings, partitions)]
+
+
+def count_restarts(previous: JobStatus, pods: tuple[ServerPod, ...]) -> dict[str, Any]:
+    """serverRestarts, serverPod and serverPodRestarts after a look at the server's pods.
+
+    A container restart counts, and so does a pod made anew (an eviction, a lost node: the run
+    starts over there too), which a pod's own restartCount never shows. `serverPod` '!' + UID marks
+    a new pod as expected after that one (the operator replaced the server, or it was suspended).
+    """
+    total = previous.server_restarts or 0
+    known, seen = previous.server_pod, previous.server_pod_restarts or 0
+    if not pods:
+        return {"server_restarts": total, "server_pod": known, "server_pod_restarts": seen}
+    pod = max(pods, key=lambda p: p.created)
+    if known is None:  # the first pod seen (or a status written before this count existed)
+        total = max(total, pod.restarts)
+    elif known.startswith("!"):
+        total += 0 if pod.uid == known[1:] else pod.restarts
+        if pod.uid == known[1:]:
+            return {"server_restarts": total, "server_pod": known, "server_pod_restarts": pod.restarts}
+    elif pod.uid == known:
+        total += max(0, pod.restarts - seen)
+    else:
+        total += 1 + pod.restarts
+    return {"server_restarts": total, "server_pod": pod.uid, "server_pod_restarts": pod.restarts}
+
+
+def expect_new_server_pod(status: JobStatus) -> JobStatus:
+    """The server's next pod is the operator's doing (a replace, a resume): not a restart."""
+    known = status.server_pod
+    if known is None or known.startswith("!"):
+        return status
+    return status.model_copy(update={"server_pod": "!" + known})
 
 
 def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def timestamp_of(epoch: float) -> str:
+    return timestamp(datetime.fromtimestamp(epoch, UTC))
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -85,19 +127,24 @@ def _condition(
 
 
 def _round_events(previous_round: int, document: ServerStatus) -> list[Event]:
+    """One event per new round, at most MAX_ROUND_EVENTS (the oldest new rounds summed up in one)."""
+    new = [record for record in document.history if record.round > previous_round]
     events = []
-    for record in document.history:
-        if record.round > previous_round:
-            shown = record.metrics or record.server_metrics  # an app may evaluate on its server only
-            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items()))
-            events.append(
-                Event(
-                    "Normal",
-                    "RoundCompleted",
-                    f"round {record.round}/{document.total_rounds} in {record.seconds:.1f}s: "
-                    f"{metrics or 'no metrics'} ({record.replies} replies, {record.failures} failures)",
-                )
+    if len(new) > MAX_ROUND_EVENTS:
+        skipped, new = new[: 1 - MAX_ROUND_EVENTS], new[1 - MAX_ROUND_EVENTS :]
+        message = f"rounds {skipped[0].round} to {skipped[-1].round}/{document.total_rounds} completed"
+        events.append(Event("Normal", "RoundCompleted", message))
+    for record in new:
+        shown = record.metrics or record.server_metrics  # an app may evaluate on its server only
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items()))
+        events.append(
+            Event(
+                "Normal",
+                "RoundCompleted",
+                f"round {record.round}/{document.total_rounds} in {record.seconds:.1f}s: "
+                f"{metrics or 'no metrics'} ({record.replies} replies, {record.failures} failures)",
             )
+        )
     return events
 
 
@@ -158,6 +205,7 @@ def plan(
         decided = verdict(job, status, observed, now, settings)
         if decided is not None:
             status = finish(status, decided, now)
+            out.stop_server = decided.phase == Phase.FAILED and decided.reason != "RunFailed"
             kind = "Normal" if decided.phase == Phase.SUCCEEDED else "Warning"
             out.events.append(Event(kind, decided.reason, decided.message))
     status = children_step(job, status, observed, now, settings, out)
@@ -177,7 +225,8 @@ def progress(
     spec = job.spec
     events: list[Event] = []
     restarts_before = previous.server_restarts or 0
-    restarts = max(observed.server_restarts, restarts_before)
+    counted = count_restarts(previous, observed.server_pods)
+    restarts = counted["server_restarts"]
     finished = previous.completion_time is not None
     update: dict[str, Any] = {
         "observed_generation": generation,
@@ -186,7 +235,10 @@ def progress(
         "selector": builders.label_selector(job.metadata.name, environment.CLIENTS),
         "start_time": previous.start_time or timestamp(now),
         "current_round": previous.current_round or 0,
-        "server_restarts": restarts,
+        **counted,
+        "status_failing_since": None
+        if observed.poll.failing_since is None
+        else timestamp_of(observed.poll.failing_since),
         "results": builders.results_location(job),
     }
     if restarts > restarts_before and not finished:
@@ -223,6 +275,37 @@ def progress(
         if document.metrics or document.server_metrics:
             update["metrics"] = job_metrics(job.spec.metric_names, document)
     return previous.model_copy(update=update), events
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A child's write the API server refused: the job cannot go on until something changes."""
+
+    kind: str
+    name: str
+    code: int
+    message: str
+    """The API server's own words (its Status message), which name the field and the rule."""
+
+
+def refused(
+    previous: JobStatus, status: JobStatus, refusals: list[Refusal], generation: int, now: datetime
+) -> tuple[JobStatus, list[Event]]:
+    """The planned status, told why the job waits: reason ChildRefused with the API server's
+    message, and a ChildrenAccepted condition that is False. Waiting, not Failed: fixing the spec
+    (or the quota, the policy, the other owner's object) lets the next reconcile go on. A Warning
+    event when the refusal is new."""
+    message = "; ".join(f"{r.kind} {r.name} refused ({r.code}): {r.message}" for r in refusals)[:1000]
+    message += "; fix the job's spec (or what the message names)"
+    found = [
+        *(status.conditions or []),
+        _condition(previous.conditions or [], "ChildrenAccepted", False, "ChildRefused", message, generation, now),
+    ]
+    update: dict[str, Any] = {"conditions": found}
+    if status.completion_time is None:
+        update |= {"phase": Phase.PENDING, "reason": "ChildRefused", "message": message}
+    repeated = previous.reason == "ChildRefused" and previous.message == message
+    return status.model_copy(update=update), [] if repeated else [Event("Warning", "ChildRefused", message)]
 
 
 def job_metrics(names: MetricNames, document: ServerStatus) -> JobMetrics:
@@ -280,7 +363,7 @@ def verdict(
     if poll.failing_since is not None and now.timestamp() - poll.failing_since > settings.poll_failure_tolerance:
         return Verdict(
             Phase.FAILED,
-            "StatusUnreachable",
+            "StatusInvalid" if poll.invalid else "StatusUnreachable",
             f"the server's status endpoint failed for more than {settings.poll_failure_tolerance:g}s: {poll.error}",
         )
     deadline = policy.active_deadline_seconds
@@ -320,8 +403,17 @@ def children_step(
         if ttl is not None and now >= parse_timestamp(finished_at) + timedelta(seconds=ttl):
             out.delete_job = True
     else:
-        desired = {m["kind"]: m for m in desired_children(job, settings)}
-        _running_children(desired, children, server_ready, out)
+        # The data's split is fixed when the clients are made: a scale changes the replica count,
+        # not the pods' template, so no training client restarts (README, "Scaling a running job").
+        kept = (status.partitions or clients.partitions) if clients is not None else None
+        partitions = kept or spec.clients.replicas
+        desired = {m["kind"]: m for m in desired_children(job, settings, partitions)}
+        run_started = (status.current_round or 0) > 0
+        replaced_server = _running_children(desired, children, server_ready, run_started, out)
+        if clients is not None or any(m["kind"] == "StatefulSet" for m in out.create):
+            update["partitions"] = partitions
+        if replaced_server or spec.run_policy.suspend:
+            status = expect_new_server_pod(status)
         update["phase"], update["reason"], update["message"] = _phase(job, server, clients, observed.poll.document)
     return status.model_copy(update=update)
 
@@ -392,23 +484,41 @@ def _phase(
     return Phase.RUNNING, "Running", "the federation is running"
 
 
-def _running_children(desired: dict[str, Manifest], children: dict[str, Child], server_ready: bool, out: Plan) -> None:
-    """Create what is missing; bring drifted children back to the spec.
+def _running_children(
+    desired: dict[str, Manifest], children: dict[str, Child], server_ready: bool, run_started: bool, out: Plan
+) -> bool:
+    """Create what is missing; bring drifted children back to the spec. True when the server is replaced.
 
-    The server is never replaced mid-run (that would restart the Flower run): only its replica
-    count follows `suspend`. The clients are created once the server is ready, and follow every
-    spec change (replicas, env, resources).
+    A drifted child is replaced whole, guarded by the resourceVersion it was observed at (a field
+    removed from the spec leaves the child too, which a merge patch would not do; a child changed
+    since is not overwritten, and the next reconcile tries again). The server is replaced only
+    before its run starts: while it has never been ready and no round has finished (a wrong image
+    or resources can be fixed); after that only its replica count follows `suspend`, since
+    replacing it would restart the Flower run (a scale changes its run config's minimum of clients:
+    the running run keeps its own). The clients
+    are created once the server is ready, and follow every spec change.
     """
+    replaced_server = False
     for kind, manifest in desired.items():
         child = children.get(kind)
         if kind == "StatefulSet" and not server_ready and child is None:
             continue
         if child is None:
             out.create.append(manifest)
-        elif kind == "Deployment" and child.replicas != manifest["spec"]["replicas"]:
-            out.update.append({**manifest, "spec": {"replicas": manifest["spec"]["replicas"]}})
-        elif kind == "StatefulSet" and child.config_hash != manifest["metadata"]["annotations"][CONFIG_HASH]:
-            out.update.append(manifest)
+            continue
+        if child.deleting or child.config_hash == manifest["metadata"]["annotations"][CONFIG_HASH]:
+            continue
+        if kind == "Deployment" and (server_ready or run_started):
+            if child.replicas != manifest["spec"]["replicas"]:
+                name = {"name": manifest["metadata"]["name"]}
+                out.update.append({**manifest, "metadata": name, "spec": {"replicas": manifest["spec"]["replicas"]}})
+            continue
+        if child.resource_version is None:
+            continue  # created by us, not seen by the watch yet: the next reconcile has it
+        meta = {**manifest["metadata"], "resourceVersion": child.resource_version}
+        out.update.append({**manifest, "metadata": meta})
+        replaced_server |= kind == "Deployment"
+    return replaced_server
 
 
 def _finished_children(job: FederatedTrainingJob, children: dict[str, Child], out: Plan) -> None:
@@ -418,3 +528,11 @@ def _finished_children(job: FederatedTrainingJob, children: dict[str, Child], ou
         child = children.get(kind)
         if child is not None and not child.deleting:
             out.delete.append((kind, child.name))
+    # A finished job's server serves its status and logs until the TTL, nothing more: its Service
+    # loses the Fleet API's port (a SuperLink the operator stopped, or one that stopped itself).
+    service = children.get("Service")
+    if service is not None and "Service" not in doomed and not service.deleting and service.resource_version:
+        manifest = with_config_hash(builders.server_service(job, fleet=False))
+        if service.config_hash != manifest["metadata"]["annotations"][CONFIG_HASH]:
+            manifest["metadata"]["resourceVersion"] = service.resource_version
+            out.update.append(manifest)

@@ -60,7 +60,8 @@ Where it differs from a real API server, knowingly:
   With no kubelet, Pods are deleted at once, with no graceful termination.
 * Garbage collection is background propagation done at once when the owner is
   removed; ``Foreground`` is treated as ``Background``; ``Orphan`` drops the owner
-  references right away.
+  references right away. An object written with owners that all no longer exist is
+  deleted at once too (the real collector does so after checking they are gone).
 * Strategic merge patches know the merge keys of common lists only (see ``patching``).
 * Creating a namespaced object requires its namespace to exist (as with the real
   NamespaceLifecycle admission); only ``default`` exists at start.

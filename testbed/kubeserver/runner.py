@@ -63,6 +63,15 @@ class KubeServer:
         self._host = host
 
     @property
+    def admission(self) -> list[Any]:
+        """Admission rules of this server (a list to append to): each takes the resource as
+        ``plural.group`` and the object being created or replaced, and returns why it is refused
+        (answered 422 Invalid with that text) or None."""
+        if self._emulator is None:
+            raise RuntimeError("the server is not running")
+        return self._emulator.admission
+
+    @property
     def url(self) -> str:
         """The base URL, e.g. ``http://127.0.0.1:41234``."""
         return f"http://{self._host}:{self._port}"

@@ -42,6 +42,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
     events: watch.EventLog = attrs.field(factory=watch.EventLog, init=False)
     store: Store = attrs.field(init=False)
     failures: list[Exception] = attrs.field(factory=list, init=False)  # server bugs (500s)
+    # Admission rules a test sets (`KubeServer.admission`): (resource as `plural.group`, the object
+    # to store) -> why it is refused, or None. A real API server's validation and admission refuse
+    # objects for reasons these tests need to provoke (an invalid field, a quota, a policy).
+    admission: list[Callable[[str, dict[str, Any]], str | None]] = attrs.field(factory=list, init=False)
     _request_ids: Iterator[int] = attrs.field(factory=itertools.count, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -164,7 +168,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
         spec = self._spec(request)
         if request.subresource is not None:
             raise errors.method_not_allowed(f"cannot create {request.subresource} of {spec.qualified}")
-        return rendering.Response(status=201, payload=self.store.create(spec, request.namespace, _json_body(request)))
+        body = _json_body(request)
+        self._admit(spec, body)
+        return rendering.Response(status=201, payload=self.store.create(spec, request.namespace, body))
+
+    def _admit(self, spec: ResourceSpec, obj: Any) -> None:
+        for rule in list(self.admission):
+            why = rule(spec.qualified, obj) if isinstance(obj, dict) else None
+            if why is not None:
+                raise errors.invalid(spec.qualified, str(obj.get("metadata", {}).get("name", "")), why)
 
     async def _serve_update(self, request: rendering.Request) -> Any:
         """PATCH: the patch is applied to the whole object (or to its Scale), then stored as a PUT would be."""
@@ -185,6 +197,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if request.name is None:
             raise errors.method_not_allowed(f"cannot replace the whole collection of {spec.qualified}")
         body = _json_body(request)
+        if request.subresource is None:
+            self._admit(spec, body)
         return self._write(spec, request, lambda _: copy.deepcopy(body))
 
     def _write(self, spec: ResourceSpec, request: rendering.Request, change: Callable[[Any], Any]) -> Any:

@@ -142,7 +142,9 @@ class Store:
         elif spec is self._namespaces:
             obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
             obj["status"] = {"phase": "Active"}
-        return self._put(spec, obj, ADDED, None)
+        created = self._put(spec, obj, ADDED, None)
+        self._collect_if_ownerless(spec, obj)
+        return created
 
     def update(
         self,
@@ -185,7 +187,9 @@ class Store:
 
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             return self._drop(spec, new)
-        return self._put(spec, new, MODIFIED, old)
+        updated = self._put(spec, new, MODIFIED, old)
+        self._collect_if_ownerless(spec, new)
+        return updated
 
     def _main_write(self, spec: ResourceSpec, old: Obj, desired: Obj) -> Obj:
         new = desired
@@ -302,6 +306,19 @@ class Store:
                 self._set_owners(spec, current, remaining)
             else:
                 self._delete(spec, current)
+
+    def _collect_if_ownerless(self, spec: ResourceSpec, obj: Obj) -> None:
+        """
+        The garbage collector on an object written with owners that are all gone already.
+
+        A controller acting on a stale list (a ReplicaSet's pod made just after the ReplicaSet was
+        collected) writes such dependents; the real collector finds that no owner exists and
+        deletes them, so this does too (at once, background), or they would live on forever here.
+        """
+        references = obj["metadata"].get("ownerReferences") or []
+        alive = any(ref.get("uid") in self._uids for ref in references)
+        if references and not alive and not obj["metadata"].get("deletionTimestamp"):
+            self._delete(spec, obj)
 
     def _release_dependents(self, owner_uid: str) -> None:
         """The Orphan propagation policy: dependents lose their reference to the owner."""

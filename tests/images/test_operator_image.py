@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
 from testbed.cluster import wait_for
@@ -31,6 +32,7 @@ KINDS = {
     "Service": ("v1", "services"),
     "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies"),
     "StatefulSet": ("apps/v1", "statefulsets"),
+    "FederatedTrainingJob": ("kubeflower.io/v1alpha1", "federatedtrainingjobs"),
 }
 
 
@@ -114,8 +116,12 @@ def test_the_operator_image_reconciles_a_job_as_render_says(
     operator_container: tuple[KubeServer, StatusBoard], tmp_path: Path
 ) -> None:
     kube, board = operator_container
-    expected = {(o["kind"], o["metadata"]["name"]): comparable(o) for o in render(DIGITS, NAMESPACE)}
     kube.kubectl("apply", "-n", NAMESPACE, "-f", str(DIGITS), "--validate=false")
+    # The server's stop token is the job's UID, which the API server gives it: render that job.
+    applied = yaml.safe_load(DIGITS.read_text())
+    applied["metadata"]["uid"] = kube.get(*KINDS["FederatedTrainingJob"], NAMESPACE, JOB)["metadata"]["uid"]
+    (tmp_path / "applied.yaml").write_text(yaml.safe_dump(applied))
+    expected = {(o["kind"], o["metadata"]["name"]): comparable(o) for o in render(tmp_path / "applied.yaml", NAMESPACE)}
 
     def child(kind: str) -> dict[str, Any] | None:
         name = f"{JOB}-clients" if kind == "StatefulSet" else f"{JOB}-server"

@@ -29,6 +29,12 @@ def test_client_partition_from_the_pod_ordinal() -> None:
     assert command[command.index("--port") + 1] == str(contract.SUPERNODE_PORT)
 
 
+def test_a_client_added_by_a_scale_up_shares_a_partition() -> None:
+    """The split is fixed when the clients are made (3 here): client 4 trains on partition 1."""
+    command = client.supernode_command({**BASE, contract.ENV_POD_NAME: "j-clients-4"})
+    assert command[command.index("--node-config") + 1] == "partition-id=1 num-partitions=3"
+
+
 def test_an_explicit_partition_id_wins() -> None:
     env = {
         **BASE,
@@ -45,7 +51,7 @@ def test_an_explicit_partition_id_wins() -> None:
     [
         ({contract.ENV_NUM_PARTITIONS: "2", contract.ENV_POD_NAME: "x-0"}, "KUBEFLOWER_SUPERLINK is not set"),
         ({**BASE, contract.ENV_POD_NAME: "no-ordinal"}, "does not end in a StatefulSet ordinal"),
-        ({**BASE, contract.ENV_POD_NAME: "j-clients-3"}, "outside 0..2"),
+        ({**BASE, contract.ENV_PARTITION_ID: "3"}, "outside 0..2"),
         ({contract.ENV_SUPERLINK: "x:1", contract.ENV_POD_NAME: "j-0"}, "KUBEFLOWER_NUM_PARTITIONS"),
     ],
 )

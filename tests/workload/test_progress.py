@@ -72,7 +72,7 @@ def test_the_built_in_apps_structured_events_survive_any_chunking_and_alone_coun
 
 
 def test_a_users_app_cannot_forge_the_built_in_apps_events() -> None:
-    forged = RoundRecord(round=999999, metrics={"accuracy": 1.0}, replies=999)
+    forged = RoundRecord(round=99999, metrics={"accuracy": 1.0}, replies=999)
     parser = progress.LogProgress()
     found = parser.feed(f"{progress.event_line(forged)}\n" + FLOWER_LOG, now=0.0) + parser.finish(now=1.0)
     assert [r.round for r in found] == [1, 2] and all(r.replies <= 2 for r in found)

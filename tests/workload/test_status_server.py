@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 
 from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
+from kubeflower_operator import poll as polling
 from kubeflower_workload import status_server
 
 STATUS = ServerStatus(phase=Phase.RUNNING, total_rounds=3, clients=ClientCounts(connected=2, expected=2)).with_round(
@@ -53,3 +54,21 @@ def test_endpoints() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_stop_obeys_only_the_jobs_token() -> None:
+    """POST /stop with the job's UID ends the run (the operator failed the job); nothing else does."""
+    stopped: list[bool] = []
+    stop = status_server.Stop("job-uid-1", lambda: stopped.append(True))
+    server = status_server.serve(0, lambda: STATUS, lambda: True, "job", host="127.0.0.1", stop=stop)
+    plain = status_server.serve(0, lambda: STATUS, lambda: True, "job", host="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/stop"
+        assert polling.stop(url, "someone-else", 2) == 403 and stopped == []
+        assert polling.stop(url, "", 2) == 403 and stopped == []
+        assert polling.stop(url, "job-uid-1", 2) == 202 and stopped == [True]
+        assert polling.stop(f"http://127.0.0.1:{plain.server_address[1]}/stop", "job-uid-1", 2) == 404
+    finally:
+        for s in (server, plain):
+            s.shutdown()
+            s.server_close()

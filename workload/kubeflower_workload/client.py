@@ -1,7 +1,9 @@
 """`kubeflower-client`: a client pod's entry point, which runs `flower-supernode`.
 
 The partition id is the pod's StatefulSet ordinal (KUBEFLOWER_POD_NAME), unless
-KUBEFLOWER_PARTITION_ID sets it; the number of partitions is the replica count. The SuperNode
+KUBEFLOWER_PARTITION_ID sets it; the number of partitions is the replica count when the clients
+were made, fixed for the job's life: a client added by a scale up (an ordinal past it) trains on
+partition ordinal mod partitions, beside the client that already has it. The SuperNode
 retries the SuperLink until it answers, so clients may start before the server.
 
 The entry point stays the SuperNode's parent rather than exec'ing it: the SuperNode's SuperExec
@@ -41,13 +43,16 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
     try:
         num_partitions = int(env.get(contract.ENV_NUM_PARTITIONS, ""))
         explicit = env.get(contract.ENV_PARTITION_ID)
-        partition_id = int(explicit) if explicit else contract.ordinal_from_pod_name(env.get(contract.ENV_POD_NAME, ""))
+        ordinal = None if explicit else contract.ordinal_from_pod_name(env.get(contract.ENV_POD_NAME, ""))
+        partition_id = int(explicit) if explicit else int(ordinal or 0) % max(num_partitions, 1)
         port = int(env.get(contract.ENV_SUPERNODE_PORT) or contract.SUPERNODE_PORT)
     except ValueError as exc:
         raise SettingsError(
             f"{exc}; set {contract.ENV_NUM_PARTITIONS} and {contract.ENV_POD_NAME} (or {contract.ENV_PARTITION_ID}) "
             "to whole numbers / a StatefulSet pod name"
         ) from None
+    if ordinal is not None and ordinal >= num_partitions > 0:
+        LOG.info("client %d was added by a scale up: it trains on partition %d", ordinal, partition_id)
     if not 0 <= partition_id < num_partitions:
         raise SettingsError(
             f"partition id {partition_id} is outside 0..{num_partitions - 1} ({contract.ENV_NUM_PARTITIONS})"

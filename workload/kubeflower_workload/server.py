@@ -80,6 +80,7 @@ class Settings:
     output_dir: Path
     job_uid: str
     final_status: Path | None
+    stop_token: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -124,6 +125,7 @@ class Settings:
             output_dir=Path(need(contract.ENV_OUTPUT_DIR)),
             job_uid=env.get(contract.ENV_JOB_UID, ""),
             final_status=Path(env[contract.ENV_FINAL_STATUS]) if env.get(contract.ENV_FINAL_STATUS) else None,
+            stop_token=env.get(contract.ENV_STOP_TOKEN, ""),
         )
 
 
@@ -224,6 +226,8 @@ class Supervisor:
     def __init__(self, settings: Settings, board: Board, log_copy: IO[bytes] | None = None) -> None:
         self.settings, self.board, self.log_copy = settings, board, log_copy
         self.stop = threading.Event()
+        self.abort = threading.Event()
+        """The operator failed the job (`POST /stop`): end the run as Failed, stop the SuperLink."""
         self.wake = threading.Event()
         self.control = Control(f"127.0.0.1:{settings.superlink_port}")
         self.superlink: subprocess.Popen[bytes] | None = None
@@ -232,6 +236,10 @@ class Supervisor:
 
     def request_stop(self) -> None:
         self.stop.set()
+        self.wake.set()
+
+    def request_abort(self) -> None:
+        self.abort.set()
         self.wake.set()
 
     def healthy(self) -> bool:
@@ -285,6 +293,11 @@ class Supervisor:
         follower = LogFollower(self.control, run_id, self.board, on_end=self.wake.set, builtin=builtin)
         follower.start()
         while not self.stop.is_set():
+            if self.abort.is_set():
+                LOG.warning("the operator failed the job: stopping run %d and the SuperLink", run_id)
+                self._stop_run(run_id)
+                self._finished(RunState("finished", "stopped", "stopped by the operator: the job failed"), None)
+                return self._serve_final()
             if self.superlink.poll() is not None:
                 LOG.error("the SuperLink exited with code %s during run %d", self.superlink.returncode, run_id)
                 return 1
@@ -308,11 +321,14 @@ class Supervisor:
             self.wake.wait(POLL_INTERVAL)
             self.wake.clear()
         LOG.info("stopping run %d", run_id)
+        self._stop_run(run_id)
+        return 0
+
+    def _stop_run(self, run_id: int) -> None:
         try:
             self.control.stop_run(run_id)
         except ControlError as exc:
             LOG.warning("stopping run %d: %s", run_id, exc)
-        return 0
 
     def _fail_run(self, run_id: int, follower: LogFollower, reason: str) -> int:
         """A round of a user's app had no client succeed: stop its run and fail it, as the built-in
@@ -518,7 +534,8 @@ def main() -> int:
     supervisor = Supervisor(settings, board, log_copy)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
-    if board.get().phase.finished:
+    finished = board.get().phase.finished
+    if finished:
         LOG.info(
             "job %s already %s after %d/%d rounds: serving its final state, not running again",
             settings.job,
@@ -530,7 +547,17 @@ def main() -> int:
         if board.get().resumed_round:
             LOG.info("job %s: %s", settings.job, board.get().message)
         supervisor.start_superlink()
-    http = status_server.serve(settings.status_port, board.get, supervisor.healthy, settings.job, settings.bind_host)
+    http = status_server.serve(
+        settings.status_port,
+        board.get,
+        supervisor.healthy,
+        settings.job,
+        settings.bind_host,
+        # A finished job has no run to stop; a running one stops when the operator says so.
+        stop=status_server.Stop(settings.stop_token, supervisor.request_abort)
+        if settings.stop_token and not finished
+        else None,
+    )
     LOG.info("serving /status, /metrics and /healthz on %s:%d", settings.bind_host, settings.status_port)
     try:
         return supervisor.run()

@@ -7,10 +7,13 @@ entry point stays small next to the SuperLink.
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from kubeflower.core import contract
 from kubeflower.core.server_status import Phase, ServerStatus
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -49,12 +52,36 @@ def prometheus_text(status: ServerStatus, job: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class Stop:
+    """`POST /stop`: the operator's word that the job failed (its deadline, its backoffLimit). Only
+    a request carrying the job's UID (contract.STOP_TOKEN_HEADER) is obeyed."""
+
+    token: str
+    stop: Callable[[], None]
+
+
 def serve(
-    port: int, status: Callable[[], ServerStatus], healthy: Callable[[], bool], job: str, host: str = "0.0.0.0"
+    port: int,
+    status: Callable[[], ServerStatus],
+    healthy: Callable[[], bool],
+    job: str,
+    host: str = "0.0.0.0",
+    stop: Stop | None = None,
 ) -> ThreadingHTTPServer:
     """Start serving in a daemon thread; `shutdown()` the returned server to stop."""
 
     class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            given = self.headers.get(contract.STOP_TOKEN_HEADER, "")
+            if self.path.split("?", 1)[0] != "/stop" or stop is None:
+                self._reply(404, "text/plain", "not found\n")
+            elif not hmac.compare_digest(given.encode(), stop.token.encode()):
+                self._reply(403, "text/plain", "forbidden\n")
+            else:
+                stop.stop()
+                self._reply(202, "text/plain", "stopping\n")
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/status":
