@@ -334,13 +334,15 @@ def test_a_named_service_account_gets_its_token_mounted_and_nothing_else_changes
     ("settings", "field", "words"),
     [
         ({"volumes": [{"name": "host", "hostPath": {"path": "/"}}]}, "volumes", "restricted Pod Security Standard"),
-        ({"volumes": [{"name": "tmp", "emptyDir": {}}]}, "volumes", "operator's own"),
-        ({"volumeMounts": [{"name": "x", "mountPath": "/x"}]}, "volumeMounts", "names no volume"),
+        ({"volumes": [{"name": "tmp", "emptyDir": {}}]}, "volumes[0].name", "operator's own"),
+        ({"volumes": [{"name": "x"}]}, "volumes[0]", "exactly one volume type"),
+        ({"volumeMounts": [{"name": "x", "mountPath": "/x"}]}, "volumeMounts", "names a volume of volumes"),
         (
             {"volumes": [{"name": "x", "emptyDir": {}}], "volumeMounts": [{"name": "x", "mountPath": "/tmp/x"}]},
-            "volumeMounts",
-            "inside the operator's /tmp",
+            "volumeMounts[0].mountPath",
+            "outside the operator's own",
         ),
+        ({"volumeMounts": [{"name": "output", "mountPath": "/x"}]}, "volumeMounts[0].name", "mounted already"),
     ],
 )
 def test_pod_template_fields_that_would_break_the_pod_are_refused_naming_the_field(

@@ -9,6 +9,7 @@ from kubeflower.core import contract
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
 from kubeflower.core.validation import parse_job
+from kubeflower_operator import builders
 from kubeflower_operator.observed import CONFIG_HASH, Child, Observed, Poll, ServerPod, restart_count, summarize
 from kubeflower_operator.reconcile import Plan, Refusal, count_restarts, desired_children, invalid_plan, plan, refused
 from kubeflower_operator.settings import Settings
@@ -220,7 +221,8 @@ def test_the_server_follows_its_spec_until_a_round_has_finished() -> None:
     fixed = parse_job(job(namespace="default"))
     early = plan(fixed, 2, JobStatus(server_pod="uid-1"), Observed(children=found), NOW, SETTINGS)
     (server,) = [m for m in early.update if m["kind"] == "Deployment"]
-    assert "resources" not in server["spec"]["template"]["spec"]["containers"][0]
+    defaults = builders.with_defaults({}, builders.SERVER_RESOURCES)
+    assert server["spec"]["template"]["spec"]["containers"][0]["resources"] == defaults, "the 64 CPUs are gone"
     assert early.status.server_pod == "!uid-1", "the replaced server's new pod is not a restart"
     running = children(wrong)
     late = plan(fixed, 2, JobStatus(current_round=2), Observed(children=running), NOW, SETTINGS)
