@@ -373,13 +373,13 @@ def test_a_removed_node_selector_leaves_the_clients(operator: None, cluster: Clu
 
 
 def test_a_name_taken_by_another_owner_is_a_conflict_not_adopted(operator: None, cluster: Cluster) -> None:
-    other = {
-        "apiVersion": "kubeflower.io/v1alpha1",
-        "kind": "FederatedTrainingJob",
-        "name": "someone-else",
-        "uid": "0000-other",
-        "controller": True,
-    }
+    # The other owner exists (the API test server, like the real garbage collector, removes an
+    # object whose owners are all gone).
+    someone = cluster.kube.create(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "someone-else", "namespace": cluster.ns}}
+    )
+    uid = someone["metadata"]["uid"]
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "someone-else", "uid": uid, "controller": True}
     taken = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -389,7 +389,7 @@ def test_a_name_taken_by_another_owner_is_a_conflict_not_adopted(operator: None,
     cluster.kube.create(taken)
     cluster.apply(job("fl"))
     status = cluster.wait_status("fl", lambda s: s.get("reason") == "ChildRefused")
-    assert "Service fl-server already exists and belongs to" in status["message"] and "0000-other" in status["message"]
+    assert "Service fl-server already exists and belongs to" in status["message"] and uid in status["message"]
     (service,) = cluster.children("fl")["Service"] or [cluster.kube.get("v1", "services", cluster.ns, "fl-server")]
     assert service["metadata"]["ownerReferences"] == [other], "never adopted"
     assert service["spec"]["ports"] == [{"port": 80}], "never overwritten"
@@ -480,7 +480,9 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
         wait_for(lambda: cluster.children("fl")["Deployment"][0]["spec"]["replicas"] == 0, 20, "suspended")
         board.post(cluster.ns, "fl", document(3, Phase.SUCCEEDED))
         wait_for(lambda: cluster.job("fl") is None, 30, "the job deleted after its TTL")
-        owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "other", "controller": True}
+        x = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": cluster.ns}}
+        uid = kube.create(x)["metadata"]["uid"]  # an owner that exists
+        owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": uid, "controller": True}
         create(
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken-server", "ownerReferences": [owner]}}
         )

@@ -139,8 +139,8 @@ class ServerStatus(_Doc):
         rounds = [r.round for r in self.history]
         if rounds != sorted(set(rounds)) or (rounds and rounds[-1] > self.current_round):
             raise ValueError("history must be the finished rounds, oldest first, none past currentRound")
-        if self.resumed_round is not None and self.resumed_round > self.current_round:
-            raise ValueError(f"resumedRound {self.resumed_round} is past currentRound {self.current_round}")
+        if self.total_rounds and (self.resumed_round or 0) > self.total_rounds:
+            raise ValueError(f"resumedRound {self.resumed_round} is past totalRounds {self.total_rounds}")
         return self
 
     def with_round(self, record: RoundRecord) -> ServerStatus:

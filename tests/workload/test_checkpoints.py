@@ -196,7 +196,7 @@ def test_a_starting_server_resumes_its_jobs_rounds_or_serves_its_final_state(tmp
     assert server.initial_status(_settings(tmp_path, "another-job"), "now").phase == Phase.PENDING
     # metrics.json of this job, finished, wins (it has every round); a running one is not final.
     metrics = contract.OutputFolder(settings.output_dir).metrics
-    metrics.write_text(final.model_copy(update={"history": [RoundRecord(round=1)] * 3}).to_json())
+    metrics.write_text(final.model_copy(update={"history": [RoundRecord(round=r) for r in (1, 2, 3)]}).to_json())
     assert len(server.initial_status(settings, "now").history) == 3
     settings.final_status.unlink()
     metrics.write_text(final.model_copy(update={"phase": Phase.RUNNING}).to_json())
