@@ -9,6 +9,7 @@ output volume and runs uninterrupted, the reference for the final accuracy.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,6 +44,14 @@ def _new_server(cluster: Cluster, name: str, old: str) -> dict[str, Any]:
     """The server's status document, once served by a pod other than `old`."""
     wait_for(lambda: all(p["metadata"]["name"] != old for p in cluster.pods(name, "server")), 120, "the old pod gone")
     return wait_for(lambda: cluster.server_document(name), 120, f"a new server pod of {name} serving")
+
+
+def _command(pid: int) -> str:
+    """A process's command line ("" once it has gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _delete_server_pod(cluster: Cluster, name: str) -> str:
@@ -88,8 +97,9 @@ def test_a_deleted_server_pod_resumes_from_its_output_claim_and_a_finished_job_n
         assert old != deleted
         served = _new_server(cluster, name, old)
         assert served["phase"] == "Succeeded" and served["currentRound"] == ROUNDS, served
-        commands = cluster.processes(name, "server").values()
-        assert commands and not any("flower-superlink" in c for c in commands), commands
+        commands = [_command(pid) for pid in cluster.processes(name, "server")]
+        assert any("kubeflower-server" in c for c in commands), commands  # the server runs ...
+        assert not any("flower-superlink" in c for c in commands), commands  # ... and no SuperLink
         status = cluster.status(name)
         assert status["phase"] == "Succeeded" and status["round"] == f"{ROUNDS}/{ROUNDS}", status
         assert not cluster.processes(name, "clients")
