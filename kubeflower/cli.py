@@ -73,7 +73,7 @@ def _crd(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from kubeflower.local import run_job
 
-    return run_job(args.file, args.output)
+    return run_job(args.file, args.output, resume=args.resume)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -95,6 +95,14 @@ def parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a job locally as processes, with live progress")
     run.add_argument("file", type=Path)
     run.add_argument("--output", "-o", type=Path, default=None, help="results folder (default: ./runs/<job>)")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help=(
+            "continue the run interrupted in the output folder after its last checkpoint (a finished run is only "
+            "reported); without it a run starts over and clears the folder's results and checkpoints"
+        ),
+    )
     run.set_defaults(handler=_run)
     return top
 

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,20 +64,26 @@ class Member:
     log: Path
 
 
-def run_job(path: Path, output: Path | None) -> int:
-    """Run the job in `path` to its end; 0 when it succeeded. Ctrl-C stops it (exit 130)."""
+def run_job(path: Path, output: Path | None, resume: bool = False) -> int:
+    """Run the job in `path` to its end; 0 when it succeeded. Ctrl-C stops it (exit 130).
+
+    `resume`: continue the run of the output folder after its last checkpoint (its job UID read
+    back from the folder); else start over: a fresh UID, the previous results and checkpoints gone.
+    """
     job = load_job(path)
     output = (output or Path("runs") / job.metadata.name).resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    for stale in contract.OutputFolder(output).results():  # a previous run's results
-        stale.unlink(missing_ok=True)
+    try:
+        job.metadata.uid = prepare_output(contract.OutputFolder(output), resume)
+    except LocalRunError as exc:
+        Console(soft_wrap=True).print(f"[red]job {job.metadata.name} cannot resume:[/red] {exc}")
+        return 1
     console = Console(soft_wrap=True)  # messages and paths whole, in a terminal and in a log file
     processes.become_subreaper()
     # SIGINT too: a process started in the background by a script inherits SIGINT ignored, and
     # Python then never raises KeyboardInterrupt; Ctrl-C and SIGTERM must always stop the job.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _federation(job, path.resolve().parent, output) as (members, status_url):
+        with _federation(job, path.resolve().parent, output, keep_logs=resume) as (members, status_url):
             status = _follow(job, members, status_url, console)
     except KeyboardInterrupt:
         console.print("[yellow]stopped: every process of the job has been ended[/yellow]")
@@ -89,6 +96,25 @@ def run_job(path: Path, output: Path | None) -> int:
             signal.signal(sig, handler)
     _report(status, output, console, job.spec.metric_names)
     return 0 if status.phase == Phase.SUCCEEDED else 1
+
+
+def prepare_output(folder: contract.OutputFolder, resume: bool) -> str:
+    """The output folder made ready for a run; returns the job UID the run carries."""
+    folder.root.mkdir(parents=True, exist_ok=True)
+    if resume:
+        try:
+            return folder.job_uid.read_text().strip()
+        except OSError:
+            raise LocalRunError(
+                f"{folder.job_uid} cannot be read: {folder.root} holds no run of `kubeflower run` to resume; "
+                "run without --resume to start one"
+            ) from None
+    for stale in folder.results():  # a previous run's results
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(folder.checkpoints, ignore_errors=True)
+    uid = str(uuid.uuid4())
+    folder.job_uid.write_text(uid + "\n")
+    return uid
 
 
 def host_cpu_share(sharers: int) -> int:
@@ -122,6 +148,8 @@ def local_commands(
             contract.ENV_BIND_HOST: "127.0.0.1",
             contract.ENV_OUTPUT_DIR: str(output),
             contract.ENV_DATA_DIR: data_dir,
+            contract.ENV_FINAL_STATUS: "",  # no operator here: the output folder says if the run finished
+            contract.ENV_STOP_TOKEN: "",  # nor anyone to stop the run through the status port (Ctrl-C does)
             contract.ENV_WORK_DIR: str(contract.OutputFolder(output).app),
             "FLWR_HOME": str(home / "server"),
             **({contract.ENV_TLS_DIR: str(key_dirs["server"])} if key_dirs else {}),
@@ -140,6 +168,8 @@ def local_commands(
                 contract.ENV_POD_NAME: f"{clients}-{ordinal}",
                 contract.ENV_SUPERLINK: f"127.0.0.1:{superlink_port}",
                 contract.ENV_SUPERNODE_PORT: str(supernode_ports[ordinal]),
+                contract.ENV_HEALTH_ADDRESS: "",  # no kubelet here: no health server, no port
+                contract.ENV_CACHE_DIR: "",  # the data folder here is the user's own, writable
                 contract.ENV_DATA_DIR: data_dir,
                 contract.ENV_WORK_DIR: str(home / f"client-{ordinal}" / "app"),  # as a pod's own emptyDir
                 "FLWR_HOME": str(home / f"client-{ordinal}"),
@@ -172,15 +202,19 @@ def write_keys(job: FederatedTrainingJob, folder: Path) -> dict[str, Path]:
 
 
 @contextlib.contextmanager
-def _federation(job: FederatedTrainingJob, job_dir: Path, output: Path) -> Iterator[tuple[list[Member], str]]:
-    """The server and the clients, running; all stopped (and their trees killed) on the way out."""
+def _federation(
+    job: FederatedTrainingJob, job_dir: Path, output: Path, keep_logs: bool
+) -> Iterator[tuple[list[Member], str]]:
+    """The server and the clients, running; all stopped (and their trees killed) on the way out.
+    `keep_logs`: a resumed run's processes append to the logs of the run they continue."""
     home = Path(tempfile.mkdtemp(prefix=f"kubeflower-{job.metadata.name}-"))
     members: list[Member] = []
     try:
         commands = local_commands(job, job_dir, output, home)
         for name, command, env in commands:
             log = contract.OutputFolder(output).logs / f"{name}.log"
-            log.unlink(missing_ok=True)
+            if not keep_logs:
+                log.unlink(missing_ok=True)
             members.append(Member(name, processes.start(command, processes.child_env(env), log), log))
         status_port = commands[0][2][contract.ENV_STATUS_PORT]
         yield members, f"http://127.0.0.1:{status_port}/status"

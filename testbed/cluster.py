@@ -39,6 +39,7 @@ CHILD_KINDS = (
     ("Service", "v1", "services"),
     ("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies"),
     ("Secret", "v1", "secrets"),
+    ("ConfigMap", "v1", "configmaps"),
 )
 """What carries a job's label: its children (its keys' Secrets too), and the replica sets and pods they make."""
 

@@ -82,6 +82,82 @@ INVALID: list[tuple[str, list[Any], str]] = [
     ("bulyan-with-two-clients", [_set("spec.strategy", {"name": "Bulyan"})], "spec.strategy.name"),
     ("negative-learning-rate", [_set("spec.task.learningRate", -0.1)], "spec.task.learningRate"),
     ("fractional-epochs", [_set("spec.task.localEpochs", 1.5)], "spec.task.localEpochs"),
+    (
+        "output-claim-and-source",
+        [_set("spec.output", {"claimName": "results", "source": {"csi": {"driver": "nfs.csi.k8s.io"}}})],
+        "spec.output.claimName",
+    ),
+    ("output-neither", [_set("spec.output", {})], "spec.output.claimName"),
+    # Pod template fields (issue 13): Kubernetes' own types, the restricted PSS's volume types, not
+    # the operator's names or paths, every bound.
+    (
+        "volume-of-a-forbidden-type",
+        [_set("spec.server.volumes", [{"name": "share", "nfs": {"server": "nas", "path": "/"}}])],
+        "spec.server.volumes",
+    ),
+    ("volume-without-a-type", [_set("spec.clients.volumes", [{"name": "x"}])], "spec.clients.volumes[0]"),
+    (
+        "volume-with-two-types",
+        [_set("spec.clients.volumes", [{"name": "x", "emptyDir": {}, "secret": {"secretName": "s"}}])],
+        "spec.clients.volumes[0]",
+    ),
+    (
+        "volume-takes-the-operators-name",
+        [_set("spec.server.volumes", [{"name": "output", "emptyDir": {}}])],
+        "spec.server.volumes[0].name",
+    ),
+    (
+        "volume-field-unknown",
+        [_set("spec.server.volumes", [{"name": "x", "emptyDir": {"size": "1Gi"}}])],
+        "spec.server.volumes[0].emptyDir.size",
+    ),
+    (
+        "volume-size-not-a-quantity",
+        [_set("spec.server.volumes", [{"name": "x", "emptyDir": {"sizeLimit": "huge"}}])],
+        "spec.server.volumes[0].emptyDir.sizeLimit",
+    ),
+    (
+        "volumes-too-many",
+        [_set("spec.clients.volumes", [{"name": f"v{i}", "emptyDir": {}} for i in range(65)])],
+        "spec.clients.volumes",
+    ),
+    (
+        "mount-of-the-operators-volume",
+        [
+            _set("spec.clients.volumes", [{"name": "x", "emptyDir": {}}]),
+            _set("spec.clients.volumeMounts", [{"name": "data", "mountPath": "/d"}]),
+        ],
+        "spec.clients.volumeMounts[0].name",
+    ),
+    (
+        "mount-inside-the-operators-path",
+        [
+            _set("spec.server.volumes", [{"name": "x", "emptyDir": {}}]),
+            _set("spec.server.volumeMounts", [{"name": "x", "mountPath": "/tmp/x"}]),
+        ],
+        "spec.server.volumeMounts[0].mountPath",
+    ),
+    (
+        "mount-of-no-volume",
+        [_set("spec.server.volumeMounts", [{"name": "x", "mountPath": "/x"}])],
+        "spec.server.volumeMounts",
+    ),
+    (
+        "pull-secret-unknown-field",
+        [_set("spec.server.imagePullSecrets", [{"name": "regcred", "namespace": "other"}])],
+        "spec.server.imagePullSecrets[0].namespace",
+    ),
+    ("service-account-too-long", [_set("spec.server.serviceAccountName", "a" * 254)], "spec.server.serviceAccountName"),
+    ("priority-class-empty", [_set("spec.clients.priorityClassName", "")], "spec.clients.priorityClassName"),
+    ("pod-label-too-long", [_set("spec.clients.labels", {"team": "t" * 64})], "spec.clients.labels.team"),
+    ("pod-annotation-not-text", [_set("spec.server.annotations", {"a": 1})], "spec.server.annotations.a"),
+    (
+        "output-source-of-a-forbidden-type",
+        [_set("spec.output", {"source": {"hostPath": {"path": "/srv"}}})],
+        "spec.output.source",
+    ),
+    ("output-source-without-a-type", [_set("spec.output", {"source": {}})], "spec.output.source"),
+    ("data-claim-name-too-long", [_set("spec.data", {"claimName": "c" * 254})], "spec.data.claimName"),
     # No coercion: what the API server refuses, `kubeflower validate` refuses too.
     ("rounds-as-a-string", [_set("spec.rounds", "3")], "spec.rounds"),
     ("replicas-as-a-float", [_set("spec.clients.replicas", 2.0)], "spec.clients.replicas"),

@@ -7,12 +7,13 @@ import json
 import pytest
 
 from kubeflower.core import contract
-from kubeflower.core.validation import parse_job
+from kubeflower.core.validation import JobInvalid, parse_job
 from kubeflower_operator import builders
 from kubeflower_operator.reconcile import desired_children
 from kubeflower_operator.settings import Settings
 from testbed.jobs import job
 from tests.pss import restricted_violations
+from tests.strict import strict_errors
 
 SETTINGS = Settings()
 
@@ -218,3 +219,139 @@ def test_warm_client_apps_reach_the_client_pods_with_their_memory() -> None:
     assert own["resources"] == {"limits": {"memory": "3Gi"}}  # the user's memory wins
     app = builders.client_statefulset(parse_job(job(task=None, app={"path": "/app"}, image="me/app:1")), SETTINGS)
     assert env_of(app)[contract.ENV_APP_PATH] == "/app"  # the clients read what to pre-import from it
+
+
+def test_the_output_volume_replaces_the_servers_output_emptydir_only() -> None:
+    claim = parse_job(job(output={"claimName": "results"}))
+    server = builders.server_deployment(claim, SETTINGS)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in server["volumes"]}
+    assert volumes["output"] == {"name": "output", "persistentVolumeClaim": {"claimName": "results"}}
+    assert {"name": "output", "mountPath": contract.OUTPUT_DIR} in server["containers"][0]["volumeMounts"]
+    assert restricted_violations(server) == []
+    clients = builders.client_statefulset(claim, SETTINGS)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in clients["volumes"]}["output"] == {"name": "output", "emptyDir": {}}
+    nfs = parse_job(job(output={"source": {"csi": {"driver": "nfs.csi.k8s.io"}}}))
+    server = builders.server_deployment(nfs, SETTINGS)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in server["volumes"]}["output"] == {
+        "name": "output",
+        "csi": {"driver": "nfs.csi.k8s.io"},
+    }
+    assert "persistentVolumeClaim results" in builders.results_location(claim)
+    assert "emptyDir" in builders.results_location(parse_job(job()))
+
+
+def test_the_server_mounts_its_jobs_final_status_optionally_and_read_only() -> None:
+    parsed = parse_job(job())
+    server = builders.server_deployment(parsed, SETTINGS)["spec"]["template"]["spec"]
+    final = {v["name"]: v for v in server["volumes"]}["final"]
+    assert final == {"name": "final", "configMap": {"name": "digits-fedavg-server", "optional": True}}
+    mount = {"name": "final", "mountPath": contract.FINAL_STATUS_DIR, "readOnly": True}
+    assert mount in server["containers"][0]["volumeMounts"]
+    path = env_of(builders.server_deployment(parsed, SETTINGS))[contract.ENV_FINAL_STATUS]
+    assert path == f"{contract.FINAL_STATUS_DIR}/{contract.FINAL_STATUS_KEY}"
+
+
+def test_the_server_has_default_resources_that_the_user_overrides_per_resource() -> None:
+    def resources(**server: object) -> dict:
+        deployment = builders.server_deployment(parse_job(job(server=server)), SETTINGS)
+        return deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+    assert resources() == builders.SERVER_RESOURCES  # Burstable, not BestEffort
+    mine = resources(resources={"limits": {"memory": "512Mi"}, "requests": {"cpu": "2"}})
+    assert mine == {"requests": {"cpu": "2"}, "limits": {"memory": "512Mi"}}  # nothing of ours next to yours
+    assert resources(resources={"requests": {"nvidia.com/gpu": 1}})["requests"] == {
+        "nvidia.com/gpu": 1,
+        "cpu": "500m",
+        "memory": "1Gi",
+    }
+
+
+def test_the_data_volume_is_the_clients_read_only_data_folder() -> None:
+    parsed = parse_job(job(data={"claimName": "cifar"}))
+    clients = builders.client_statefulset(parsed, SETTINGS)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in clients["volumes"]}
+    assert volumes["data"] == {"name": "data", "persistentVolumeClaim": {"claimName": "cifar", "readOnly": True}}
+    mounts = {m["name"]: m for m in clients["containers"][0]["volumeMounts"]}
+    assert mounts["data"] == {"name": "data", "mountPath": contract.DATA_DIR, "readOnly": True}
+    assert volumes["cache"] == {"name": "cache", "emptyDir": {}}  # where the prepared arrays go instead
+    assert env_of(builders.client_statefulset(parsed, SETTINGS))[contract.ENV_CACHE_DIR] == contract.CACHE_DIR
+    assert restricted_violations(clients) == []
+    server = builders.server_deployment(parsed, SETTINGS)["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in server["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
+
+
+POD_TEMPLATE = {
+    "volumes": [{"name": "certs", "secret": {"secretName": "ca"}}, {"name": "scratch", "emptyDir": {}}],
+    "volumeMounts": [{"name": "certs", "mountPath": "/etc/ca", "readOnly": True}],
+    "imagePullSecrets": [{"name": "registry"}],
+    "priorityClassName": "federation",
+    "runtimeClassName": "gvisor",
+    "labels": {"team": "ml", contract.JOB_LABEL: "not-yours"},
+    "annotations": {"sidecar.example/inject": "false"},
+    "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}],
+}
+
+
+@pytest.mark.parametrize("component", ["server", "clients"])
+def test_pod_template_fields_merge_under_the_operators_own_valid_and_restricted(component: str) -> None:
+    spec = {component: {**POD_TEMPLATE, **({"replicas": 2} if component == "clients" else {})}}
+    children = {m["kind"]: m for m in builders.all_children(parse_job(job(**spec)), SETTINGS)}
+    for manifest in children.values():
+        assert strict_errors(manifest) == [], manifest["kind"]
+    manifest = children["Deployment" if component == "server" else "StatefulSet"]
+    template = manifest["spec"]["template"]
+    pod = template["spec"]
+    assert restricted_violations(pod) == []
+    assert template["metadata"]["labels"]["team"] == "ml"
+    assert template["metadata"]["labels"][contract.JOB_LABEL] == "digits-fedavg"  # ours win
+    assert template["metadata"]["annotations"] == {"sidecar.example/inject": "false"}
+    assert {"name": "certs", "secret": {"secretName": "ca"}} in pod["volumes"]
+    assert {v["name"] for v in pod["volumes"]} >= set(contract.POD_FOLDERS)  # ours stay
+    assert {"name": "certs", "mountPath": "/etc/ca", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert (pod["priorityClassName"], pod["runtimeClassName"]) == ("federation", "gvisor")
+    assert pod["topologySpreadConstraints"] == POD_TEMPLATE["topologySpreadConstraints"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_a_named_service_account_gets_its_token_mounted_and_nothing_else_changes() -> None:
+    parsed = parse_job(job(server={"serviceAccountName": "federation-sa"}))
+    pod = builders.server_deployment(parsed, SETTINGS)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "federation-sa" and pod["automountServiceAccountToken"] is True
+    assert restricted_violations(pod) == []
+    clients = builders.client_statefulset(parsed, SETTINGS)["spec"]["template"]["spec"]
+    assert clients["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "words"),
+    [
+        ({"volumes": [{"name": "host", "hostPath": {"path": "/"}}]}, "volumes", "restricted Pod Security Standard"),
+        ({"volumes": [{"name": "tmp", "emptyDir": {}}]}, "volumes[0].name", "operator's own"),
+        ({"volumes": [{"name": "x"}]}, "volumes[0]", "exactly one volume type"),
+        ({"volumeMounts": [{"name": "x", "mountPath": "/x"}]}, "volumeMounts", "names a volume of volumes"),
+        (
+            {"volumes": [{"name": "x", "emptyDir": {}}], "volumeMounts": [{"name": "x", "mountPath": "/tmp/x"}]},
+            "volumeMounts[0].mountPath",
+            "outside the operator's own",
+        ),
+        ({"volumeMounts": [{"name": "output", "mountPath": "/x"}]}, "volumeMounts[0].name", "mounted already"),
+    ],
+)
+def test_pod_template_fields_that_would_break_the_pod_are_refused_naming_the_field(
+    settings: dict, field: str, words: str
+) -> None:
+    with pytest.raises(JobInvalid) as raised:
+        parse_job(job(clients=settings))
+    assert raised.value.errors[0].path == f"spec.clients.{field}" and words in raised.value.errors[0].message
+
+
+def test_every_child_is_valid_for_the_api_server_strict_schema() -> None:
+    parsed = parse_job(job(output={"claimName": "out"}, data={"claimName": "data"}))
+    manifests = [*builders.all_children(parsed, SETTINGS), builders.final_status_config_map(parsed, "{}")]
+    for manifest in manifests:
+        assert strict_errors(manifest) == [], manifest["kind"]
+    broken = builders.server_deployment(parsed, SETTINGS)
+    broken["spec"]["template"]["spec"]["containers"][0]["volumeMount"] = []
+    assert strict_errors(broken)  # the check sees an unknown field

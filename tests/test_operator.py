@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kubeflower.core.environment import SERVER
-from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
+from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
 from kubeflower_operator import builders
 from testbed.cluster import Cluster, wait_for
 from testbed.jobs import INVALID, invalid_job, job
@@ -149,6 +149,11 @@ def test_progress_events_kubectl_then_success_cleanup_and_ttl(
         assert status["round"] == "3/3" and status["completionTime"] and status["reason"] == "RunSucceeded"
         wait_for(lambda: cluster.children("fl")["StatefulSet"] == [], 20, "clients removed")
         assert len(cluster.children("fl")["Deployment"]) == 1, "the server is kept after success"
+        # The final status, for a server pod re-created after the end (it serves it, runs nothing).
+        (final,) = wait_for(lambda: cluster.children("fl")["ConfigMap"], 20, "the final status ConfigMap")
+        served = ServerStatus.model_validate_json(final["data"]["status.json"])
+        assert (served.phase, served.current_round) == (Phase.SUCCEEDED, 3)
+        assert served.job_uid == cluster.job("fl")["metadata"]["uid"]  # type: ignore[index]
         wait_for(lambda: len(cluster.events("fl", "RoundCompleted")) == 3, 20, "one event per round")  # kopf's queue
         assert "RoundCompleted" in cluster.kubectl("describe", "ftj", "fl")
     finally:
@@ -159,6 +164,7 @@ def test_progress_events_kubectl_then_success_cleanup_and_ttl(
 
     wait_for(lambda: cluster.job("fl") is None, 20, "job deleted after ttlSecondsAfterFinished")
     wait_for(lambda: cluster.children("fl")["Deployment"] == [], 20, "server garbage-collected with the job")
+    wait_for(lambda: cluster.children("fl")["ConfigMap"] == [], 20, "its final status too")
 
 
 def test_failed_run_reports_flowers_message(operator: None, cluster: Cluster, board: StatusBoard) -> None:
@@ -220,7 +226,11 @@ def test_scale_changes_the_client_replicas(operator: None, cluster: Cluster, boa
     for name, data in keys_before.items():  # the running clients' keys, the CA and the certificate stay
         assert data.items() <= secrets[name].items(), name
     cluster.clients_ready("fl", 4)
-    cluster.wait_status("fl", lambda s: s.get("clients") == "4/4" and s.get("replicas") == 4)
+    cluster.wait_status("fl", lambda s: s.get("clients") == "2/4" and s.get("replicas") == 4)
+    # CLIENTS counts what the SuperLink sees connected, not the pods that are ready.
+    connected = document(0).model_copy(update={"clients": ClientCounts(connected=4, expected=4)})
+    board.post(cluster.ns, "fl", connected)
+    cluster.wait_status("fl", lambda s: s.get("clients") == "4/4")
     server = cluster.children("fl")["Deployment"][0]
     assert server["metadata"]["generation"] == 1, "scaling must not touch the server (it would restart the run)"
 
@@ -283,6 +293,23 @@ def test_operator_restart_mid_job_continues_without_duplicates(
     )
 
 
+def test_a_read_write_once_data_claim_for_clients_on_several_nodes_is_a_clear_error(
+    operator: None, cluster: Cluster
+) -> None:
+    for name, modes in (("once", ["ReadWriteOnce"]), ("many", ["ReadOnlyMany"])):
+        claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": f"data-{name}"}}
+        claim["spec"] = {"accessModes": modes, "resources": {"requests": {"storage": "1Gi"}}}
+        cluster.apply(claim)
+        cluster.apply_documents(name, [job(name, data={"claimName": f"data-{name}"})])
+    status = cluster.wait_status("once", lambda s: s.get("phase") == "Failed")
+    assert status["reason"] == "ValidationFailed", status
+    assert "spec.data.claimName" in status["message"] and "ReadWriteOnce" in status["message"], status
+    assert not any(cluster.children("once").values())
+    # A claim many nodes can mount: the job goes on (its server is created).
+    wait_for(lambda: cluster.children("many")["Deployment"], 30, "the server of the job with a shareable claim")
+    assert cluster.status("many").get("phase") != "Failed"
+
+
 # --- No wedged job: where a job used to be stuck, it now goes on or ends with a reason. ---
 
 
@@ -327,10 +354,11 @@ def test_a_refused_server_is_the_jobs_reason_until_the_spec_is_fixed(operator: N
 def test_a_spec_fix_reaches_a_server_that_never_started(operator: None, cluster: Cluster) -> None:
     """Resources no node has: the server never gets ready; removing them replaces the Deployment."""
     cluster.apply(job("fl", server={"resources": {"requests": {"cpu": "64"}}}))
-    assert _containers(_server(cluster, "fl"))[0]["resources"] == {"requests": {"cpu": "64"}}
+    assert _containers(_server(cluster, "fl"))[0]["resources"]["requests"]["cpu"] == "64"
     cluster.kubectl("patch", "ftj", "fl", "--type=json", "-p", '[{"op": "remove", "path": "/spec/server/resources"}]')
+    defaults = builders.with_defaults({}, builders.SERVER_RESOURCES)  # the server's own, without the 64 CPUs
     fixed = wait_for(
-        lambda: [d for d in cluster.children("fl")["Deployment"] if "resources" not in _containers(d)[0]],
+        lambda: [d for d in cluster.children("fl")["Deployment"] if _containers(d)[0]["resources"] == defaults],
         20,
         "the server replaced without its resources",
     )
@@ -442,6 +470,7 @@ def test_children_are_watched_with_server_side_label_selectors(operator: None, k
         "/statefulsets": "managed-by",
         "/services": "managed-by",
         "/networkpolicies": "managed-by",
+        "/configmaps": "managed-by",
         "/pods": "component",
     }
     for suffix, label in wanted.items():
@@ -481,7 +510,7 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
 
     kube.requests.clear()
     with running_operator(kube, KUBEFLOWER_STATUS_URL=board.url_template):
-        create(job("fl", runPolicy={"ttlSecondsAfterFinished": 1}))
+        create(job("fl", runPolicy={"ttlSecondsAfterFinished": 1}, data={"claimName": "shared-data"}))
         _server(cluster, "fl")
         cluster.server_ready("fl")
         board.post(cluster.ns, "fl", document(1))
@@ -532,12 +561,14 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
         ("apps", "deployments", "get"),
         ("apps", "statefulsets", "get"),
         ("networking.k8s.io", "networkpolicies", "get"),
+        ("", "configmaps", "get"),
         # The server is replaced when its spec changes before its run starts (this one had started).
         ("apps", "deployments", "update"),
         # Children go with their job through owner references; cleanPolicy All deletes these.
         ("apps", "deployments", "delete"),
         ("", "services", "delete"),
         ("networking.k8s.io", "networkpolicies", "delete"),
+        ("", "configmaps", "delete"),
     }
     assert granted - used == not_here, "grants no request used (or the list above is stale)"
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubeflower.core import contract
 from kubeflower.core.api import FederatedTrainingJobStatus as JobStatus
 from kubeflower.core.server_status import Phase, RoundRecord, ServerStatus
 from kubeflower.core.validation import parse_job
+from kubeflower_operator import builders
 from kubeflower_operator.builders import selector_labels
 from kubeflower_operator.observed import (
     CONFIG_HASH,
@@ -139,11 +141,17 @@ def test_success_removes_the_clients_keeps_the_server_then_ttl() -> None:
     assert done.delete == [("StatefulSet", "digits-fedavg-clients")]
     assert [e.reason for e in done.events] == ["RoundCompleted", "RunSucceeded"]
     assert not done.delete_job
+    # The final status, for a server pod re-created after the end: it serves this, not a new run.
+    (final,) = done.create
+    assert final["kind"] == "ConfigMap" and final["metadata"]["name"] == "digits-fedavg-server"
+    served = ServerStatus.model_validate_json(final["data"][contract.FINAL_STATUS_KEY])
+    assert (served.phase, served.current_round, served.total_rounds) == (Phase.SUCCEEDED, 3, 3)
+    kept = {k: v for k, v in found.items() if k != "StatefulSet"} | {"ConfigMap": Child("ConfigMap", "x")}
     later = plan(
         parsed,
         1,
         done.status,
-        Observed(children={k: v for k, v in found.items() if k != "StatefulSet"}),
+        Observed(children=kept),
         NOW + timedelta(seconds=61),
         SETTINGS,
     )
@@ -252,7 +260,8 @@ def test_the_server_follows_its_spec_until_a_round_has_finished() -> None:
     fixed = parse_job(job(namespace="default"))
     early = plan(fixed, 2, JobStatus(server_pod="uid-1"), Observed(children=found), NOW, SETTINGS)
     (server,) = [m for m in early.update if m["kind"] == "Deployment"]
-    assert "resources" not in server["spec"]["template"]["spec"]["containers"][0]
+    defaults = builders.with_defaults({}, builders.SERVER_RESOURCES)
+    assert server["spec"]["template"]["spec"]["containers"][0]["resources"] == defaults, "the 64 CPUs are gone"
     assert early.status.server_pod == "!uid-1", "the replaced server's new pod is not a restart"
     running = children(wrong)
     late = plan(fixed, 2, JobStatus(current_round=2), Observed(children=running), NOW, SETTINGS)
@@ -322,6 +331,24 @@ def test_condition_transition_time_moves_only_on_change() -> None:
 def test_restart_count_sums_containers() -> None:
     pod = {"status": {"containerStatuses": [{"restartCount": 2}, {"restartCount": 1}]}}
     assert restart_count(pod) == 3 and restart_count({}) == 0
+
+
+def test_a_data_claim_that_one_node_holds_cannot_serve_clients_on_several() -> None:
+    from kubeflower_operator.reconcile import data_volume_problem
+
+    def problem(modes: tuple[str, ...] | None, **clients: Any) -> str | None:
+        return data_volume_problem(parse_job(job(data={"claimName": "d"}, clients={"replicas": 2, **clients})), modes)
+
+    assert problem(None) is None  # not read (yet)
+    assert problem(("ReadOnlyMany",)) is None and problem(("ReadWriteMany", "ReadWriteOnce")) is None
+    assert "ReadWriteOnce" in (problem(("ReadWriteOnce",)) or "")
+    assert problem(("ReadWriteOnce",), nodeSelector={"kubernetes.io/hostname": "n1"}) is None  # pinned to one node
+    assert "ReadWriteOncePod" in (problem(("ReadWriteOncePod",), nodeSelector={"kubernetes.io/hostname": "n1"}) or "")
+    assert problem(("ReadWriteOnce",), replicas=1) is None
+    parsed = parse_job(job(data={"claimName": "d"}))
+    failed = plan(parsed, 1, JobStatus(), Observed(data_claim_modes=("ReadWriteOnce",)), NOW, SETTINGS)
+    assert failed.status.phase == Phase.FAILED and failed.create == []
+    assert "spec.data.claimName" in (failed.status.message or "")
 
 
 def _own_app_job(**metric_names: str) -> Any:

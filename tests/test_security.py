@@ -122,9 +122,9 @@ def test_keys_are_mounted_read_only_from_the_jobs_secrets() -> None:
         (builders.client_statefulset(parsed, SETTINGS), "digits-fedavg-client-keys", contract.CLIENT_KEYS_DIR),
     ):
         volumes = {v["name"]: v for v in manifest["spec"]["template"]["spec"]["volumes"]}
-        assert volumes[builders.KEYS_VOLUME]["secret"] == {"secretName": secret, "defaultMode": 0o440}
-        mount = next(m for m in _container(manifest)["volumeMounts"] if m["name"] == builders.KEYS_VOLUME)
-        assert mount == {"name": builders.KEYS_VOLUME, "mountPath": path, "readOnly": True}
+        assert volumes[contract.KEYS_VOLUME]["secret"] == {"secretName": secret, "defaultMode": 0o440}
+        mount = next(m for m in _container(manifest)["volumeMounts"] if m["name"] == contract.KEYS_VOLUME)
+        assert mount == {"name": contract.KEYS_VOLUME, "mountPath": path, "readOnly": True}
 
 
 def test_the_secrets_hold_what_each_side_needs_and_no_ca_key() -> None:

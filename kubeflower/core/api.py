@@ -20,6 +20,8 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from kubeflower.core import contract, corev1
+from kubeflower.core.contract import POD_VOLUMES
+from kubeflower.core.corev1 import RESTRICTED_VOLUME_TYPES
 from kubeflower.core.server_status import MAX_ROUNDS, Phase
 from kubeflower.core.vocabulary import (
     MODEL_INPUTS,
@@ -61,6 +63,9 @@ IMAGE_PATTERN = (
 """A container image reference (registry/path:tag@digest), as the container runtime parses it."""
 LabelKey = Annotated[str, Field(min_length=1, max_length=corev1.MAX_KEY)]
 LabelValue = Annotated[str, Field(max_length=63)]
+AnnotationValue = Annotated[str, Field(max_length=4 * MAX_STRING)]
+ObjectName = Annotated[str, Field(min_length=1, max_length=253)]
+"""A Kubernetes object's name (a claim, a service account, a priority or runtime class)."""
 RunConfigKey = Annotated[str, Field(min_length=1, max_length=corev1.MAX_KEY)]
 # Any scalar: Flower run config values are str, int, float or bool; pydantic checks the type.
 RunConfigValue = Annotated[
@@ -156,6 +161,10 @@ if TYPE_CHECKING:  # built at import time from corev1.json; to the type checker,
     LabelSelector: TypeAlias = KubernetesObject
     NetworkPolicyPeer: TypeAlias = KubernetesObject
     NetworkPolicyEgressRule: TypeAlias = KubernetesObject
+    Volume: TypeAlias = KubernetesObject
+    VolumeSource: TypeAlias = KubernetesObject
+    VolumeMount: TypeAlias = KubernetesObject
+    LocalObjectReference: TypeAlias = KubernetesObject
 else:
     EnvVar = corev1.model("EnvVar", KubernetesObject)
     Toleration = corev1.model("Toleration", KubernetesObject)
@@ -165,6 +174,10 @@ else:
     LabelSelector = corev1.model("LabelSelector", KubernetesObject)
     NetworkPolicyPeer = corev1.model("NetworkPolicyPeer", KubernetesObject)
     NetworkPolicyEgressRule = corev1.model("NetworkPolicyEgressRule", KubernetesObject)
+    Volume = corev1.model("Volume", KubernetesObject)
+    VolumeSource = corev1.model("VolumeSource", KubernetesObject)
+    VolumeMount = corev1.model("VolumeMount", KubernetesObject)
+    LocalObjectReference = corev1.model("LocalObjectReference", KubernetesObject)
 
 _RESERVED_CEL = " && ".join(f"!self.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES)
 EnvVar.cel_rules = (
@@ -180,14 +193,176 @@ EnvVar.cel_rules = (
 )
 
 
+_ONE_SOURCE = CelRule(
+    rule=" + ".join(f"(has(self.{t}) ? 1 : 0)" for t in RESTRICTED_VOLUME_TYPES) + " == 1",
+    message="give exactly one volume type: one of " + ", ".join(RESTRICTED_VOLUME_TYPES),
+    field_path="",
+    check=lambda v: len(set(v.wire()) & set(RESTRICTED_VOLUME_TYPES)) == 1,
+)
+VolumeSource.cel_rules = (_ONE_SOURCE,)
+Volume.cel_rules = (
+    _ONE_SOURCE,
+    CelRule(
+        rule="!(self.name in " + str(list(POD_VOLUMES)) + ")",
+        message=f"volume names {', '.join(POD_VOLUMES)} are the operator's own; rename it",
+        field_path=".name",
+        check=lambda v: v.name not in POD_VOLUMES,
+    ),
+)
+
+
+def _outside_ours(path: str) -> bool:
+    return not any(path == ours or path.startswith(ours.rstrip("/") + "/") for ours in POD_VOLUMES.values())
+
+
+VolumeMount.cel_rules = (
+    CelRule(
+        rule="!(self.name in " + str(list(POD_VOLUMES)) + ")",
+        message="the operator's own volumes are mounted already; mount a volume of yours (volumes)",
+        field_path=".name",
+        check=lambda m: m.name not in POD_VOLUMES,
+    ),
+    CelRule(
+        rule="self.mountPath.startsWith('/') && "
+        + " && ".join(f"self.mountPath != '{p}' && !self.mountPath.startsWith('{p}/')" for p in POD_VOLUMES.values()),
+        message=(
+            f"mountPath must be absolute and outside the operator's own ({', '.join(POD_VOLUMES.values())}); "
+            "choose another path"
+        ),
+        field_path=".mountPath",
+        check=lambda m: m.mount_path.startswith("/") and _outside_ours(m.mount_path),
+    ),
+)
+
+
+def _invalid(message: str) -> PydanticCustomError:
+    """A field's error in our words (no "Value error," before it)."""
+    return PydanticCustomError("invalid", "{message}", {"message": message})
+
+
+def _restricted_types(value: Any, where: str) -> None:
+    """Raises the error naming a volume type the restricted Pod Security Standard forbids (before
+    the generic "extra inputs" error that the strict model would give for it)."""
+    if not isinstance(value, dict):
+        return
+    for key in value:
+        if key != "name" and key not in RESTRICTED_VOLUME_TYPES:
+            raise _invalid(
+                f"{where}: volume type {key!r} is not allowed by the restricted Pod Security Standard that every "
+                f"pod of a job meets; use one of {', '.join(RESTRICTED_VOLUME_TYPES)} (for a share: a "
+                "persistentVolumeClaim bound to it)"
+            )
+
+
 class PodSettings(ApiModel):
-    """Scheduling and resources shared by the server pod and the client pods."""
+    """Scheduling and resources shared by the server pod and the client pods, and what a pod
+    template carries beyond them; the operator's own fields (its containers' command, env and
+    security context, its volumes and labels) always win."""
 
     resources: ResourceRequirements | None = None
     env: list[EnvVar] | None = Field(default=None, max_length=MAX_ENV)
     node_selector: dict[LabelKey, LabelValue] | None = Field(default=None, max_length=MAX_LIST)
     tolerations: list[Toleration] | None = Field(default=None, max_length=MAX_LIST)
     affinity: Affinity | None = None
+    volumes: list[Volume] | None = Field(
+        default=None,
+        max_length=MAX_LIST,
+        description=(
+            "More pod volumes (restricted Pod Security Standard types: configMap, csi, downwardAPI, emptyDir, "
+            "ephemeral, persistentVolumeClaim, projected, secret); names other than the operator's own."
+        ),
+    )
+    volume_mounts: list[VolumeMount] | None = Field(
+        default=None,
+        max_length=MAX_LIST,
+        description="Mounts of those volumes in the container, at paths other than the operator's.",
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(default=None, max_length=MAX_LIST)
+    service_account_name: ObjectName | None = Field(
+        default=None,
+        description=(
+            "The pod's service account. Named: its token is mounted (the pods never use it themselves: it is for "
+            "what you add, a sidecar or workload identity). Unset: the namespace's default account, no token."
+        ),
+    )
+    priority_class_name: ObjectName | None = None
+    runtime_class_name: ObjectName | None = None
+    labels: dict[LabelKey, LabelValue] | None = Field(
+        default=None,
+        max_length=MAX_LIST,
+        description="Pod labels, under the operator's own (which win on the same key).",
+    )
+    annotations: dict[LabelKey, AnnotationValue] | None = Field(
+        default=None, max_length=MAX_LIST, description="Pod annotations."
+    )
+    topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(
+        default=None, max_length=16, description="The pod spec's topologySpreadConstraints."
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            # A mount of the operator's own volume is refused by VolumeMount's rule, not twice.
+            rule=(
+                "!has(self.volumeMounts) || self.volumeMounts.all(m, m.name in " + str(list(POD_VOLUMES)) + " || "
+                "(has(self.volumes) && self.volumes.exists(v, v.name == m.name)))"
+            ),
+            message="every volumeMounts entry names a volume of volumes; add it there",
+            field_path=".volumeMounts",
+            check=lambda s: (
+                {m.name for m in s.volume_mounts or []} - set(POD_VOLUMES) <= {v.name for v in s.volumes or []}
+            ),
+        ),
+    )
+
+    @field_validator("volumes", mode="before")
+    @classmethod
+    def _volume_types(cls, volumes: Any) -> Any:
+        for volume in volumes if isinstance(volumes, list) else []:
+            _restricted_types(volume, f"volume {volume.get('name')!r}" if isinstance(volume, dict) else "volume")
+        return volumes
+
+
+class VolumeSpec(ApiModel):
+    """A volume the job does not own: a PersistentVolumeClaim by name, or any pod volume source."""
+
+    claim_name: ObjectName | None = Field(
+        default=None, description="A PersistentVolumeClaim in the job's namespace (never deleted)."
+    )
+    source: VolumeSource | None = Field(
+        default=None,
+        description=(
+            "A pod volume source instead of a claim, as in a pod's volumes[] without its name ({csi: {...}}); "
+            "restricted Pod Security Standard types only."
+        ),
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="has(self.claimName) != has(self.source)",
+            message="set exactly one of claimName (a PersistentVolumeClaim) and source (any volume source)",
+            field_path=".claimName",
+            check=lambda v: (v.claim_name is None) != (v.source is None),
+        ),
+    )
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_types(cls, source: Any) -> Any:
+        _restricted_types(source, "source")
+        return source
+
+    def volume(self, name: str, read_only: bool = False) -> dict[str, Any]:
+        """The pod's `volumes[]` entry (`read_only`: a claim mounted read-only, as the mount is)."""
+        if self.claim_name is not None:
+            claim: dict[str, Any] = {"claimName": self.claim_name, **({"readOnly": True} if read_only else {})}
+            return {"name": name, "persistentVolumeClaim": claim}
+        return {**(self.source.wire() if self.source else {}), "name": name}
+
+    def describe(self) -> str:
+        """Where the volume is, in words (the job's status)."""
+        if self.claim_name is not None:
+            return f"persistentVolumeClaim {self.claim_name}"
+        return f"volume {', '.join(sorted(self.source.wire() if self.source else {})) or 'source'}"
 
 
 class ServerSpec(PodSettings):
@@ -205,7 +380,7 @@ class ClientsSpec(PodSettings):
             "false: Flower's stock process per message."
         ),
     )
-    topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(
+    topology_spread_constraints: list[TopologySpreadConstraint] | None = Field(  # PodSettings', the clients' default
         default=None,
         max_length=16,
         description=(
@@ -516,6 +691,23 @@ class FederatedTrainingJobSpec(ApiModel):
     service: ServiceSpec = Field(default_factory=ServiceSpec)
     security: SecuritySpec = Field(default_factory=SecuritySpec)
     network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    data: VolumeSpec | None = Field(
+        default=None,
+        description=(
+            "A read-only data volume shared by the clients, holding the data sets (torchvision's layout: "
+            "cifar-10-batches-py/, MNIST/): the built-in app reads them there instead of downloading them into "
+            "each client pod. A ReadWriteOnce claim cannot be shared by clients on several nodes: use ReadOnlyMany "
+            "or ReadWriteMany. Unset: an emptyDir per client pod, filled by a download."
+        ),
+    )
+    output: VolumeSpec | None = Field(
+        default=None,
+        description=(
+            "Where the server writes the results (final model, metrics.json, logs, a checkpoint per round): "
+            "a volume that outlives the server pod, so a restarted server resumes and the results survive the job. "
+            "Unset: an emptyDir, lost with the server pod."
+        ),
+    )
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
@@ -599,6 +791,7 @@ class ObjectMeta(BaseModel):
 
     name: str
     namespace: str | None = None
+    uid: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -641,7 +834,13 @@ class FederatedTrainingJobStatus(ApiModel):
     current_round: int | None = None
     total_rounds: int | None = None
     round: str | None = Field(default=None, description="currentRound/totalRounds, for the ROUND column.")
-    clients: str | None = Field(default=None, description="ready/desired client pods, for the CLIENTS column.")
+    clients: str | None = Field(
+        default=None,
+        description=(
+            "connected/desired clients, for the CLIENTS column: the SuperNodes the SuperLink sees connected "
+            "(ready client pods until the server answers)."
+        ),
+    )
     replicas: int | None = Field(default=None, description="Ready client pods (scale subresource).")
     selector: str | None = Field(default=None, description="Label selector of the client pods (scale subresource).")
     metrics: JobMetrics | None = None
@@ -659,6 +858,10 @@ class FederatedTrainingJobStatus(ApiModel):
     )
     status_failing_since: str | None = Field(
         default=None, description="Since when the server's status document has been unreadable (the failure clock)."
+    )
+    results: str | None = Field(default=None, description="Where the server writes the job's results.")
+    resumed_round: int | None = Field(
+        default=None, description="The last round a restarted server resumed after (from its checkpoint)."
     )
     start_time: str | None = None
     completion_time: str | None = None

@@ -25,6 +25,8 @@ STATUS_PORT = 8080
 """The server entry point's own HTTP port: GET /status, /metrics, /healthz."""
 SUPERNODE_PORT = 9094
 """A SuperNode's local ClientAppIo port (pod-local; local mode gives each client its own)."""
+SUPERNODE_HEALTH_PORT = 9095
+"""A SuperNode's gRPC health server (grpc.health.v1), probed by the kubelet (liveness, readiness)."""
 
 # The workload image's entry points (its console scripts): what the server and client containers run.
 SERVER_COMMAND = ("kubeflower-server",)
@@ -34,15 +36,33 @@ CLIENT_COMMAND = ("kubeflower-client",)
 OUTPUT_DIR = "/var/lib/kubeflower/output"
 DATA_DIR = "/var/lib/kubeflower/data"
 FLWR_HOME = "/var/lib/kubeflower/flwr"
+FINAL_STATUS_DIR = "/var/lib/kubeflower/final"
+"""The server pod's view of its job's final status (a ConfigMap the operator writes when the job
+finished, mounted optional): a server re-created after the end serves it instead of running again."""
+FINAL_STATUS_KEY = "status.json"
 TMP_DIR = "/tmp"
-POD_FOLDERS = {"output": OUTPUT_DIR, "data": DATA_DIR, "flwr-home": FLWR_HOME, "tmp": TMP_DIR}
+CACHE_DIR = "/var/lib/kubeflower/cache"
+"""A client's own writable folder for the data sets it prepared (an emptyDir): where they go when
+the data folder is the job's read-only data volume (`spec.data`)."""
+POD_FOLDERS = {"output": OUTPUT_DIR, "data": DATA_DIR, "flwr-home": FLWR_HOME, "tmp": TMP_DIR, "cache": CACHE_DIR}
 """The pods' writable folders, by volume name: the root file system is read-only, and these
-volumes (emptyDirs) are mounted over whatever the image has at those paths."""
-TLS_DIR = "/var/run/kubeflower/tls"
+volumes (emptyDirs, or the job's output and data volumes in their place) are mounted over whatever
+the image has at those paths."""
+KEYS_ROOT = "/var/run/kubeflower"
+TLS_DIR = f"{KEYS_ROOT}/tls"
 """The server's keys (a Secret, read-only): the job's CA certificate, the server certificate and
 key, the clients' public keys to register (`kubeflower.core.keys` names the files)."""
-CLIENT_KEYS_DIR = "/var/run/kubeflower/client-keys"
+CLIENT_KEYS_DIR = f"{KEYS_ROOT}/client-keys"
 """A client's keys (a Secret, read-only): the job's CA certificate and the clients' private keys."""
+KEYS_VOLUME = "keys"
+"""The pods' volume of the job's keys (spec.security.enabled): at TLS_DIR in the server pod,
+CLIENT_KEYS_DIR in the client pods."""
+FINAL_VOLUME = "final"
+"""The server pod's volume of the job's final status (FINAL_STATUS_DIR)."""
+POD_VOLUMES = {**POD_FOLDERS, FINAL_VOLUME: FINAL_STATUS_DIR, KEYS_VOLUME: KEYS_ROOT}
+"""Every volume of the operator's in the pods, by name, and where it is mounted (the keys volume:
+under KEYS_ROOT): the names and paths a user's own volumes (spec.server.volumes,
+spec.clients.volumes) cannot take, so a pod template can neither replace nor shadow the job's keys."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +98,19 @@ class OutputFolder:
 
     @property
     def checkpoints(self) -> Path:
-        """Models saved during the run, to resume from (for the durability work: nothing writes it yet)."""
+        """One checkpoint per round (`round-000003.pt`, the last few kept), to resume from: the built-in ServerApp."""
         return self.root / "checkpoints"
+
+    @property
+    def server_log(self) -> Path:
+        """The server's log (its own lines and the SuperLink's): the server entry point."""
+        return self.logs / "server.log"
+
+    @property
+    def job_uid(self) -> Path:
+        """The UID of the job this folder's run belongs to: `kubeflower run` writes a fresh one, and
+        `--resume` reads it back (a cluster job's UID is its metadata.uid)."""
+        return self.root / "job-uid"
 
     @property
     def app(self) -> Path:
@@ -101,6 +132,8 @@ RUN_CONFIG_MIN_CLIENTS = "min-available-clients"
 # Variables read by both entry points.
 ENV_JOB_NAME = "KUBEFLOWER_JOB_NAME"
 ENV_DATA_DIR = "KUBEFLOWER_DATA_DIR"
+ENV_CACHE_DIR = "KUBEFLOWER_CACHE_DIR"
+"""A writable folder for prepared data sets, used when the data folder cannot be written."""
 
 ENV_ROUNDS_KEY = "KUBEFLOWER_ROUNDS_KEY"
 """The run-config key that holds the number of rounds (a user's app's spec.app.roundsKey); unset:
@@ -133,6 +166,13 @@ ENV_STATUS_PORT = "KUBEFLOWER_STATUS_PORT"
 ENV_SUPERLINK_LOOPBACK_PORT = "KUBEFLOWER_SUPERLINK_LOOPBACK_PORT"
 ENV_TLS_DIR = "KUBEFLOWER_TLS_DIR"
 ENV_OUTPUT_DIR = "KUBEFLOWER_OUTPUT_DIR"
+"""The server's output folder (`OutputFolder`): a ServerApp, the built-in one or yours, finds it here."""
+ENV_FINAL_STATUS = "KUBEFLOWER_FINAL_STATUS"
+"""A file that exists once the job has finished, holding its final status document (the operator's
+ConfigMap, FINAL_STATUS_DIR/FINAL_STATUS_KEY); unset in `kubeflower run`, whose output folder says it."""
+ENV_JOB_UID = "KUBEFLOWER_JOB_UID"
+"""The job's metadata.uid (a fresh one per `kubeflower run` without --resume): checkpoints carry it,
+so a new job on a reused output volume never resumes another job's model."""
 
 ENV_SECURITY = "KUBEFLOWER_SECURITY"
 """`enabled` (spec.security.enabled, the default): TLS on every Flower connection and SuperNode
@@ -151,6 +191,8 @@ ENV_PARTITION_ID = "KUBEFLOWER_PARTITION_ID"
 """Explicit partition id; wins over the ordinal in ENV_POD_NAME."""
 ENV_NUM_PARTITIONS = "KUBEFLOWER_NUM_PARTITIONS"
 ENV_SUPERNODE_PORT = "KUBEFLOWER_SUPERNODE_PORT"
+ENV_HEALTH_ADDRESS = "KUBEFLOWER_HEALTH_ADDRESS"
+"""host:port of the SuperNode's gRPC health server; unset: none (`kubeflower run` needs no probes)."""
 ENV_WARM_CLIENTAPPS = "KUBEFLOWER_WARM_CLIENTAPPS"
 """`true` or `false` (spec.clients.warmClientApps): ClientApp processes forked from a fork server
 that has already imported torch and Flower, or started fresh by Flower. Unset means `true`."""

@@ -1,5 +1,6 @@
 """Kubernetes' own pod field types (EnvVar, Toleration, Affinity, ResourceRequirements,
-TopologySpreadConstraint) as pydantic models, built from the generated `corev1.json`.
+TopologySpreadConstraint, Volume, VolumeMount, LocalObjectReference) as pydantic models, built
+from the generated `corev1.json`.
 
 `scripts/corev1.py` generates that file from the Kubernetes client's models (see there why, and
 what it adds); here each definition becomes an `ApiModel`, so `kubeflower validate`, the operator
@@ -56,6 +57,20 @@ Port = Annotated[
     ),
 ]
 """A port (a NetworkPolicy's): a number, or a container port's name (an IANA_SVC_NAME)."""
+
+RESTRICTED_VOLUME_TYPES = (
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+)
+"""The volume types the "restricted" Pod Security Standard allows: every pod of a job meets it, so
+the user's volumes (and spec.output/spec.data sources) are of these types only (an NFS share: a
+PersistentVolumeClaim bound to an NFS PersistentVolume). `scripts/corev1.py` keeps only these."""
 
 DEFINITIONS = Path(__file__).with_name("corev1.json")
 

@@ -69,6 +69,7 @@ def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
         contract.ENV_OUTPUT_DIR: contract.OUTPUT_DIR,
         contract.ENV_DATA_DIR: contract.DATA_DIR,
         **_security(job, contract.ENV_TLS_DIR, contract.TLS_DIR),
+        contract.ENV_FINAL_STATUS: f"{contract.FINAL_STATUS_DIR}/{contract.FINAL_STATUS_KEY}",
         contract.ENV_WORK_DIR: WORK_DIR,
         **contract.FLOWER_ENV,
     }
@@ -76,9 +77,9 @@ def server_environment(job: FederatedTrainingJob) -> dict[str, str]:
         env[contract.ENV_APP_PATH] = spec.app.path
         env[contract.ENV_MIN_CLIENTS] = str(spec.min_available_clients)
         env[contract.ENV_ROUNDS_KEY] = spec.app.rounds_key
-    uid = (job.metadata.model_extra or {}).get("uid")
-    if uid:  # a job in a cluster: the operator may stop its run
-        env[contract.ENV_STOP_TOKEN] = str(uid)
+    if job.metadata.uid:  # a job in a cluster: checkpoints carry its UID; the operator may stop its run
+        env[contract.ENV_JOB_UID] = job.metadata.uid
+        env[contract.ENV_STOP_TOKEN] = job.metadata.uid
     return env
 
 
@@ -103,7 +104,9 @@ def client_environment(job: FederatedTrainingJob, partitions: int | None = None)
         contract.ENV_SUPERLINK: superlink_address(job),
         contract.ENV_NUM_PARTITIONS: str(partitions or job.spec.clients.replicas),
         contract.ENV_SUPERNODE_PORT: str(contract.SUPERNODE_PORT),
+        contract.ENV_HEALTH_ADDRESS: f"0.0.0.0:{contract.SUPERNODE_HEALTH_PORT}",
         contract.ENV_DATA_DIR: contract.DATA_DIR,
+        contract.ENV_CACHE_DIR: contract.CACHE_DIR,
         contract.ENV_WARM_CLIENTAPPS: str(job.spec.clients.warm_client_apps).lower(),
         **_security(job, contract.ENV_CLIENT_KEYS_DIR, contract.CLIENT_KEYS_DIR),
         contract.ENV_WORK_DIR: WORK_DIR,

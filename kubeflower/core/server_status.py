@@ -17,7 +17,9 @@ the two sides cannot drift. JSON shape (camelCase, every field always present):
       "message": "",                   # why it failed, or what it is waiting for
       "runId": 1234,                   # Flower's run id, once submitted
       "startTime": "2026-11-28T14:00:00Z",
-      "finishTime": null
+      "finishTime": null,
+      "resumedRound": 3,               # a restarted server resumed after this round (checkpoint); else null
+      "jobUid": "..."                  # the job this document is about (metrics.json on a reused volume)
     }
 
 Metrics come from the app (a user's app is untrusted input): every metric dictionary keeps at
@@ -57,6 +59,8 @@ METRICS_LIMIT = 16
 """Metrics kept per dictionary (a round's train, evaluate or server metrics); the first ones reported."""
 METRIC_NAME_LIMIT = 40
 MESSAGE_LIMIT = 1024
+JOB_UID_LIMIT = 128
+"""A job's UID (Kubernetes': 36 characters; local mode's: a uuid4 too)."""
 
 
 def bounded_metrics(values: Mapping[str, float]) -> dict[str, float]:
@@ -191,6 +195,8 @@ class ServerStatus(_Doc):
     run_id: int | None = Field(default=None, ge=0, lt=2**64)
     start_time: Timestamp | None = None
     finish_time: Timestamp | None = None
+    resumed_round: int | None = Field(default=None, ge=0, le=MAX_ROUNDS)
+    job_uid: Annotated[str, StringConstraints(max_length=JOB_UID_LIMIT)] = ""
 
     @model_validator(mode="after")
     def _rounds_make_sense(self) -> ServerStatus:
@@ -200,6 +206,8 @@ class ServerStatus(_Doc):
         rounds = [r.round for r in self.history]
         if rounds != sorted(set(rounds)) or (rounds and rounds[-1] > self.current_round):
             raise ValueError("history must be the finished rounds, oldest first, none past currentRound")
+        if self.total_rounds and (self.resumed_round or 0) > self.total_rounds:
+            raise ValueError(f"resumedRound {self.resumed_round} is past totalRounds {self.total_rounds}")
         return self
 
     def with_round(self, record: RoundRecord) -> ServerStatus:

@@ -25,6 +25,14 @@ server holding torch and Flower (about 0.5 GB) and the message's forked child (i
 MANAGED_BY = "kubeflower-operator"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 """Set by the API server on every namespace (Kubernetes 1.21+): selects one namespace by name."""
+SERVER_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "500m", "memory": "1Gi"},
+    "limits": {"memory": "4Gi"},
+}
+"""The server's defaults, so that it is not BestEffort (the first pod evicted): the SuperLink and
+the ServerApp with torch (about 0.6 GB), plus the clients' models in flight each round (ResNet-18:
+45 MB a client). No CPU limit: aggregation bursts, and throttling it only slows every round. Each
+resource the user names in `spec.server.resources` (requests or limits) replaces its defaults."""
 
 
 def selector_labels(job_name: str, component: str) -> dict[str, str]:
@@ -61,7 +69,6 @@ def _user_env(env: list[EnvVar] | None) -> list[Manifest]:
     return [e.wire() for e in env or []]
 
 
-KEYS_VOLUME = "keys"
 KEYS_MODE = 0o440
 """The key files: readable by the pod's user and group (fsGroup), by nobody else, never writable."""
 
@@ -77,11 +84,11 @@ def clients_secret_name(job_name: str) -> str:
 
 
 def _keys_volume(secret: str) -> Manifest:
-    return {"name": KEYS_VOLUME, "secret": {"secretName": secret, "defaultMode": KEYS_MODE}}
+    return {"name": contract.KEYS_VOLUME, "secret": {"secretName": secret, "defaultMode": KEYS_MODE}}
 
 
 def _keys_mount(path: str) -> Manifest:
-    return {"name": KEYS_VOLUME, "mountPath": path, "readOnly": True}
+    return {"name": contract.KEYS_VOLUME, "mountPath": path, "readOnly": True}
 
 
 def _container(
@@ -101,17 +108,26 @@ def _container(
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": v, "mountPath": p} for v, p in contract.POD_FOLDERS.items()],
+        "volumeMounts": [{"name": v, "mountPath": p} for v, p in contract.POD_FOLDERS.items()]
+        + [m.wire() for m in settings.volume_mounts or []],
     }
     if settings.resources is not None:
         container["resources"] = settings.resources.wire()
     return container
 
 
-def _pod_spec(container: Manifest, settings: PodSettings, app: Settings) -> Manifest:
+def _volumes(replace: dict[str, Manifest]) -> list[Manifest]:
+    """The pod's volumes: emptyDirs, but those the job names (its output volume) in their place."""
+    return [replace.get(v) or {"name": v, "emptyDir": {}} for v in contract.POD_FOLDERS]
+
+
+def _pod_spec(container: Manifest, settings: PodSettings, app: Settings, volumes: list[Manifest]) -> Manifest:
+    """The pod spec: the user's template fields (`PodSettings`) under the operator's own, which win:
+    the user's volumes come after ours (names and paths checked apart by the API model), and the
+    security settings are always ours."""
     spec: Manifest = {
         "containers": [container],
-        "volumes": [{"name": v, "emptyDir": {}} for v in contract.POD_FOLDERS],
+        "volumes": volumes + [v.wire() for v in settings.volumes or []],
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": app.run_as_user,
@@ -119,19 +135,77 @@ def _pod_spec(container: Manifest, settings: PodSettings, app: Settings) -> Mani
             "fsGroup": app.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        # The workload never talks to the Kubernetes API: no token, no service-link variables.
-        "automountServiceAccountToken": False,
+        # The workload never talks to the Kubernetes API: no token, unless the user names a service
+        # account on purpose (for what they add: a sidecar, workload identity); no service-link variables.
+        "automountServiceAccountToken": settings.service_account_name is not None,
         "enableServiceLinks": False,
         "restartPolicy": "Always",
     }
+    pull_secrets = [s.wire() for s in settings.image_pull_secrets or []]
     for key, value in (
         ("nodeSelector", settings.node_selector),
         ("tolerations", [t.wire() for t in settings.tolerations or []]),
         ("affinity", settings.affinity.wire() if settings.affinity else None),
+        ("imagePullSecrets", pull_secrets),
+        ("serviceAccountName", settings.service_account_name),
+        ("priorityClassName", settings.priority_class_name),
+        ("runtimeClassName", settings.runtime_class_name),
+        ("topologySpreadConstraints", [c.wire() for c in settings.topology_spread_constraints or []]),
     ):
         if value:
             spec[key] = value
     return spec
+
+
+def _template_metadata(job: FederatedTrainingJob, component: str, settings: PodSettings) -> Manifest:
+    """The pod template's labels (the user's, then ours: ours win) and the user's annotations."""
+    meta: Manifest = {"labels": {**(settings.labels or {}), **labels(job.metadata.name, component)}}
+    if settings.annotations:
+        meta["annotations"] = dict(settings.annotations)
+    return meta
+
+
+def with_defaults(resources: Manifest, defaults: dict[str, dict[str, str]]) -> Manifest:
+    """`resources` with the defaults of every resource it names in neither requests nor limits
+    (a default next to the user's own value could contradict it: a request above the limit)."""
+    named = {name for kind in ("requests", "limits") for name in resources.get(kind) or {}}
+    merged = {kind: dict(values) for kind, values in resources.items()}
+    for kind, values in defaults.items():
+        for name, value in values.items():
+            if name not in named:
+                merged.setdefault(kind, {})[name] = value
+    return merged
+
+
+def server_volumes(job: FederatedTrainingJob) -> dict[str, Manifest]:
+    """The server's volumes that are not emptyDirs: its output volume (`spec.output`), when set."""
+    output = job.spec.output
+    return {"output": output.volume("output")} if output is not None else {}
+
+
+def _server_pod_volumes(job: FederatedTrainingJob) -> list[Manifest]:
+    """The emptyDirs (the output volume in its place, when set) and the job's final status,
+    optional: the ConfigMap exists only once the job has finished."""
+    final = {"name": server_name(job.metadata.name), "optional": True}
+    return [*_volumes(server_volumes(job)), {"name": contract.FINAL_VOLUME, "configMap": final}]
+
+
+def final_status_config_map(job: FederatedTrainingJob, document: str) -> Manifest:
+    """The job's final status document, for a server pod re-created after the end (it serves this
+    instead of running the federation again, with or without an output volume)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, server_name(job.metadata.name), SERVER),
+        "data": {contract.FINAL_STATUS_KEY: document},
+    }
+
+
+def results_location(job: FederatedTrainingJob) -> str:
+    """Where the job's results are, in words (`status.results`)."""
+    output = job.spec.output
+    where = output.describe() if output is not None else "the server pod's emptyDir (lost with the pod)"
+    return f"{where}, mounted at {contract.OUTPUT_DIR} in the server pod"
 
 
 def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest:
@@ -140,10 +214,14 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     container = _container(
         job, SERVER, list(contract.SERVER_COMMAND), _env(environment.server_environment(job)), job.spec.server, settings
     )
-    pod_spec = _pod_spec(container, job.spec.server, settings)
+    container["resources"] = with_defaults(container.get("resources") or {}, SERVER_RESOURCES)
+    container["volumeMounts"].append(
+        {"name": contract.FINAL_VOLUME, "mountPath": contract.FINAL_STATUS_DIR, "readOnly": True}
+    )
+    volumes = _server_pod_volumes(job)
     if job.spec.security.enabled:
         container["volumeMounts"].append(_keys_mount(contract.TLS_DIR))
-        pod_spec["volumes"].append(_keys_volume(server_secret_name(job.metadata.name)))
+        volumes.append(_keys_volume(server_secret_name(job.metadata.name)))
     container["ports"] = [
         {"name": "flower", "containerPort": contract.SUPERLINK_PORT, "protocol": "TCP"},
         {"name": "status", "containerPort": contract.STATUS_PORT, "protocol": "TCP"},
@@ -160,8 +238,8 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector_labels(job.metadata.name, SERVER)},
             "template": {
-                "metadata": {"labels": labels(job.metadata.name, SERVER)},
-                "spec": pod_spec,
+                "metadata": _template_metadata(job, SERVER, job.spec.server),
+                "spec": _pod_spec(container, job.spec.server, settings, volumes),
             },
         },
     }
@@ -346,15 +424,27 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings, partitions
     container = _container(
         job, CLIENT_CONTAINER, list(contract.CLIENT_COMMAND), client_env(job, partitions), job.spec.clients, settings
     )
+    container["ports"] = [{"name": "health", "containerPort": contract.SUPERNODE_HEALTH_PORT, "protocol": "TCP"}]
+    # The SuperNode's own gRPC health server: not ready until it serves; restarted when it stops answering.
+    health = {"grpc": {"port": contract.SUPERNODE_HEALTH_PORT}, "timeoutSeconds": 5}
+    container["readinessProbe"] = {**health, "periodSeconds": 5, "failureThreshold": 3}
+    container["livenessProbe"] = {**health, "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 6}
     resources = container.setdefault("resources", {})
     if job.spec.clients.warm_client_apps and not any("memory" in resources.get(k, {}) for k in ("requests", "limits")):
         resources.setdefault("requests", {})["memory"] = WARM_CLIENT_MEMORY_REQUEST
     if not resources:
         del container["resources"]
-    pod_spec = _pod_spec(container, job.spec.clients, settings)
+    data = job.spec.data
+    if data is not None:  # the job's data volume in place of the emptyDir, read-only
+        for mount in container["volumeMounts"]:
+            if mount["name"] == "data":
+                mount["readOnly"] = True
+    volumes = _volumes({"data": data.volume("data", read_only=True)} if data else {})
     if job.spec.security.enabled:
         container["volumeMounts"].append(_keys_mount(contract.CLIENT_KEYS_DIR))
-        pod_spec["volumes"].append(_keys_volume(clients_secret_name(job.metadata.name)))
+        volumes.append(_keys_volume(clients_secret_name(job.metadata.name)))
+    pod_spec = _pod_spec(container, job.spec.clients, settings, volumes)
+    pod_spec.pop("topologySpreadConstraints", None)  # the clients' own rule: `client_spread`
     spread = client_spread(job)
     if spread:
         pod_spec["topologySpreadConstraints"] = spread
@@ -368,7 +458,7 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings, partitions
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector_labels(job.metadata.name, CLIENTS)},
             "template": {
-                "metadata": {"labels": labels(job.metadata.name, CLIENTS)},
+                "metadata": _template_metadata(job, CLIENTS, job.spec.clients),
                 "spec": pod_spec,
             },
         },

@@ -28,6 +28,7 @@ _KINDS: dict[str, tuple[str, str, str]] = {
     "Deployment": ("apps", "v1", "deployments"),
     "StatefulSet": ("apps", "v1", "statefulsets"),
     "Service": ("", "v1", "services"),
+    "ConfigMap": ("", "v1", "configmaps"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
     "Secret": ("", "v1", "secrets"),
 }
@@ -129,6 +130,18 @@ class Children:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+
+    def claim_access_modes(self, namespace: str, name: str) -> list[str] | None:
+        """A PersistentVolumeClaim's access modes (the job's data volume: can clients on several
+        nodes share it?); None when it does not exist (yet: its pods then wait for it)."""
+        kind = "PersistentVolumeClaim"
+        try:
+            claim = self._send("read", kind, "GET", rest.path("", "v1", "persistentvolumeclaims", namespace, name))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return None
+        return [str(mode) for mode in (claim.get("spec") or {}).get("accessModes") or []]
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:

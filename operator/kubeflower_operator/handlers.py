@@ -8,6 +8,7 @@ indexes (no API reads), polls the server's status document, plans with the pure
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ CHILD_RESOURCES = (
     ("apps", "statefulsets"),
     ("", "services"),
     ("networking.k8s.io", "networkpolicies"),
+    ("", "configmaps"),  # the final status: the operator's own ConfigMaps only, never the cluster's others
 )
 JOB = (api.GROUP, api.VERSION, api.PLURAL)
 WORKER_LIMIT = 100
@@ -80,8 +82,8 @@ def configure(
     settings.queueing.worker_limit = WORKER_LIMIT
     settings.queueing.idle_timeout = 0.2
     # The children's watches ask the API server for the operator's own objects only (a label
-    # selector on the watch request), not every Deployment, StatefulSet, Service, NetworkPolicy
-    # and server pod of the cluster, filtered in memory.
+    # selector on the watch request), not every Deployment, StatefulSet, Service, NetworkPolicy,
+    # ConfigMap and server pod of the cluster, filtered in memory.
     for group, plural in CHILD_RESOURCES:
         settings.watching.label_selectors[group, plural] = MANAGED_SELECTOR
     settings.watching.label_selectors["", "pods"] = (
@@ -161,6 +163,7 @@ def _child_index(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Child]:
 kopf.index("apps", "v1", "deployments", labels=MANAGED, id="deployments")(_child_index)
 kopf.index("apps", "v1", "statefulsets", labels=MANAGED, id="statefulsets")(_child_index)
 kopf.index("", "v1", "services", labels=MANAGED, id="services")(_child_index)
+kopf.index("", "v1", "configmaps", labels=MANAGED, id="configmaps")(_child_index)
 kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED, id="networkpolicies")(_child_index)
 
 
@@ -191,7 +194,7 @@ def _observe(
     )
 
 
-CHILD_INDEXES = ("deployments", "statefulsets", "services", "networkpolicies")
+CHILD_INDEXES = ("deployments", "statefulsets", "services", "networkpolicies", "configmaps")
 
 
 @kopf.on.resume(*JOB)
@@ -273,6 +276,10 @@ def _plan(
         polled = poll(url, since_epoch, settings.poll_timeout, job.spec.rounds)
         memo.metrics.polled(key, failed=polled.error is not None)
     observed = _observe(key, indexes, expected, polled)
+    claim = job.spec.data.claim_name if job.spec.data else None
+    if claim and "StatefulSet" not in observed.children and current.completion_time is None:
+        modes = memo.children.claim_access_modes(meta["namespace"], claim)  # one read, until the clients exist
+        observed = dataclasses.replace(observed, data_claim_modes=None if modes is None else tuple(modes))
     return reconcile.plan(job, generation, current, observed, now, settings)
 
 

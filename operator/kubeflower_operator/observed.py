@@ -19,7 +19,7 @@ CONFIG_HASH = "kubeflower.io/config-hash"
 
 @dataclass(frozen=True)
 class Child:
-    """One child object (Deployment, StatefulSet, Service, NetworkPolicy) as observed."""
+    """One child object (Deployment, StatefulSet, Service, NetworkPolicy, ConfigMap) as observed."""
 
     kind: str
     name: str
@@ -114,6 +114,10 @@ class Poll:
 @dataclass(frozen=True)
 class Observed:
     children: dict[str, Child] = field(default_factory=dict)
-    """By `child_key`: Deployment, Service, NetworkPolicy, CLIENTS_POLICY, StatefulSet."""
+    """By `child_key`: Deployment, Service, NetworkPolicy, CLIENTS_POLICY, StatefulSet, ConfigMap (the
+    final status)."""
     server_pods: tuple[ServerPod, ...] = ()
     poll: Poll = field(default_factory=Poll)
+    data_claim_modes: tuple[str, ...] | None = None
+    """The access modes of the job's data claim (spec.data.claimName), read before the clients are
+    created; None when not read (no claim, the clients exist, or the claim does not exist yet)."""

@@ -178,6 +178,27 @@ def invalid_plan(previous: JobStatus, generation: int, message: str, now: dateti
     return Plan(status=status, events=[] if repeated else [Event("Warning", "ValidationFailed", message)])
 
 
+def data_volume_problem(job: FederatedTrainingJob, modes: tuple[str, ...] | None) -> str | None:
+    """Why the data claim cannot serve every client, or None. A ReadWriteOnce volume attaches to one
+    node: clients on other nodes would wait forever (Multi-Attach); ReadWriteOncePod, to one pod."""
+    clients = job.spec.clients
+    if modes is None or clients.replicas < 2 or {"ReadOnlyMany", "ReadWriteMany"} & set(modes):
+        return None
+    claim = job.spec.data.claim_name if job.spec.data else None
+    if "ReadWriteOncePod" in modes:
+        return (
+            f"spec.data.claimName: claim {claim} is ReadWriteOncePod: only one pod may mount it, and the job has "
+            f"{clients.replicas} clients; use a ReadOnlyMany or ReadWriteMany claim"
+        )
+    if "ReadWriteOnce" in modes and "kubernetes.io/hostname" not in (clients.node_selector or {}):
+        return (
+            f"spec.data.claimName: claim {claim} is ReadWriteOnce: it attaches to one node, and the "
+            f"{clients.replicas} clients spread over nodes; use a ReadOnlyMany or ReadWriteMany claim, or pin the "
+            "clients to one node (spec.clients.nodeSelector with kubernetes.io/hostname)"
+        )
+    return None
+
+
 def plan(
     job: FederatedTrainingJob,
     generation: int,
@@ -188,6 +209,9 @@ def plan(
 ) -> Plan:
     """Everything to do for a valid job, from what is observed now: progress, verdict, children,
     conditions, each its own step."""
+    problem = data_volume_problem(job, observed.data_claim_modes)
+    if problem is not None and previous.completion_time is None:
+        return invalid_plan(previous, generation, problem, now)
     out = Plan()
     status, out.events = progress(job, generation, previous, observed, now)
     if status.completion_time is None:
@@ -228,6 +252,7 @@ def progress(
         "status_failing_since": None
         if observed.poll.failing_since is None
         else timestamp_of(observed.poll.failing_since),
+        "results": builders.results_location(job),
     }
     if restarts > restarts_before and not finished:
         events.append(
@@ -237,12 +262,27 @@ def progress(
                 (
                     f"the server restarted ({restarts} of "
                     f"runPolicy.backoffLimit={spec.run_policy.backoff_limit} tolerated); "
-                    "Flower keeps a run in the SuperLink's memory, so the run starts over from round 1"
+                    + (
+                        "it resumes after its last checkpoint on spec.output"
+                        if spec.output is not None
+                        else "it resumes after its last checkpoint if its container restarted in the same pod, "
+                        "else it starts over from round 1 (set spec.output to keep checkpoints across pods)"
+                    )
                 ),
             )
         )
     document = observed.poll.document
     if document is not None and not finished:
+        if document.resumed_round is not None and document.resumed_round != previous.resumed_round:
+            update["resumed_round"] = document.resumed_round
+            events.append(
+                Event(
+                    "Normal",
+                    "Resumed",
+                    f"the server resumed after round {document.resumed_round}/{document.total_rounds} "
+                    f"from its checkpoint in {builders.results_location(job)}",
+                )
+            )
         events += _round_events(previous.current_round or 0, document)
         update["current_round"] = document.current_round
         if document.metrics or document.server_metrics:
@@ -360,13 +400,18 @@ def children_step(
     finished_at = status.completion_time
     ready_clients = clients.ready_replicas if clients else 0
     desired_clients = 0 if finished_at else builders.client_replicas(job)
+    # The CLIENTS column: clients the SuperLink sees connected (ready pods until the server answers).
+    document = observed.poll.document
+    connected = document.clients.connected if document is not None and not finished_at else ready_clients
     update: dict[str, Any] = {
         "replicas": ready_clients,
-        "clients": f"{ready_clients}/{desired_clients}",
+        "clients": f"{connected}/{desired_clients}",
         "round": f"{status.current_round or 0}/{spec.rounds}",
     }
     if finished_at:
         _finished_children(job, children, out)
+        if "ConfigMap" not in children and spec.run_policy.clean_policy != CleanPolicy.ALL:
+            out.create.append(builders.final_status_config_map(job, final_document(job, status).to_json()))
         ttl = spec.run_policy.ttl_seconds_after_finished
         if ttl is not None and now >= parse_timestamp(finished_at) + timedelta(seconds=ttl):
             out.delete_job = True
@@ -387,6 +432,21 @@ def children_step(
             out.keys_for = spec.clients.replicas
         update["phase"], update["reason"], update["message"] = _phase(job, server, clients, observed.poll.document)
     return status.model_copy(update=update)
+
+
+def final_document(job: FederatedTrainingJob, status: JobStatus) -> ServerStatus:
+    """The job's final status as a server status document (what a re-created server serves)."""
+    metrics = status.metrics.model_dump(exclude_none=True) if status.metrics else {}
+    return ServerStatus(
+        phase=status.phase or Phase.FAILED,
+        current_round=status.current_round or 0,
+        total_rounds=status.total_rounds or job.spec.rounds,
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+        message=status.message or "",
+        start_time=status.start_time,
+        finish_time=status.completion_time,
+        job_uid=job.metadata.uid or "",
+    )
 
 
 def conditions(

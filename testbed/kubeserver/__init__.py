@@ -25,9 +25,10 @@ If the server itself failed on a request (a 500: a bug here), leaving the ``with
 block raises, so that it is not mistaken for an operator bug.
 
 Served built-in resources: v1 namespaces, pods, services, events, configmaps, secrets,
-serviceaccounts; apps/v1 deployments, statefulsets, replicasets (status and scale);
-batch/v1 jobs; networking.k8s.io/v1 networkpolicies; events.k8s.io/v1 events;
-coordination.k8s.io/v1 leases; apiextensions.k8s.io/v1 customresourcedefinitions.
+serviceaccounts, persistentvolumeclaims (stored only: no provisioner binds them); apps/v1
+deployments, statefulsets, replicasets (status and scale); batch/v1 jobs; networking.k8s.io/v1
+networkpolicies; events.k8s.io/v1 events; coordination.k8s.io/v1 leases; apiextensions.k8s.io/v1
+customresourcedefinitions.
 
 It extends kmock's ``KubernetesEmulator`` (pinned: ``kmock==0.8``, its internals are
 used) with what a real API server does and kopf or kubectl rely on: server-set

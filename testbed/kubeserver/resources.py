@@ -119,6 +119,7 @@ BUILTINS: tuple[ResourceSpec, ...] = (
     _builtin("v1", "events", "Event", short_names=("ev",)),
     _builtin("v1", "configmaps", "ConfigMap", short_names=("cm",)),
     _builtin("v1", "secrets", "Secret"),
+    _builtin("v1", "persistentvolumeclaims", "PersistentVolumeClaim", short_names=("pvc",), status=True),
     _builtin("v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
     _builtin(
         "apps/v1", "deployments", "Deployment", short_names=("deploy",), status=True, scale=_REPLICAS, all_category=True

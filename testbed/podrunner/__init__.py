@@ -28,7 +28,7 @@ What a node and its control plane would do, done here by one thread polling the 
   runAsGroup and fsGroup, with the volumes at their mountPaths, a read-only root file system,
   no_new_privs and no capabilities when the securityContext says so. Containers are restarted
   as restartPolicy says, with the kubelet's CrashLoopBackOff (immediately, then 10 s, 20 s ...);
-  startup, readiness and liveness probes (httpGet, tcpSocket) run from the node to the pod's
+  startup, readiness and liveness probes (httpGet, tcpSocket, grpc) run from the node to the pod's
   address; the Pod's status carries phase, conditions, podIP and per container ready, started,
   restartCount, state and lastState (terminated: exitCode, reason, signal). A deleted pod is
   stopped gracefully: SIGTERM, SIGKILL after terminationGracePeriodSeconds.
@@ -78,8 +78,11 @@ Where it differs from a cluster, knowingly:
   or the controllers, no ControllerRevisions; Deployment RollingUpdate behaves as Recreate;
   StatefulSet updates are RollingUpdate one pod at a time (no partition, no maxUnavailable).
 * Not modelled, and refused loudly (``Unsupported`` in ``runner.errors``): init and ephemeral
-  containers, lifecycle hooks, exec and grpc probes, subPath, volumes other than emptyDir,
-  configMap, secret and hostPath, privileged containers, added capabilities.
+  containers, lifecycle hooks, exec probes, subPath, volumes other than emptyDir,
+  persistentVolumeClaim, configMap, secret and hostPath, privileged containers, added capabilities.
+* A persistentVolumeClaim is a folder of the runner's per claim (``PodRunner.claim_folder``),
+  made on first mount and kept until the runner closes: no provisioner, no binding, no access
+  modes (every pod on this one node may mount it, read-write); the claim object must exist.
 * seccomp profiles are not applied (this machine's kernel is gVisor's, which filters anyway).
 
 Modules, one concern each: ``netns`` (bridge, namespaces, addresses, /etc/netns files, stale

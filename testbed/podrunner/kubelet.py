@@ -14,10 +14,13 @@ objects at once, so the pods that `pods` creates carry a finalizer (`FINALIZER`)
 kubelet removes once the containers have exited: a pod stays Terminating, with its processes,
 until then, as in a cluster.
 
-Volumes: emptyDir (a fresh directory, mode 0777, group fsGroup), configMap and secret (their
-keys as files, defaultMode; one whose object is missing keeps its container waiting in
-`ContainerCreating` and is tried again, as a kubelet does), hostPath (bind-mounted). Mount points
-missing on the machine are made inside the container's mount namespace only (`MountPoints`). Other volume types,
+Volumes: emptyDir (a fresh directory, mode 0777, group fsGroup), persistentVolumeClaim (a folder
+per claim under the runner's work folder, made on first use like an emptyDir and never removed with a
+pod: `claim_folder`; the claim object must exist), configMap and secret (their keys as files,
+defaultMode; one whose object is missing, unless `optional`, keeps its container waiting in
+`ContainerCreating` and is tried again, as a kubelet does; so does a missing claim), hostPath
+(bind-mounted). Mount points missing on the machine are made inside the container's mount namespace
+only (`MountPoints`). Other volume types,
 subPath, init and ephemeral containers, exec probes and lifecycle hooks raise `Unsupported`
 (recorded in the runner's errors): never skipped in silence.
 """
@@ -90,6 +93,11 @@ class MountPoints:
         else:
             self.mkdirs.append(str(path.parent))
             self.touch.append(target)
+
+
+def claim_folder(workdir: Path, namespace: str, claim: str) -> Path:
+    """Where a PersistentVolumeClaim's volume lives: a folder of the runner's that outlives the pods."""
+    return workdir / "claims" / namespace / claim
 
 
 def timestamp(moment: float) -> str:
@@ -458,6 +466,18 @@ class Kubelet:
             return path
         if "hostPath" in volume:
             return Path(volume["hostPath"]["path"])
+        if "persistentVolumeClaim" in volume:
+            name = volume["persistentVolumeClaim"]["claimName"]
+            if self._lookup("persistentvolumeclaims", namespace, name) is None:
+                raise podspec.ConfigError(f'persistentvolumeclaim "{name}" not found')
+            claim = claim_folder(self.workdir, namespace, name)
+            if not claim.exists():  # a fresh volume, as a provisioner makes it: writable by the pod's group
+                claim.mkdir(parents=True)
+                claim.chmod(0o777)
+                if fs_group is not None:
+                    os.chown(claim, -1, int(fs_group))
+                    claim.chmod(0o2777)
+            return claim
         for key, plural in (("configMap", "configmaps"), ("secret", "secrets")):
             if key in volume:
                 source = volume[key]

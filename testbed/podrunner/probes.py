@@ -2,7 +2,8 @@
 
 Each probe keeps Kubernetes' timing and thresholds (initialDelaySeconds, periodSeconds,
 timeoutSeconds, successThreshold, failureThreshold, with their defaults). `httpGet` succeeds on
-an answer 200-399, `tcpSocket` on a connection; `exec` and `grpc` probes are not modelled.
+an answer 200-399, `tcpSocket` on a connection, `grpc` on a grpc.health.v1 SERVING answer; `exec`
+probes are not modelled.
 """
 
 from __future__ import annotations
@@ -41,7 +42,25 @@ def check(probe: dict[str, Any], pod: dict[str, Any], address: str) -> tuple[boo
             return True, "connected"
         except OSError as exc:
             return False, f"dial tcp {address}:{port}: {exc}"
+    if "grpc" in probe:
+        return _grpc(probe["grpc"], address, timeout)
     raise Unsupported(f"probe handlers {sorted(k for k in probe if not k.endswith(('Seconds', 'Threshold')))}")
+
+
+def _grpc(probe: dict[str, Any], address: str, timeout: float) -> tuple[bool, str]:
+    """The kubelet's gRPC probe: grpc.health.v1 Health/Check on the port, SERVING is success."""
+    import grpc
+    from grpc_health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+    from grpc_health.v1.health_pb2_grpc import HealthStub
+
+    target = f"{address}:{int(probe['port'])}"
+    with grpc.insecure_channel(target) as channel:
+        try:
+            answer = HealthStub(channel).Check(HealthCheckRequest(service=probe.get("service", "")), timeout=timeout)
+        except grpc.RpcError as exc:
+            return False, f"rpc error: code = {exc.code().name} desc = {exc.details()}"
+    serving = answer.status == HealthCheckResponse.SERVING
+    return serving, f"service status {HealthCheckResponse.ServingStatus.Name(answer.status)}"
 
 
 @dataclass

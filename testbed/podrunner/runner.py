@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from testbed.podrunner.kubelet import Kubelet
+from testbed.podrunner.kubelet import Kubelet, claim_folder
 from testbed.podrunner.labels import matches
 from testbed.podrunner.netns import Network
 from testbed.podrunner.pods import Controllers
@@ -159,6 +159,10 @@ class PodRunner:
     def refused(self) -> list[tuple[str, tuple[str, int]]]:
         """(client address, (cluster IP, port)) of every connection a NetworkPolicy refused."""
         return list(self.services.proxy.refused) if self.services else []
+
+    def claim_folder(self, namespace: str, claim: str) -> Path:
+        """The folder that stands in for a PersistentVolumeClaim's volume (made by the first pod mounting it)."""
+        return claim_folder(self.workdir, namespace, claim)
 
     def logs(self, namespace: str, pod: str, container: str) -> str:
         path = self.log_dir / f"{namespace}_{pod}_{container}.log"

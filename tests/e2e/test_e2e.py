@@ -8,6 +8,7 @@ Each test gets a fresh cluster (tests/e2e/conftest.py): the API test server, the
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -53,7 +54,10 @@ def succeeded(cluster: Cluster, name: str) -> dict[str, Any]:
 def test_apply_the_digits_job_to_success_then_ttl(cluster: Cluster) -> None:
     with cluster.watching("ftj") as watched:
         cluster.apply_documents("digits", [example("digits-fedavg", ttlSecondsAfterFinished=5)])
-        status = cluster.wait_status("digits-fedavg", lambda s: s.get("phase") == "Running", RUN, "Running")
+        # CLIENTS: the SuperNodes the SuperLink sees connected (their pods ready on the gRPC health probe).
+        status = cluster.wait_status(
+            "digits-fedavg", lambda s: s.get("phase") == "Running" and s.get("clients") == "2/2", RUN, "Running"
+        )
         assert status["clients"] == "2/2" and status["serverAddress"] == f"digits-fedavg-server.{cluster.ns}.svc:9092"
         for r in (1, 2):
             running(cluster, "digits-fedavg", r)
@@ -121,7 +125,12 @@ def test_operator_restart_mid_run_continues_without_duplicates(cluster: Cluster)
     with cluster.watching("ftj", "phoenix", "-o", columns) as watched:  # a named get needs the job to exist
         status = running(cluster, "phoenix", 1)
         children = cluster.children("phoenix")
-        uids = {kind: sorted(o["metadata"]["uid"] for o in objs) for kind, objs in children.items() if kind != "Pod"}
+        # Not the pods, nor the final-status ConfigMap: it exists only once the job finished.
+        uids = {
+            kind: sorted(o["metadata"]["uid"] for o in objs)
+            for kind, objs in children.items()
+            if kind not in ("Pod", "ConfigMap")
+        }
         two = {"NetworkPolicy", "Secret"}  # the server's and the clients'
         assert all(len(v) == (2 if kind in two else 1) for kind, v in uids.items()), uids
 
@@ -194,6 +203,47 @@ def test_a_killed_client_is_restarted_and_the_job_completes(cluster: Cluster) ->
     _restarted(cluster, "resilient-clients-1")  # the same pod, so the same partition (its ordinal)
     status = succeeded(cluster, "resilient")
     assert status["round"] == "3/3"
+
+
+def test_a_hung_client_is_restarted_by_its_liveness_probe_and_the_job_completes(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SuperNode that stops answering (SIGSTOP: alive, silent) fails its gRPC liveness probe on
+    Flower's health server; the kubelet restarts the container and the job completes."""
+    caplog.set_level(logging.INFO, logger="testbed.podrunner.kubelet")
+    cluster.apply_documents("job", [job("hung")])
+    running(cluster, "hung", 1)
+    pod = "hung-clients-1"
+    stopped = [
+        pid
+        for pid, where in cluster.processes("hung", "clients").items()
+        if where == f"{cluster.ns}/{pod}" and "flower-supernode" in _command(pid)
+    ]
+    assert stopped, cluster.processes("hung", "clients")
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+
+    def restarted() -> dict[str, Any] | None:
+        pod_now = cluster.kube.get("v1", "pods", cluster.ns, pod)
+        statuses = ((pod_now or {}).get("status") or {}).get("containerStatuses") or [{}]
+        return statuses[0] if statuses[0].get("restartCount", 0) >= 1 else None
+
+    # Liveness: 6 failures 10 s apart, then SIGTERM and, the stopped SuperNode ignoring it, SIGKILL.
+    wait_for(restarted, 180, f"{pod} restarted by its liveness probe")
+    assert not set(stopped) & set(cluster.processes("hung", "clients")), "the hung SuperNode is gone"
+    why = [r.getMessage() for r in caplog.records if f"/{pod} container" in r.getMessage()]
+    assert any("failed its liveness probe" in line for line in why), why  # the probe, not a crash
+    status = succeeded(cluster, "hung")
+    assert status["round"] == "3/3", status
+
+
+def _command(pid: int) -> str:
+    """A process's command line ("" once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_a_killed_server_is_restarted_and_the_job_ends_with_a_verdict(cluster: Cluster) -> None:

@@ -73,9 +73,9 @@ def run_env(marker: str, tmp_path: Path) -> dict[str, str]:
 def kubeflower_run(run_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
     """`kubeflower run JOB --output DIR` to its end."""
 
-    def run(job_file: Path, output: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    def run(job_file: Path, output: Path, timeout: float = 240, *options: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [KUBEFLOWER, "run", str(job_file), "--output", str(output)],
+            [KUBEFLOWER, "run", str(job_file), "--output", str(output), *options],
             check=False,
             env=run_env,
             capture_output=True,

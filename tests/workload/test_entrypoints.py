@@ -153,6 +153,9 @@ def test_local_mode_gives_each_process_its_pods_command_and_values(tmp_path: Pat
         contract.ENV_DATA_DIR,
         contract.ENV_SUPERLINK,
         contract.ENV_SUPERNODE_PORT,
+        contract.ENV_HEALTH_ADDRESS,  # no kubelet probes locally
+        contract.ENV_CACHE_DIR,  # the host's data folder is writable
+        contract.ENV_FINAL_STATUS,  # no operator locally: the output folder says if the run finished
         contract.ENV_WORK_DIR,
         "FLWR_HOME",
         # The SuperLink's loopback port, and the keys: a throwaway folder of the host's, not the Secrets' mounts.

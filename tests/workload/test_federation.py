@@ -291,3 +291,45 @@ def test_killing_kubeflower_run_leaves_nothing_behind(tmp_path: Path, run_env: d
     while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_with(marker) == []
+
+
+def test_kubeflower_run_resume_after_sigkill_completes_the_same_rounds(
+    tmp_path: Path, run_env: dict[str, str], marker: str, kubeflower_run: Any
+) -> None:
+    """SIGKILL of the whole local run after its second checkpoint; `--resume` continues after the
+    checkpoint and ends with every round once; resuming the finished run only reports it."""
+    job_file = write_job(tmp_path, "resumed-job", rounds=4)
+    output = tmp_path / "out"
+    folder = contract.OutputFolder(output)
+    run = subprocess.Popen(
+        [KUBEFLOWER, "run", str(job_file), "--output", str(output)],
+        env=run_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 180
+    while not (folder.checkpoints / "round-000002.json").exists():
+        assert time.monotonic() < deadline and run.poll() is None, "no checkpoint of round 2"
+        time.sleep(0.2)
+    run.kill()
+    run.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not folder.metrics.exists()
+    uid = folder.job_uid.read_text().strip()
+
+    resumed = kubeflower_run(job_file, output, 240, "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    status = ServerStatus.model_validate_json(folder.metrics.read_text())
+    assert status.phase == Phase.SUCCEEDED and status.job_uid == uid
+    assert [r.round for r in status.history] == [1, 2, 3, 4]
+    assert status.resumed_round is not None and status.resumed_round >= 2
+    assert f"resuming after round {status.resumed_round}" in folder.server_log.read_text()
+    assert folder.final_model.exists()
+
+    again = kubeflower_run(job_file, output, 120, "--resume")
+    assert again.returncode == 0 and "Succeeded: 4/4 rounds" in again.stdout, again.stdout
+    assert "serving its final state, not running again" in folder.server_log.read_text()
+
+    assert kubeflower_run(job_file, tmp_path / "empty", 60, "--resume").returncode == 1

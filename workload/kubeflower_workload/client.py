@@ -78,6 +78,7 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
         raise SettingsError(
             f"partition id {partition_id} is outside 0..{num_partitions - 1} ({contract.ENV_NUM_PARTITIONS})"
         )
+    health = env.get(contract.ENV_HEALTH_ADDRESS)
     return [
         "flower-supernode",
         *security_flags(env, partition_id),
@@ -87,6 +88,7 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
         str(port),
         "--node-config",
         f"partition-id={partition_id} num-partitions={num_partitions}",
+        *(["--health-server-address", health] if health else []),
     ]
 
 

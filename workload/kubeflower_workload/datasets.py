@@ -98,18 +98,32 @@ def _synthetic() -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y.astype(np.int64)
 
 
+def _cache_folders(data_dir: Path) -> list[Path]:
+    """Where prepared arrays are looked for, and written to the first that takes them: the data
+    folder, then the pod's own cache folder (KUBEFLOWER_CACHE_DIR) when the data folder is the
+    job's read-only data volume."""
+    own = os.environ.get(contract.ENV_CACHE_DIR)
+    return [data_dir / CACHE_FOLDER, *([Path(own) / CACHE_FOLDER] if own else [])]
+
+
 def _cached(name: DatasetName, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    cache = data_dir / CACHE_FOLDER / f"{name.value}-train.npz"
-    if cache.exists():
-        with np.load(cache) as arrays:
-            return arrays["x"], arrays["y"]
+    folders = _cache_folders(data_dir)
+    for folder in folders:
+        if (folder / f"{name.value}-train.npz").exists():
+            with np.load(folder / f"{name.value}-train.npz") as arrays:
+                return arrays["x"], arrays["y"]
     x, y = _from_torchvision(name, data_dir)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    # Clients may prepare the same data set at once: write aside, then rename atomically.
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz")
-    with os.fdopen(fd, "wb") as out:
-        np.savez(out, x=x, y=y)
-    os.replace(tmp, cache)
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # Clients may prepare the same data set at once: write aside, then rename atomically.
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
+        except OSError:
+            continue  # read-only: the next folder
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, x=x, y=y)
+        os.replace(tmp, folder / f"{name.value}-train.npz")
+        break
     return x, y
 
 
@@ -124,7 +138,8 @@ def _from_torchvision(name: DatasetName, data_dir: Path) -> tuple[np.ndarray, np
             raise DatasetUnavailable(
                 f"dataset {name.value} is not in the data folder {data_dir} and could not be downloaded "
                 f"({type(exc).__name__}: {' '.join(str(exc).split())}); "
-                "put it there from a machine that reaches the internet "
+                "put it there (a read-only data volume, spec.data, must hold it already) "
+                "from a machine that reaches the internet "
                 f"(torchvision.datasets.{DATASETS[name].torchvision}"
                 f"(root='{data_dir}', train=True, download=True)), or let the pods reach the internet"
             ) from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from flwr.supercore import log
 
 from kubeflower.core import contract
 from kubeflower.core.server_status import RoundRecord
-from kubeflower_workload import progress, strategies
+from kubeflower_workload import checkpoints, progress, strategies
 from kubeflower_workload.appconfig import TaskConfig
 from kubeflower_workload.messages import EVALUATE_RECEIVED, EVALUATION, METRICS
 
@@ -41,6 +42,17 @@ REPLY_TIMEOUT = 3600.0
 """Seconds a round waits for its replies; a SuperNode that dies is reported by Flower sooner."""
 
 OnRound = Callable[[RoundRecord], None]
+OnCheckpoint = Callable[[int, ArrayRecord, RoundRecord | None], None]
+"""(round, the model after it, a fused round's record still awaiting its evaluation)."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where the rounds begin: after `round` (0: from the start), with that round's model."""
+
+    arrays: ArrayRecord
+    round: int = 0
+    pending: RoundRecord | None = None
 
 
 class RoundFailed(RuntimeError):
@@ -57,15 +69,29 @@ def main(grid: Grid, context: Context) -> None:
     strategy = strategies.build(context.run_config)
     torch.manual_seed(task.seed)
     model = models.build(task.model)
+    start = Start(ArrayRecord(model.state_dict()))
+    output = os.environ.get(contract.ENV_OUTPUT_DIR)
+    keeper = None
+    if output:
+        keeper = checkpoints.Keeper(
+            contract.OutputFolder(Path(output)).checkpoints, os.environ.get(contract.ENV_JOB_UID, ""), strategy
+        )
+        start = resume(keeper, start)
+
+    def on_round(record: RoundRecord) -> None:
+        print(progress.event_line(record), flush=True)
+        if keeper is not None:
+            keeper.reported(record)
+
     arrays = federate(
         grid,
         strategy,
-        ArrayRecord(model.state_dict()),
+        start,
         task.num_rounds,
         fused=task.fused_train_evaluate,
-        on_round=lambda record: print(progress.event_line(record), flush=True),
+        on_round=on_round,
+        on_checkpoint=keeper.save if keeper is not None else None,
     )
-    output = os.environ.get(contract.ENV_OUTPUT_DIR)
     if output:
         path = contract.OutputFolder(Path(output)).final_model
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,15 +101,36 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "%s is not set: the final model is not saved", contract.ENV_OUTPUT_DIR)
 
 
+def resume(keeper: checkpoints.Keeper, fresh: Start) -> Start:
+    """Where a run of this job begins: after its latest checkpoint, or `fresh` when it has none."""
+    found = checkpoints.latest(keeper.folder, keeper.job_uid)
+    if found is None:
+        log(INFO, "no checkpoint of this job in %s: starting at round 1", keeper.folder)
+        return fresh
+    arrays = checkpoints.load(found, keeper.strategy)
+    keeper.history = list(found.history)
+    log(INFO, "resuming after round %d from its checkpoint %s", found.round, found.tensors)
+    return Start(arrays, found.round, found.pending)
+
+
 def federate(
-    grid: Grid, strategy: FedAvg, arrays: ArrayRecord, num_rounds: int, *, fused: bool, on_round: OnRound
+    grid: Grid,
+    strategy: FedAvg,
+    start: Start,
+    num_rounds: int,
+    *,
+    fused: bool,
+    on_round: OnRound,
+    on_checkpoint: OnCheckpoint | None = None,
 ) -> ArrayRecord:
-    """Run the rounds; `on_round` gets each round once its evaluation is known. Returns the model."""
+    """Run the rounds after `start.round`; `on_round` gets each round once its evaluation is known,
+    `on_checkpoint` the state after each round. Returns the model."""
     # A fused message evaluates on the clients sampled to train: only right when both samples match.
     fused = fused and strategy.fraction_evaluate == strategy.fraction_train
     log(INFO, "%d rounds, %s", num_rounds, "fused train+evaluate messages" if fused else "train, then evaluate")
-    awaiting: RoundRecord | None = None  # fused: trained, its evaluation comes with the next replies
-    for server_round in range(1, num_rounds + 1):
+    arrays = start.arrays
+    awaiting = start.pending if fused else None  # fused: trained, its evaluation comes with the next replies
+    for server_round in range(start.round + 1, num_rounds + 1):
         started = time.monotonic()
         config = ConfigRecord({EVALUATE_RECEIVED: True} if fused else {})
         wait_for_nodes(grid, strategy)
@@ -98,10 +145,12 @@ def federate(
                 _report(awaiting, received_evaluation(strategy, valid), on_round)
             record.seconds = round(time.monotonic() - started, 3)
             awaiting = record
-            continue
-        evaluated = strategy.aggregate_evaluate(server_round, _evaluate(grid, strategy, server_round, arrays))
-        record.seconds = round(time.monotonic() - started, 3)
-        _report(record, evaluated, on_round)
+        else:
+            evaluated = strategy.aggregate_evaluate(server_round, _evaluate(grid, strategy, server_round, arrays))
+            record.seconds = round(time.monotonic() - started, 3)
+            _report(record, evaluated, on_round)
+        if on_checkpoint is not None:
+            on_checkpoint(server_round, arrays, awaiting)
     if awaiting is not None:
         # The last round's evaluation is a message of its own: its time is the last round's.
         started = time.monotonic()

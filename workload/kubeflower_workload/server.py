@@ -23,7 +23,9 @@ stays up: restarting would fail the same way.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import logging
 import os
@@ -42,7 +44,7 @@ from typing import IO
 
 from kubeflower.core import contract, keys
 from kubeflower.core.server_status import ClientCounts, Phase, RoundRecord, ServerStatus
-from kubeflower_workload import BUILTIN_APP, frontproxy, processes, progress, status_server
+from kubeflower_workload import BUILTIN_APP, checkpoints, frontproxy, processes, progress, status_server
 from kubeflower_workload.control import Control, ControlError, RunState, app_config_keys, build_fab
 
 LOG = logging.getLogger("kubeflower-server")
@@ -54,6 +56,8 @@ STOP_GRACE = 10.0
 LOG_DRAIN_TIMEOUT = 30.0
 """Seconds to wait, once the run finished, for the rest of its log (its last rounds)."""
 ERRORS_KEPT = 5
+MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
+"""A metrics.json found at start is read only up to this size (its history is bounded)."""
 RELAY_DELAY = 0.5
 """Seconds for the SuperLink's log lines about a refused request to reach `SuperLinkOutput`."""
 
@@ -82,6 +86,8 @@ class Settings:
     output_dir: Path
     tls_dir: Path | None
     """The job's keys (`kubeflower.core.keys` file names); None: security off (plain HTTP)."""
+    job_uid: str
+    final_status: Path | None
     stop_token: str = ""
 
     @classmethod
@@ -132,6 +138,8 @@ class Settings:
             bind_host=env.get(contract.ENV_BIND_HOST) or "0.0.0.0",
             output_dir=Path(need(contract.ENV_OUTPUT_DIR)),
             tls_dir=Path(need(contract.ENV_TLS_DIR)) if security == contract.SECURITY_ENABLED else None,
+            job_uid=env.get(contract.ENV_JOB_UID, ""),
+            final_status=Path(env[contract.ENV_FINAL_STATUS]) if env.get(contract.ENV_FINAL_STATUS) else None,
             stop_token=env.get(contract.ENV_STOP_TOKEN, ""),
         )
 
@@ -265,15 +273,17 @@ class SuperLinkOutput(threading.Thread):
     the reason (`Key 'x' is not present in the main dictionary`) is in the SuperLink's log.
     """
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], copy: IO[bytes] | None = None) -> None:
         super().__init__(name="superlink-output", daemon=True)
-        self.stream = stream
+        self.stream, self.copy = stream, copy
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
 
     def run(self) -> None:
         for line in self.stream:
-            sys.stdout.buffer.write(line)
-            sys.stdout.buffer.flush()
+            for out in (sys.stdout.buffer, self.copy):
+                if out is not None:
+                    out.write(line)
+                    out.flush()
             text = progress.strip_ansi(line.decode("utf-8", "replace")).strip()
             if text.startswith("ERROR"):
                 self.errors.append(text.removeprefix("ERROR").lstrip(" :"))
@@ -282,8 +292,8 @@ class SuperLinkOutput(threading.Thread):
 class Supervisor:
     """The SuperLink's keeper and the run's follower; `run()` returns the exit code."""
 
-    def __init__(self, settings: Settings, board: Board) -> None:
-        self.settings, self.board = settings, board
+    def __init__(self, settings: Settings, board: Board, log_copy: IO[bytes] | None = None) -> None:
+        self.settings, self.board, self.log_copy = settings, board, log_copy
         self.stop = threading.Event()
         self.abort = threading.Event()
         """The operator failed the job (`POST /stop`): end the run as Failed, stop the SuperLink."""
@@ -328,11 +338,13 @@ class Supervisor:
             frontproxy.Listen(s.bind_host, s.superlink_port, s.loopback_port, run_dir), self.tls
         )
         assert self.superlink.stdout is not None
-        self.superlink_output = SuperLinkOutput(self.superlink.stdout)
+        self.superlink_output = SuperLinkOutput(self.superlink.stdout, self.log_copy)
         self.superlink_output.start()
 
     def run(self) -> int:
         """Submit the run and follow it; the exit code of the entry point."""
+        if self.board.get().phase.finished:
+            return self._serve_final()
         if not self._wait_for_superlink():
             return 0 if self.stop.is_set() else 1
         s = self.settings
@@ -522,6 +534,72 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def open_server_log(path: Path) -> IO[bytes] | None:
+    """The server's log in the output folder, to append to (a resumed server continues it), so
+    that it outlives the pod with the results; None when our output already goes there (`kubeflower
+    run` writes it) or it cannot be opened (then the pod's log alone has it)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(sys.stdout.fileno()), path.stat()):
+                return None
+        return path.open("ab")
+    except OSError as exc:
+        LOG.warning("the server's log cannot be written to %s: %s", path, exc)
+        return None
+
+
+def initial_status(settings: Settings, now: str) -> ServerStatus:
+    """What the server reports as it starts: the job's final state when it already finished (this
+    is a server re-created after the end: it must not run again; its output folder or, without an
+    output volume, the operator's ConfigMap says so), the rounds of its latest checkpoint when it
+    resumes, else a fresh start."""
+    fresh = ServerStatus(
+        total_rounds=settings.rounds,
+        clients=ClientCounts(expected=settings.min_clients),
+        start_time=now,
+        message="starting the SuperLink",
+        job_uid=settings.job_uid,
+    )
+    folder = contract.OutputFolder(settings.output_dir)
+    # The output folder's own document first (every round's history), else the operator's.
+    for path in (folder.metrics, settings.final_status):
+        final = _final_document(path, settings.job_uid) if path is not None else None
+        if final is not None:
+            return final
+    found = checkpoints.latest(folder.checkpoints, settings.job_uid)
+    if found is None:
+        return fresh
+    last = found.history[-1] if found.history else None
+    return fresh.model_copy(
+        update={
+            "current_round": last.round if last else 0,
+            "metrics": dict(last.metrics) if last else {},
+            "history": found.history,
+            "resumed_round": found.round,
+            "message": f"resuming after round {found.round} from its checkpoint",
+        }
+    )
+
+
+def _final_document(path: Path, job_uid: str) -> ServerStatus | None:
+    """This job's final status document at `path` (metrics.json, or the operator's ConfigMap file)
+    if the job finished; else None. Read bounded and validated: the file outlives pods and jobs."""
+    try:
+        if path.stat().st_size > MAX_DOCUMENT_BYTES:
+            LOG.warning("%s is larger than %d bytes: ignored", path, MAX_DOCUMENT_BYTES)
+            return None
+        document = ServerStatus.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        LOG.warning("%s is not a status document (%s): ignored", path, type(exc).__name__)
+        return None
+    if not document.phase.finished or document.job_uid != job_uid:
+        return None
+    return document
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     try:
@@ -534,30 +612,43 @@ def main() -> int:
         settings.work_dir.mkdir(parents=True, exist_ok=True)
         os.chdir(settings.work_dir)
     processes.become_subreaper()
-    board = Board(
-        ServerStatus(
-            total_rounds=settings.rounds,
-            clients=ClientCounts(expected=settings.min_clients),
-            start_time=_now(),
-            message="starting the SuperLink",
-        )
-    )
-    supervisor = Supervisor(settings, board)
+    log_copy = open_server_log(contract.OutputFolder(settings.output_dir).server_log)
+    if log_copy is not None:
+        copy = logging.StreamHandler(io.TextIOWrapper(log_copy, write_through=True))
+        copy.setFormatter(logging.getLogger().handlers[0].formatter)
+        logging.getLogger().addHandler(copy)
+    board = Board(initial_status(settings, _now()))
+    supervisor = Supervisor(settings, board, log_copy)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: supervisor.request_stop())
-    try:
-        supervisor.start_superlink()
-    except frontproxy.ProxyError as exc:
-        LOG.error("cannot start the front proxy: %s", exc)
-        supervisor.close()
-        return 1
+    finished = board.get().phase.finished
+    if finished:
+        LOG.info(
+            "job %s already %s after %d/%d rounds: serving its final state, not running again",
+            settings.job,
+            board.get().phase.value.lower(),
+            board.get().current_round,
+            board.get().total_rounds,
+        )
+    else:
+        if board.get().resumed_round:
+            LOG.info("job %s: %s", settings.job, board.get().message)
+        try:
+            supervisor.start_superlink()
+        except frontproxy.ProxyError as exc:
+            LOG.error("cannot start the front proxy: %s", exc)
+            supervisor.close()
+            return 1
     http = status_server.serve(
         settings.status_port,
         board.get,
         supervisor.healthy,
         settings.job,
         settings.bind_host,
-        stop=status_server.Stop(settings.stop_token, supervisor.request_abort) if settings.stop_token else None,
+        # A finished job has no run to stop; a running one stops when the operator says so.
+        stop=status_server.Stop(settings.stop_token, supervisor.request_abort)
+        if settings.stop_token and not finished
+        else None,
     )
     LOG.info("serving /status, /metrics and /healthz on %s:%d", settings.bind_host, settings.status_port)
     try:
