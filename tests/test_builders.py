@@ -347,6 +347,59 @@ def test_pod_template_fields_that_would_break_the_pod_are_refused_naming_the_fie
     assert raised.value.errors[0].path == f"spec.clients.{field}" and words in raised.value.errors[0].message
 
 
+@pytest.mark.parametrize("component", ["server", "clients"])
+@pytest.mark.parametrize(
+    ("settings", "field", "words"),
+    [
+        ({"volumes": [{"name": "keys", "emptyDir": {}}]}, "volumes[0].name", "operator's own"),
+        ({"volumeMounts": [{"name": "keys", "mountPath": "/x"}]}, "volumeMounts[0].name", "mounted already"),
+        *(
+            (
+                {"volumes": [{"name": "x", "emptyDir": {}}], "volumeMounts": [{"name": "x", "mountPath": path}]},
+                "volumeMounts[0].mountPath",
+                "outside the operator's own",
+            )
+            for path in (contract.TLS_DIR, contract.CLIENT_KEYS_DIR, contract.KEYS_ROOT, contract.TLS_DIR + "/ca.crt")
+        ),
+    ],
+)
+def test_a_pod_template_can_neither_replace_nor_shadow_the_jobs_keys(
+    component: str, settings: dict, field: str, words: str
+) -> None:
+    with pytest.raises(JobInvalid) as raised:
+        parse_job(job(**{component: settings}))
+    assert raised.value.errors[0].path == f"spec.{component}.{field}" and words in raised.value.errors[0].message
+
+
+def test_the_keys_the_output_and_data_volumes_and_a_template_live_together_in_the_pods() -> None:
+    """Issue 12's keys and issue 13's volumes and template fields, in one job: every operator mount
+    stays where it was, read-only where it must be, and the pods stay valid and restricted."""
+    parsed = parse_job(
+        job(output={"claimName": "out"}, data={"claimName": "data"}, server=POD_TEMPLATE, clients=POD_TEMPLATE)
+    )
+    server = builders.server_deployment(parsed, SETTINGS)
+    clients = builders.client_statefulset(parsed, SETTINGS)
+    for manifest, secret, keys_at in (
+        (server, builders.server_secret_name("digits-fedavg"), contract.TLS_DIR),
+        (clients, builders.clients_secret_name("digits-fedavg"), contract.CLIENT_KEYS_DIR),
+    ):
+        assert strict_errors(manifest) == [], manifest["kind"]
+        pod = manifest["spec"]["template"]["spec"]
+        assert restricted_violations(pod) == []
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes[contract.KEYS_VOLUME]["secret"] == {"secretName": secret, "defaultMode": 0o440}
+        assert "certs" in volumes  # the user's own
+        mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts[keys_at] == {"name": contract.KEYS_VOLUME, "mountPath": keys_at, "readOnly": True}
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    server_volumes = {v["name"]: v for v in server["spec"]["template"]["spec"]["volumes"]}
+    assert server_volumes["output"]["persistentVolumeClaim"] == {"claimName": "out"}
+    assert server_volumes[contract.FINAL_VOLUME]["configMap"]["optional"] is True
+    client_volumes = {v["name"]: v for v in clients["spec"]["template"]["spec"]["volumes"]}
+    assert client_volumes["data"]["persistentVolumeClaim"] == {"claimName": "data", "readOnly": True}
+
+
 def test_every_child_is_valid_for_the_api_server_strict_schema() -> None:
     parsed = parse_job(job(output={"claimName": "out"}, data={"claimName": "data"}))
     manifests = [*builders.all_children(parsed, SETTINGS), builders.final_status_config_map(parsed, "{}")]
