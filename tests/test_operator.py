@@ -419,7 +419,12 @@ def test_a_secret_name_taken_by_another_owner_is_a_conflict_and_no_pod_is_made(
 ) -> None:
     """The job's keys go through the same owner check as its other children: another owner's
     Secret is never read for keys, patched or adopted, and nothing that would mount it is made."""
-    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "0000-other", "controller": True}
+    # The owner must exist: the garbage collector removes at once an object whose owners are all gone.
+    x = cluster.kube.create(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": cluster.ns}}
+    )
+    uid = x["metadata"]["uid"]
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": uid, "controller": True}
     taken = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -430,7 +435,7 @@ def test_a_secret_name_taken_by_another_owner_is_a_conflict_and_no_pod_is_made(
     cluster.apply(job("fl"))
     status = cluster.wait_status("fl", lambda s: s.get("reason") == "ChildRefused")
     assert "Secret fl-client-keys already exists and belongs to" in status["message"]
-    assert "0000-other" in status["message"]
+    assert uid in status["message"]
     secret = cluster.kube.get("v1", "secrets", cluster.ns, "fl-client-keys")
     assert secret["metadata"]["ownerReferences"] == [other], "never adopted"
     assert secret["data"] == taken["data"], "never written"

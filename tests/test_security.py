@@ -14,7 +14,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_public_key, load_ssh_private_key
 
-from kubeflower.core import contract, keys
+from kubeflower.core import api, contract, keys
 from kubeflower.core.environment import server_names
 from kubeflower.core.validation import JobInvalid, parse_job
 from kubeflower_operator import builders
@@ -125,6 +125,19 @@ def test_keys_are_mounted_read_only_from_the_jobs_secrets() -> None:
         assert volumes[contract.KEYS_VOLUME]["secret"] == {"secretName": secret, "defaultMode": 0o440}
         mount = next(m for m in _container(manifest)["volumeMounts"] if m["name"] == contract.KEYS_VOLUME)
         assert mount == {"name": contract.KEYS_VOLUME, "mountPath": path, "readOnly": True}
+
+
+def test_a_job_with_the_longest_names_gets_a_certificate_for_all_of_them() -> None:
+    """A namespace of 63 characters and the longest job name: the Service's DNS names pass X.509's
+    64-character common name, so the subject takes the first name that fits; every name stays in
+    the SANs. (The API test server's namespaces are named after the tests: long ones met this.)"""
+    namespace, name = "n" * 63, "j" * api.MAX_NAME_LENGTH
+    parsed = parse_job(job(name=name, namespace=namespace))
+    cert = x509.load_pem_x509_certificate(keys.server_tls(server_names(parsed)).cert)
+    (common_name,) = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    assert common_name.value == f"{name}-server"
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"{name}-server.{namespace}.svc.cluster.local" in sans.get_values_for_type(x509.DNSName)
 
 
 def test_the_secrets_hold_what_each_side_needs_and_no_ca_key() -> None:

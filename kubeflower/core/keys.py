@@ -70,6 +70,10 @@ class ClientKey:
     public_pem: bytes
 
 
+COMMON_NAME_MAX = 64
+"""X.509's upper bound on a common name (RFC 5280 ub-common-name)."""
+
+
 def server_tls(names: list[str], now: datetime.datetime | None = None) -> ServerTLS:
     """A fresh CA and a server certificate for `names` (DNS names or IP addresses) and loopback."""
     now = now or datetime.datetime.now(datetime.UTC)
@@ -93,9 +97,12 @@ def server_tls(names: list[str], now: datetime.datetime | None = None) -> Server
     )
     server_key = ec.generate_private_key(ec.SECP256R1())
     all_names = list(dict.fromkeys([*names, *LOCAL_NAMES]))
+    # Clients check the SANs; the subject only names the certificate, and X.509 caps a common name
+    # at 64 characters, which `<job>-server.<namespace>.svc` passes with long names.
+    common_name = next(n for n in all_names if len(n) <= COMMON_NAME_MAX)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, all_names[0])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())

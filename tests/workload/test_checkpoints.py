@@ -168,6 +168,8 @@ def _settings(tmp_path: Path, uid: str = "uid-1") -> server.Settings:
         contract.ENV_JOB_NAME: "job",
         contract.ENV_RUN_CONFIG: '{"num-server-rounds": 3, "min-available-clients": 2}',
         contract.ENV_SUPERLINK_PORT: "9092",
+        contract.ENV_SUPERLINK_LOOPBACK_PORT: str(contract.SUPERLINK_LOOPBACK_PORT),
+        contract.ENV_SECURITY: contract.SECURITY_DISABLED,  # no keys here: what is read at start is the same
         contract.ENV_STATUS_PORT: "8080",
         contract.ENV_OUTPUT_DIR: str(tmp_path / "out"),
         contract.ENV_JOB_UID: uid,
