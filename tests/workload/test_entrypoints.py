@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kubeflower.core import contract, environment
+from kubeflower.core import contract, environment, keys
 from kubeflower.core.api import FederatedTrainingJob
 from kubeflower.core.runconfig import run_config
 from kubeflower.local import local_commands
@@ -69,6 +69,21 @@ def test_client_partition_from_the_pod_ordinal() -> None:
 def test_a_client_added_by_a_scale_up_shares_a_partition() -> None:
     """The split is fixed when the clients are made (3 here): client 4 trains on partition 1."""
     command = client.supernode_command({**BASE, contract.ENV_POD_NAME: "j-clients-4"})
+    assert command[command.index("--node-config") + 1] == "partition-id=1 num-partitions=3"
+
+
+def test_a_client_added_by_a_scale_up_has_its_own_key(tmp_path: Path) -> None:
+    """It shares client 1's partition, never its key: Flower ties a node to its key."""
+    for name in (keys.CA_CERT, keys.client_private_key_file(1), keys.client_private_key_file(4)):
+        (tmp_path / name).write_bytes(b"x")
+    env = {
+        **BASE,
+        contract.ENV_POD_NAME: "j-clients-4",
+        contract.ENV_SECURITY: contract.SECURITY_ENABLED,
+        contract.ENV_CLIENT_KEYS_DIR: str(tmp_path),
+    }
+    command = client.supernode_command(env)
+    assert command[command.index("--auth-supernode-private-key") + 1] == str(tmp_path / "client-4.key")
     assert command[command.index("--node-config") + 1] == "partition-id=1 num-partitions=3"
 
 

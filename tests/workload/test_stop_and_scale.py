@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kubeflower.core import contract
+from kubeflower.core import contract, keys
 from kubeflower.core.server_status import Phase, ServerStatus
 from kubeflower.core.validation import load_job
 from kubeflower.local import local_commands
@@ -121,6 +121,13 @@ def test_a_client_added_by_a_scale_up_mid_run_trains_in_a_following_round(tmp_pa
             "FLWR_HOME": str(home),
         }
         assert added[contract.ENV_NUM_PARTITIONS] == "2"  # the template is unchanged by a scale
+        # As the operator does before the StatefulSet grows (jobkeys.ensure): a key for ordinal 2,
+        # its public half where the server looks for keys to register.
+        pair = keys.client_key()
+        (Path(server_env[contract.ENV_TLS_DIR]) / keys.client_public_key_file(2)).write_bytes(pair.public_pem)
+        (Path(client_env[contract.ENV_CLIENT_KEYS_DIR]) / keys.client_private_key_file(2)).write_bytes(
+            pair.private_openssh
+        )
         started.append(_start("client-2", client_command, added, marker, tmp_path))
         joined_after = first.current_round
 
@@ -131,6 +138,7 @@ def test_a_client_added_by_a_scale_up_mid_run_trains_in_a_following_round(tmp_pa
         log = (tmp_path / "client-2.log").read_text()
         assert "client 2 was added by a scale up: it trains on partition 0" in log
         assert "partition-id=0 num-partitions=2" in log
+        assert keys.client_private_key_file(2) in log  # its own key, not partition 0's
     finally:
         for process in started:
             processes.stop(process, grace=15)

@@ -81,7 +81,9 @@ def supernode_command(env: Mapping[str, str]) -> list[str]:
     health = env.get(contract.ENV_HEALTH_ADDRESS)
     return [
         "flower-supernode",
-        *security_flags(env, partition_id),
+        # Its own key, its pod ordinal's: a client added by a scale up shares a partition, never a
+        # key (Flower ties a node to its key; the operator adds the new ordinals' keys first).
+        *security_flags(env, partition_id if ordinal is None else int(ordinal)),
         "--superlink",
         superlink,
         "--port",
