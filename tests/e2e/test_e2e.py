@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from kubeflower_workload import supernode
 from testbed.cluster import REPO, Cluster, wait_for
 from testbed.jobs import job
 
@@ -217,7 +218,7 @@ def test_a_hung_client_is_restarted_by_its_liveness_probe_and_the_job_completes(
     stopped = [
         pid
         for pid, where in cluster.processes("hung", "clients").items()
-        if where == f"{cluster.ns}/{pod}" and "flower-supernode" in _command(pid)
+        if where == f"{cluster.ns}/{pod}" and supernode.__name__ in _command(pid)  # Flower's, through our module
     ]
     assert stopped, cluster.processes("hung", "clients")
     for pid in stopped:
