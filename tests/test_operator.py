@@ -198,7 +198,7 @@ def test_delete_mid_run_removes_every_child(operator: None, cluster: Cluster, bo
     cluster.wait_status("fl", lambda s: s.get("round") == "1/3")
     cluster.kubectl("delete", "ftj", "fl", "--wait=true", "--timeout=30s")
     assert cluster.job("fl") is None
-    wait_for(lambda: not any(cluster.children("fl").values()), 20, "every child gone")
+    cluster.wait_children_gone("fl", 20)
 
 
 def test_scale_changes_the_client_replicas(operator: None, cluster: Cluster, board: StatusBoard) -> None:
