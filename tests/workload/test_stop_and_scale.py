@@ -101,7 +101,9 @@ def test_a_client_added_by_a_scale_up_mid_run_trains_in_a_following_round(tmp_pa
     """Two clients start the run; after round 1 a third pod of the same template (the StatefulSet's
     ordinal 2, KUBEFLOWER_NUM_PARTITIONS still 2) joins: it takes partition 2 mod 2 = 0, and a
     later round counts its replies (3 instead of 2)."""
-    job = load_job(write_job(tmp_path, "scaled", rounds=6))
+    # Security off: this is about the added client's partition; its keys' path (registered while
+    # the run goes on, then it joins) is test_security_wiring's, which would only slow its joining here.
+    job = load_job(write_job(tmp_path, "scaled", rounds=6, security={"enabled": False}))
     members = local_commands(job, tmp_path, tmp_path / "out", tmp_path / "home")
     (_, _, server_env), _, (_, client_command, client_env) = members
     base = f"http://127.0.0.1:{server_env[contract.ENV_STATUS_PORT]}"
