@@ -388,16 +388,23 @@ def test_a_removed_node_selector_leaves_the_clients(operator: None, cluster: Clu
     )
 
 
-def test_a_name_taken_by_another_owner_is_a_conflict_not_adopted(operator: None, cluster: Cluster) -> None:
-    # The owner must exist: the garbage collector removes at once an object whose owners are all gone.
-    owner = cluster.kube.create(job("someone-else", namespace=cluster.ns))
-    other = {
-        "apiVersion": "kubeflower.io/v1alpha1",
-        "kind": "FederatedTrainingJob",
+def _another_owner(cluster: Cluster) -> dict[str, Any]:
+    """An owner reference to an object that exists and is not a job: an object whose owners are
+    all gone would be garbage-collected at once, as on a cluster."""
+    owner = cluster.kube.create(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "someone-else", "namespace": cluster.ns}}
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
         "name": "someone-else",
         "uid": owner["metadata"]["uid"],
         "controller": True,
     }
+
+
+def test_a_name_taken_by_another_owner_is_a_conflict_not_adopted(operator: None, cluster: Cluster) -> None:
+    other = _another_owner(cluster)
     taken = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -407,8 +414,7 @@ def test_a_name_taken_by_another_owner_is_a_conflict_not_adopted(operator: None,
     cluster.kube.create(taken)
     cluster.apply(job("fl"))
     status = cluster.wait_status("fl", lambda s: s.get("reason") == "ChildRefused")
-    assert "Service fl-server already exists and belongs to" in status["message"]
-    assert owner["metadata"]["uid"] in status["message"]
+    assert "Service fl-server already exists and belongs to" in status["message"] and other["uid"] in status["message"]
     (service,) = cluster.children("fl")["Service"] or [cluster.kube.get("v1", "services", cluster.ns, "fl-server")]
     assert service["metadata"]["ownerReferences"] == [other], "never adopted"
     assert service["spec"]["ports"] == [{"port": 80}], "never overwritten"
@@ -419,12 +425,7 @@ def test_a_secret_name_taken_by_another_owner_is_a_conflict_and_no_pod_is_made(
 ) -> None:
     """The job's keys go through the same owner check as its other children: another owner's
     Secret is never read for keys, patched or adopted, and nothing that would mount it is made."""
-    # The owner must exist: the garbage collector removes at once an object whose owners are all gone.
-    x = cluster.kube.create(
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": cluster.ns}}
-    )
-    uid = x["metadata"]["uid"]
-    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": uid, "controller": True}
+    other = _another_owner(cluster)
     taken = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -435,7 +436,7 @@ def test_a_secret_name_taken_by_another_owner_is_a_conflict_and_no_pod_is_made(
     cluster.apply(job("fl"))
     status = cluster.wait_status("fl", lambda s: s.get("reason") == "ChildRefused")
     assert "Secret fl-client-keys already exists and belongs to" in status["message"]
-    assert uid in status["message"]
+    assert other["uid"] in status["message"]
     secret = cluster.kube.get("v1", "secrets", cluster.ns, "fl-client-keys")
     assert secret["metadata"]["ownerReferences"] == [other], "never adopted"
     assert secret["data"] == taken["data"], "never written"
@@ -534,17 +535,7 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
         wait_for(lambda: cluster.children("fl")["Deployment"][0]["spec"]["replicas"] == 0, 20, "suspended")
         board.post(cluster.ns, "fl", document(3, Phase.SUCCEEDED))
         wait_for(lambda: cluster.job("fl") is None, 30, "the job deleted after its TTL")
-        # An owner that exists: the garbage collector removes at once an object whose owners are all gone.
-        config_map = kube.create(
-            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": cluster.ns}}
-        )
-        owner = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "name": "x",
-            "uid": config_map["metadata"]["uid"],
-            "controller": True,
-        }
+        owner = _another_owner(cluster)
         create(
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken-server", "ownerReferences": [owner]}}
         )

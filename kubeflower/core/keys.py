@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CERTIFICATE_DAYS = 365
-"""Lifetime of a job's CA and server certificate. A federation that runs longer needs new keys
-(delete and re-create the job, or name a cert-manager Issuer: see the README)."""
+"""Lifetime of a job's CA and server certificate. A federation that runs longer needs new keys:
+delete and re-create the job (README, "Lifetime and rotation")."""
 LOCAL_NAMES = ("localhost", "127.0.0.1")
 """Names every server certificate covers: the server pod's own processes dial loopback."""
 

@@ -197,13 +197,22 @@ def _kill_tree(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
+def _bound(listener: socket.socket, port: int) -> bool:
+    try:
+        listener.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
 def _close_connections_abruptly(port: int, seconds: float) -> int:
     """Take connections on the Flower port and close them at once, as a Service's proxy or a load
     balancer whose backend is gone does; how many."""
     count = 0
     with socket.socket() as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", port))
+        # The killed proxy's socket lasts until its last process is gone (a while on a busy machine).
+        _wait(lambda: _bound(listener, port), 30, f"port {port} free")
         listener.listen(16)
         listener.settimeout(0.5)
         end = time.monotonic() + seconds
