@@ -167,6 +167,19 @@ class Cluster:
     def names(self, name: str) -> dict[str, list[str]]:
         return {kind: sorted(o["metadata"]["name"] for o in objs) for kind, objs in self.children(name).items()}
 
+    def wait_children_gone(self, name: str, timeout: float) -> None:
+        """Wait until no object carries the job's label; a failure lists those left and who owns them."""
+        try:
+            wait_for(lambda: not any(self.children(name).values()), timeout, "every object of the job gone")
+        except AssertionError as failure:
+            left = [
+                f"{kind} {meta['name']} (owners {[r.get('name') for r in meta.get('ownerReferences') or []]}"
+                f"{', terminating' if meta.get('deletionTimestamp') else ''})"
+                for kind, objs in self.children(name).items()
+                for meta in (o["metadata"] for o in objs)
+            ]
+            raise AssertionError(f"{failure}; left: {left}") from None
+
     def events(self, name: str, reason: str) -> list[dict[str, Any]]:
         return [
             e

@@ -195,7 +195,7 @@ def test_delete_mid_run_removes_every_child(operator: None, cluster: Cluster, bo
     cluster.wait_status("fl", lambda s: s.get("round") == "1/3")
     cluster.kubectl("delete", "ftj", "fl", "--wait=true", "--timeout=30s")
     assert cluster.job("fl") is None
-    wait_for(lambda: not any(cluster.children("fl").values()), 20, "every child gone")
+    cluster.wait_children_gone("fl", 20)
 
 
 def test_scale_changes_the_client_replicas(operator: None, cluster: Cluster, board: StatusBoard) -> None:
@@ -373,13 +373,15 @@ def test_a_removed_node_selector_leaves_the_clients(operator: None, cluster: Clu
 
 
 def test_a_name_taken_by_another_owner_is_a_conflict_not_adopted(operator: None, cluster: Cluster) -> None:
-    # The other owner exists (the API test server, like the real garbage collector, removes an
-    # object whose owners are all gone).
-    someone = cluster.kube.create(
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "someone-else", "namespace": cluster.ns}}
-    )
-    uid = someone["metadata"]["uid"]
-    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "someone-else", "uid": uid, "controller": True}
+    # The owner must exist: the garbage collector removes at once an object whose owners are all gone.
+    owner = cluster.kube.create(job("someone-else", namespace=cluster.ns))
+    other = {
+        "apiVersion": "kubeflower.io/v1alpha1",
+        "kind": "FederatedTrainingJob",
+        "name": "someone-else",
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+    }
     taken = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -389,7 +391,8 @@ def test_a_name_taken_by_another_owner_is_a_conflict_not_adopted(operator: None,
     cluster.kube.create(taken)
     cluster.apply(job("fl"))
     status = cluster.wait_status("fl", lambda s: s.get("reason") == "ChildRefused")
-    assert "Service fl-server already exists and belongs to" in status["message"] and uid in status["message"]
+    assert "Service fl-server already exists and belongs to" in status["message"]
+    assert owner["metadata"]["uid"] in status["message"]
     (service,) = cluster.children("fl")["Service"] or [cluster.kube.get("v1", "services", cluster.ns, "fl-server")]
     assert service["metadata"]["ownerReferences"] == [other], "never adopted"
     assert service["spec"]["ports"] == [{"port": 80}], "never overwritten"
@@ -480,9 +483,17 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
         wait_for(lambda: cluster.children("fl")["Deployment"][0]["spec"]["replicas"] == 0, 20, "suspended")
         board.post(cluster.ns, "fl", document(3, Phase.SUCCEEDED))
         wait_for(lambda: cluster.job("fl") is None, 30, "the job deleted after its TTL")
-        x = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": cluster.ns}}
-        uid = kube.create(x)["metadata"]["uid"]  # an owner that exists
-        owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": uid, "controller": True}
+        # An owner that exists: the garbage collector removes at once an object whose owners are all gone.
+        config_map = kube.create(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": cluster.ns}}
+        )
+        owner = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": "x",
+            "uid": config_map["metadata"]["uid"],
+            "controller": True,
+        }
         create(
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "taken-server", "ownerReferences": [owner]}}
         )

@@ -88,6 +88,22 @@ def test_rounds_metrics_and_one_event_per_round() -> None:
     assert again.events == []
 
 
+def test_a_round_with_a_nan_metric_is_a_warning_naming_it_and_the_job_goes_on() -> None:
+    parsed = parse_job(job(namespace="default", rounds=9))
+    doc = ServerStatus(phase=Phase.RUNNING, total_rounds=9)
+    for r in range(1, 8):  # rounds 1 to 5 are summed up in one event; 6 and 7 get their own
+        doc = doc.with_round(RoundRecord(round=r, metrics={"loss": float("nan") if r in (2, 7) else 1.0}))
+    result = plan(parsed, 1, JobStatus(), Observed(children=children(parsed), poll=Poll(document=doc)), NOW, SETTINGS)
+    assert result.status.wire()["phase"] == "Running" and result.status.wire()["round"] == "7/9"
+    assert [(e.type, e.reason) for e in result.events] == [
+        ("Warning", "RoundCompleted"),
+        ("Normal", "RoundCompleted"),
+        ("Warning", "RoundCompleted"),
+    ]
+    assert "NaN or infinite metrics in rounds 2" in result.events[0].message
+    assert "round 7/9" in result.events[2].message and "loss=NaN" in result.events[2].message
+
+
 def test_status_metrics_keep_four_significant_digits() -> None:
     parsed = parse_job(job(namespace="default"))
     doc = ServerStatus(total_rounds=3).with_round(

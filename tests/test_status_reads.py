@@ -102,6 +102,9 @@ def test_nan_metrics_are_reported_not_fatal_and_a_flood_of_rounds_is_few_events(
         board.post(cluster.ns, "diverged", nan)
         status = cluster.wait_status("diverged", lambda s: s.get("round") == "1/3")
         assert status["metrics"] == {"accuracy": 0.25} and status["phase"] == "Running", status
+        # Reported: the round's event is a Warning that names the metric.
+        reported = wait_for(lambda: cluster.events("diverged", "RoundCompleted"), 20, "the round's event")
+        assert [(e["type"], "loss=NaN" in e["message"]) for e in reported] == [("Warning", True)], reported
         board.post(cluster.ns, "diverged", document(3, Phase.SUCCEEDED))
         cluster.wait_status("diverged", lambda s: s.get("phase") == "Succeeded")
 

@@ -12,7 +12,7 @@ the two sides cannot drift. JSON shape (camelCase, every field always present):
       "serverMetrics": {},             # last finished round's centralized (ServerApp-side) evaluation
       "history": [                     # one entry per finished round, oldest first, bounded
         {"round": 1, "metrics": {"loss": 1.2, "accuracy": 0.61}, "trainMetrics": {"loss": 1.5},
-         "serverMetrics": {}, "replies": 2, "failures": 0, "seconds": 7.9}
+         "serverMetrics": {}, "nonFinite": {}, "replies": 2, "failures": 0, "seconds": 7.9}
       ],
       "message": "",                   # why it failed, or what it is waiting for
       "runId": 1234,                   # Flower's run id, once submitted
@@ -24,7 +24,9 @@ the two sides cannot drift. JSON shape (camelCase, every field always present):
 
 Metrics come from the app (a user's app is untrusted input): every metric dictionary keeps at
 most METRICS_LIMIT finite numbers with names of at most METRIC_NAME_LIMIT printable characters, and
-the message at most MESSAGE_LIMIT characters, whoever builds or reads the document.
+the message at most MESSAGE_LIMIT characters, whoever builds or reads the document. A NaN or
+infinite metric is not a number of the document (JSON has none) but is named in its round's
+`nonFinite` (`{"loss": "NaN"}`): the user must see that a run diverged.
 """
 
 from __future__ import annotations
@@ -74,6 +76,44 @@ def bounded_metrics(values: Mapping[str, float]) -> dict[str, float]:
 
 Metrics = Annotated[dict[str, float], AfterValidator(bounded_metrics)]
 
+NON_FINITE_GROUPS = {"metrics": "", "train_metrics": "train ", "server_metrics": "server "}
+"""A round's metric dictionaries (field, alias-free) and the prefix their non-finite names get."""
+
+
+def spelled(value: float) -> str:
+    """A non-finite number as JavaScript (and Python's json module) spell it: JSON itself has none."""
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def non_finite(values: Mapping[str, object], prefix: str = "") -> dict[str, str]:
+    """The metrics of `values` that are NaN or infinite, by (prefixed) name: `{"loss": "NaN"}`.
+
+    A diverged loss is news the user must see, not a reason to lose the round: the document keeps
+    only finite numbers in its metrics (JSON has no NaN) and names the others here instead."""
+    found: dict[str, str] = {}
+    for name, value in values.items():
+        if len(found) == METRICS_LIMIT:
+            break
+        if (
+            isinstance(value, float)
+            and not math.isfinite(value)
+            and 0 < len(name) <= METRIC_NAME_LIMIT
+            and name.isprintable()
+        ):
+            found[prefix + name] = spelled(value)
+    return found
+
+
+def _bounded_non_finite(values: dict[str, str]) -> dict[str, str]:
+    kept = list(values.items())[: METRICS_LIMIT * len(NON_FINITE_GROUPS)]
+    return {name: value for name, value in kept if value in ("NaN", "Infinity", "-Infinity") and name.isprintable()}
+
+
+NonFinite = Annotated[
+    dict[Annotated[str, StringConstraints(max_length=METRIC_NAME_LIMIT + 7)], str],
+    AfterValidator(_bounded_non_finite),
+]
+
 
 # The one phase vocabulary: the job's (`status.phase`) and its run's (this document's). The server
 # reports Pending, Running, Succeeded or Failed; Suspended is the operator's alone. (A comment, not
@@ -108,9 +148,36 @@ class RoundRecord(_Doc):
     metrics: Metrics = Field(default_factory=dict, description="Aggregated evaluation metrics (the clients').")
     train_metrics: Metrics = Field(default_factory=dict, description="Aggregated training metrics.")
     server_metrics: Metrics = Field(default_factory=dict, description="Centralized evaluation (the ServerApp's).")
+    non_finite: NonFinite = Field(
+        default_factory=dict,
+        description='Metrics of this round that were NaN or infinite (`{"loss": "NaN"}`), kept out of the others.',
+    )
     replies: Count = 0
     failures: Count = 0
     seconds: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _note_non_finite(cls, data: object) -> object:
+        """Name the non-finite metrics of the input before the metric dictionaries drop them."""
+        if not isinstance(data, dict):
+            return data
+        found: dict[str, str] = {}
+        for group, prefix in NON_FINITE_GROUPS.items():
+            values = data.get(group, data.get(to_camel(group)))
+            if isinstance(values, dict):
+                found.update(non_finite(values, prefix))
+        if not found:
+            return data
+        key = "non_finite" if "non_finite" in data else "nonFinite"
+        given = data.get(key)
+        return {**data, key: {**found, **given} if isinstance(given, dict) else found}
+
+    def set_metrics(self, group: str, values: Mapping[str, float]) -> None:
+        """Set one metric dictionary (`metrics`, `train_metrics`, `server_metrics`) after the
+        fact, as validation would have: finite metrics kept (bounded), the others named."""
+        setattr(self, group, bounded_metrics(values))
+        self.non_finite = _bounded_non_finite({**self.non_finite, **non_finite(values, NON_FINITE_GROUPS[group])})
 
 
 Timestamp = Annotated[str, StringConstraints(max_length=40)]

@@ -1,5 +1,7 @@
 """Writes to a job's children through the Kubernetes client: create, replace, patch, delete, by kind.
 
+Plain JSON requests (`rest`), not the client's typed API classes: the manifests are dicts already.
+
 Every write is idempotent from the reconcile's point of view: creating what already exists (the
 watch had not caught up yet) and deleting what is already gone are not errors. What already exists
 is ours only if its controller owner reference is the job's: an object of the same name owned by
@@ -8,28 +10,29 @@ something else is a conflict (`NotOurs`), never adopted or overwritten.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client
+from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from kubeflower.core import api
+from kubeflower_operator import rest
 
 Manifest = dict[str, Any]
-MERGE_PATCH = "application/merge-patch+json"
 log = logging.getLogger(__name__)
 
-# kind -> (API class, method suffix)
-_KINDS: dict[str, tuple[Callable[[client.ApiClient], Any], str]] = {
-    "Deployment": (client.AppsV1Api, "deployment"),
-    "StatefulSet": (client.AppsV1Api, "stateful_set"),
-    "Service": (client.CoreV1Api, "service"),
-    "ConfigMap": (client.CoreV1Api, "config_map"),
-    "NetworkPolicy": (client.NetworkingV1Api, "network_policy"),
+# kind -> (API group, version, plural)
+_KINDS: dict[str, tuple[str, str, str]] = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "StatefulSet": ("apps", "v1", "statefulsets"),
+    "Service": ("", "v1", "services"),
+    "ConfigMap": ("", "v1", "configmaps"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
+BACKGROUND = [("propagationPolicy", "Background")]
+PVCS = "persistentvolumeclaims"
 
 
 class NotOurs(Exception):
@@ -52,7 +55,7 @@ class Children:
 
     def __init__(
         self,
-        api_client: client.ApiClient,
+        api_client: ApiClient,
         on_error: Callable[[str, str, int | None], None] = lambda *_: None,
         before_write: Callable[[], None] = lambda: None,
     ) -> None:
@@ -62,58 +65,50 @@ class Children:
         self._before_write = before_write
         """Called before every write: the leader's fence (`leadership.Leadership.check`)."""
 
-    def _method(self, verb: str, kind: str) -> Callable[..., Any]:
-        api_class, suffix = _KINDS[kind]
-        method: Callable[..., Any] = getattr(api_class(self._client), f"{verb}_namespaced_{suffix}")
+    def _send(
+        self, verb: str, kind: str, method: str, url_path: str, body: Manifest | None = None, **options: Any
+    ) -> Manifest:
+        try:
+            return rest.request(self._client, method, url_path, body, **options)
+        except ApiException as exc:
+            self._on_error(verb, kind, exc.status)
+            raise
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self._before_write()
-            try:
-                return method(*args, **kwargs)
-            except ApiException as exc:
-                self._on_error(verb, kind, exc.status)
-                raise
-
-        return call
+    def _write(
+        self, verb: str, kind: str, method: str, url_path: str, body: Manifest | None = None, **options: Any
+    ) -> None:
+        self._before_write()
+        self._send(verb, kind, method, url_path, body, **options)
 
     def create(self, namespace: str, manifest: Manifest) -> None:
         """Create the child; one that exists already is fine only if the job controls it."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         try:
-            self._method("create", kind)(namespace, manifest)
+            self._write("create", kind, "POST", rest.path(*_KINDS[kind], namespace), manifest)
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            existing = self._read(namespace, kind, name)
+            existing = self._send("read", kind, "GET", rest.path(*_KINDS[kind], namespace, name))
             owner = _controller(existing)
             ours = _controller(manifest)
             if owner != ours:
                 raise NotOurs(kind, name, owner or "no controller") from None
             log.debug("%s %s already exists", kind, name)
 
-    def _read(self, namespace: str, kind: str, name: str) -> Manifest:
-        api_class, suffix = _KINDS[kind]
-        method = getattr(api_class(self._client), f"read_namespaced_{suffix}")
-        try:
-            found: Manifest = json.loads(method(name, namespace, _preload_content=False).data)
-            return found
-        except ApiException as exc:
-            self._on_error("read", kind, exc.status)
-            raise
-
     def replace(self, namespace: str, manifest: Manifest) -> None:
         """Replace the child with the manifest (which carries the resourceVersion it was observed
         at: a 409 if it changed since, and the next reconcile plans again)."""
-        self._method("replace", manifest["kind"])(manifest["metadata"]["name"], namespace, manifest)
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        self._write("replace", kind, "PUT", rest.path(*_KINDS[kind], namespace, name), manifest)
 
     def patch(self, namespace: str, manifest: Manifest) -> None:
-        self._method("patch", manifest["kind"])(
-            manifest["metadata"]["name"], namespace, manifest, _content_type=MERGE_PATCH
-        )
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        path = rest.path(*_KINDS[kind], namespace, name)
+        self._write("patch", kind, "PATCH", path, manifest, content_type=rest.MERGE_PATCH)
 
     def delete(self, namespace: str, kind: str, name: str) -> None:
         try:
-            self._method("delete", kind)(name, namespace, propagation_policy="Background")
+            self._write("delete", kind, "DELETE", rest.path(*_KINDS[kind], namespace, name), query=BACKGROUND)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -122,21 +117,23 @@ class Children:
         """A PersistentVolumeClaim's access modes (the job's data volume: can clients on several
         nodes share it?); None when it does not exist (yet: its pods then wait for it)."""
         try:
-            claim = client.CoreV1Api(self._client).read_namespaced_persistent_volume_claim(name, namespace)
+            claim = self._send("get", "PersistentVolumeClaim", "GET", rest.path("", "v1", PVCS, namespace, name))
         except ApiException as exc:
-            self._on_error("get", "PersistentVolumeClaim", exc.status)
             if exc.status != 404:
                 raise
             return None
-        return list((claim.spec.access_modes if claim.spec else None) or [])
+        modes = (claim.get("spec") or {}).get("accessModes") or []
+        return [str(mode) for mode in modes] if isinstance(modes, list) else []
 
     def delete_job(self, namespace: str, name: str) -> None:
-        self._before_write()
         try:
-            client.CustomObjectsApi(self._client).delete_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name, propagation_policy="Background"
+            self._write(
+                "delete",
+                api.KIND,
+                "DELETE",
+                rest.path(api.GROUP, api.VERSION, api.PLURAL, namespace, name),
+                query=BACKGROUND,
             )
         except ApiException as exc:
-            self._on_error("delete", api.KIND, exc.status)
             if exc.status != 404:
                 raise

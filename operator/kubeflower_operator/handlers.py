@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client, config
+from kubernetes import config
+from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
@@ -44,6 +45,8 @@ CHILD_RESOURCES = (
     ("", "configmaps"),  # the final status: the operator's own ConfigMaps only, never the cluster's others
 )
 JOB = (api.GROUP, api.VERSION, api.PLURAL)
+WORKER_LIMIT = 100
+"""Objects of one kind handled at once (kopf's per-object workers); see `configure`."""
 
 
 @kopf.on.login()
@@ -66,6 +69,18 @@ def configure(
     # Events are posted on purpose (one per round, one per verdict), not for every log line.
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 20
+    # Memory is set by bursts, not by the number of jobs: kopf gives every object that has an event a
+    # worker (a task, its queue, its API calls, each on a connection of its own: kopf's pool has no
+    # limit), and keeps it 5 s after its last event. 1000 jobs created at once had ~4000 of them and
+    # ~700 connections alive together, for a peak of 190 MB, which Python keeps after the burst. At
+    # most WORKER_LIMIT workers per watched kind (the watch waits for a free one; a worker only
+    # waits for one of the 20 handler threads anyway), each gone 0.2 s after its last event (a new
+    # event makes a new one): bench/operator_scale.py, 1000 jobs at once: 131-145 MB, times within the
+    # range measured before (the shared machine's load moves them more than this does). The
+    # price, in a burst of more than WORKER_LIMIT objects: a worker that awaits its own patch's
+    # event behind the waiting watch waits at most persistence.consistency_timeout (5 s).
+    settings.queueing.worker_limit = WORKER_LIMIT
+    settings.queueing.idle_timeout = 0.2
     # The children's watches ask the API server for the operator's own objects only (a label
     # selector on the watch request), not every Deployment, StatefulSet, Service, NetworkPolicy,
     # ConfigMap and server pod of the cluster, filtered in memory.
@@ -92,7 +107,7 @@ def configure(
     memo.settings = Settings.from_env()
     memo.metrics = metrics.Metrics()
     memo.leadership = None
-    memo.children = Children(client.ApiClient(), on_error=memo.metrics.api_error, before_write=lambda: _fence(memo))
+    memo.children = Children(ApiClient(), on_error=memo.metrics.api_error, before_write=lambda: _fence(memo))
     memo.metrics_server = metrics.serve(memo.metrics, memo.settings.metrics_port)
     logger.info("kubeflower operator started: %s", memo.settings)
 
@@ -105,7 +120,7 @@ async def lead(memo: kopf.Memo, **_: Any) -> None:
     if not settings.leader_election:
         return
     namespace = settings.lease_namespace or leadership.lease_namespace()
-    memo.leadership = leadership.Leadership(client.ApiClient(), namespace, leadership.LEASE_NAME)
+    memo.leadership = leadership.Leadership(ApiClient(), namespace, leadership.LEASE_NAME)
     await memo.leadership.acquire()
     memo.leadership.start_renewing()
     memo.leadership.exit_on_late_wake()

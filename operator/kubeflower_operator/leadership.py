@@ -24,7 +24,6 @@ Hand-over when the holder dies: at most `LEASE_DURATION + RETRY_PERIOD` (11 s).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -40,11 +39,14 @@ from types import FrameType
 from typing import Any, NoReturn
 
 import urllib3
-from kubernetes import client
+from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
+
+from kubeflower_operator import rest
 
 LEASE_NAME = "kubeflower-operator"
 """The one Lease the replicas compete for, in the operator's namespace (deploy/rbac.yaml names it)."""
+LEASES = ("coordination.k8s.io", "v1", "leases")
 LEASE_DURATION = 10.0
 RENEW_DEADLINE = 7.0
 RETRY_PERIOD = 1.0
@@ -84,8 +86,8 @@ class _Seen:
 class Leadership:
     """One process's candidacy and, once elected, its tenure."""
 
-    def __init__(self, api_client: client.ApiClient, namespace: str, name: str, identity: str | None = None) -> None:
-        self._api = client.CoordinationV1Api(api_client)
+    def __init__(self, api_client: ApiClient, namespace: str, name: str, identity: str | None = None) -> None:
+        self._client = api_client
         self.namespace, self.name = namespace, name
         self.identity = identity or default_identity()
         self._valid_until = 0.0  # monotonic; writes are allowed before it
@@ -163,9 +165,7 @@ class Leadership:
         }
         return self._write(
             "create",  # 409: another candidate created it first
-            lambda: self._api.create_namespaced_lease(
-                self.namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            ),
+            lambda: self._request("POST", rest.path(*LEASES, self.namespace), body),
             sent,
         )
 
@@ -173,17 +173,15 @@ class Leadership:
         """Write the Lease with its resourceVersion: refused (409) if anyone wrote it since we read it."""
         return self._write(
             "update",  # 409: someone wrote it since we read it
-            lambda: self._api.replace_namespaced_lease(
-                self.name, self.namespace, lease, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            ),
+            lambda: self._request("PUT", rest.path(*LEASES, self.namespace, self.name), lease),
             sent,
         )
 
-    def _write(self, verb: str, request: Callable[[], Any], sent: float) -> bool:
+    def _write(self, verb: str, request: Callable[[], dict[str, Any]], sent: float) -> bool:
         """One write of the Lease; held until `sent` + RENEW_DEADLINE if the server took it. A 409
         (someone else wrote or created it first) is a lost race, not worth a warning."""
         try:
-            self._lease = self._json(request())
+            self._lease = request()
         except ApiException as exc:
             if exc.status != 409:
                 self._warn(verb, exc)
@@ -195,11 +193,10 @@ class Leadership:
         return True
 
     def _read(self) -> dict[str, Any]:
-        return self._json(
-            self._api.read_namespaced_lease(
-                self.name, self.namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
-        )
+        return self._request("GET", rest.path(*LEASES, self.namespace, self.name))
+
+    def _request(self, method: str, url_path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return rest.request(self._client, method, url_path, body, timeout=REQUEST_TIMEOUT)
 
     def _warn(self, verb: str, exc: Exception) -> None:
         why = f"HTTP {exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc)
@@ -208,11 +205,6 @@ class Leadership:
             404: "the namespace must exist (KUBEFLOWER_LEASE_NAMESPACE)",
         }.get(getattr(exc, "status", 0), "retrying")
         log.warning("cannot %s the Lease %s/%s: %s; %s", verb, self.namespace, self.name, why, hint)
-
-    @staticmethod
-    def _json(response: Any) -> dict[str, Any]:
-        lease: dict[str, Any] = json.loads(response.data)
-        return lease
 
     # Tenure.
 

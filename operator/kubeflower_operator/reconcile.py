@@ -127,22 +127,32 @@ def _condition(
 
 
 def _round_events(previous_round: int, document: ServerStatus) -> list[Event]:
-    """One event per new round, at most MAX_ROUND_EVENTS (the oldest new rounds summed up in one)."""
+    """One event per new round, at most MAX_ROUND_EVENTS (the oldest new rounds summed up in one).
+
+    A round with a NaN or infinite metric is still a finished round, but one the user must see: its
+    event is a Warning that names the metric (`loss=NaN`)."""
     new = [record for record in document.history if record.round > previous_round]
     events = []
     if len(new) > MAX_ROUND_EVENTS:
         skipped, new = new[: 1 - MAX_ROUND_EVENTS], new[1 - MAX_ROUND_EVENTS :]
         message = f"rounds {skipped[0].round} to {skipped[-1].round}/{document.total_rounds} completed"
-        events.append(Event("Normal", "RoundCompleted", message))
+        broken = [record.round for record in skipped if record.non_finite]
+        if broken:
+            listed = ", ".join(str(r) for r in broken[:MAX_ROUND_EVENTS]) + (
+                ", ..." if len(broken) > MAX_ROUND_EVENTS else ""
+            )
+            message += f"; NaN or infinite metrics in rounds {listed}"
+        events.append(Event("Warning" if broken else "Normal", "RoundCompleted", message))
     for record in new:
         shown = record.metrics or record.server_metrics  # an app may evaluate on its server only
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items()))
+        values = [f"{k}={v:.4g}" for k, v in sorted(shown.items())]
+        values += [f"{k}={v}" for k, v in record.non_finite.items()]
         events.append(
             Event(
-                "Normal",
+                "Warning" if record.non_finite else "Normal",
                 "RoundCompleted",
                 f"round {record.round}/{document.total_rounds} in {record.seconds:.1f}s: "
-                f"{metrics or 'no metrics'} ({record.replies} replies, {record.failures} failures)",
+                f"{', '.join(values) or 'no metrics'} ({record.replies} replies, {record.failures} failures)",
             )
         )
     return events

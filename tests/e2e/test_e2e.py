@@ -94,7 +94,7 @@ def test_apply_the_digits_job_to_success_then_ttl(cluster: Cluster) -> None:
 
         # ttlSecondsAfterFinished: the job goes, and everything with it.
         wait_for(lambda: cluster.job("digits-fedavg") is None, 30, "the job deleted after its TTL (5 s)")
-        wait_for(lambda: not any(cluster.children("digits-fedavg").values()), GONE, "every object of the job gone")
+        cluster.wait_children_gone("digits-fedavg", GONE)
         wait_for(lambda: not cluster.processes("digits-fedavg"), GONE, "every process of the job ended")
     print("\n".join(["$ kubectl get ftj -w", *watched]))
     rows = [line.split() for line in watched if line.startswith("digits-fedavg")]
@@ -113,7 +113,7 @@ def test_delete_mid_run_removes_every_object_and_process(cluster: Cluster) -> No
 
     cluster.kubectl("delete", "ftj", "doomed", "--wait=true", "--timeout=60s", timeout=90)
     assert cluster.job("doomed") is None
-    wait_for(lambda: not any(cluster.children("doomed").values()), GONE, "every object of the job gone")
+    cluster.wait_children_gone("doomed", GONE)
     wait_for(lambda: not cluster.processes("doomed"), GONE, "every process of the job ended")
     left = [n for n in cluster.runner.network.names() if any(p in n for p in pods)]
     assert left == [], f"the pods' network namespaces: {left}"

@@ -167,3 +167,42 @@ def test_a_failed_run_carries_flowers_message() -> None:
 def test_summary_reads_like_a_log_line() -> None:
     record = RoundRecord(round=1, metrics={"loss": 0.41, "accuracy": 0.88}, replies=2, seconds=7.94)
     assert progress.summary(record) == "accuracy 0.8800, loss 0.4100 (2 replies, 0 failures, 7.9 s)"
+
+
+NAN_LOG = """INFO :      [ROUND 1/2]
+INFO :      aggregate_train: Received 2 results and 0 failures
+INFO :      \t└──> Aggregated MetricRecord: {'loss': inf, 'lr': 0.1}
+INFO :      aggregate_evaluate: Received 2 results and 0 failures
+INFO :      \t└──> Aggregated MetricRecord: {'loss': nan, 'accuracy': 0.1, 'margin': -inf}
+INFO :      [ROUND 2/2]
+"""
+
+
+def test_nan_and_infinite_metrics_are_named_and_the_round_and_its_other_metrics_kept() -> None:
+    """A diverged run is news, not a reason to lose the round: Python logs `nan` and `inf`, which
+    a literal reader refuses (the whole dictionary was lost); the document names them instead."""
+    (record,) = progress.LogProgress().feed(NAN_LOG, now=0.0)
+    assert record.train_metrics == {"lr": 0.1} and record.metrics == {"accuracy": 0.1}
+    assert record.non_finite == {"train loss": "Infinity", "loss": "NaN", "margin": "-Infinity"}
+    assert "loss NaN" in progress.summary(record)
+    # The document stays JSON (no NaN token) and the operator reads the names back.
+    document = ServerStatus(phase=Phase.RUNNING, total_rounds=2).with_round(record).to_json()
+    assert "NaN," not in document and "Infinity," not in document
+    assert ServerStatus.model_validate_json(document).history[0].non_finite == record.non_finite
+
+
+def test_the_built_in_apps_round_with_a_nan_metric_survives_its_event_line() -> None:
+    """The built-in app sets a round's metrics after the fact (`set_metrics`): a NaN was written as
+    `null` into its event line, which the server refused, and the round was lost."""
+    record = RoundRecord(round=1, replies=2)
+    record.set_metrics("metrics", {"loss": float("nan"), "accuracy": 0.5})
+    parser = progress.LogProgress(builtin=True)
+    (read,) = parser.feed(progress.event_line(record) + "\n", now=0.0)
+    assert read.metrics == {"accuracy": 0.5} and read.non_finite == {"loss": "NaN"} and read.replies == 2
+
+
+def test_a_hostile_documents_non_finite_names_are_bounded() -> None:
+    raw = '{"round": 1, "metrics": {"loss": NaN}, "nonFinite": {"x": "not a number", "y": "Infinity"}}'
+    assert RoundRecord.model_validate_json(raw).non_finite == {"loss": "NaN", "y": "Infinity"}
+    many = {f"m{i}": float("nan") for i in range(100)}
+    assert len(RoundRecord(round=1, metrics=many, train_metrics=many).non_finite) == 2 * METRICS_LIMIT

@@ -138,12 +138,8 @@ def federate(
         valid = _valid(replies, server_round)
         aggregated, train_metrics = strategy.aggregate_train(server_round, replies)
         arrays = aggregated if aggregated is not None else arrays
-        record = RoundRecord(
-            round=server_round,
-            train_metrics=_numbers(train_metrics),
-            replies=len(valid),
-            failures=len(replies) - len(valid),
-        )
+        record = RoundRecord(round=server_round, replies=len(valid), failures=len(replies) - len(valid))
+        record.set_metrics("train_metrics", _numbers(train_metrics))
         if fused:
             if awaiting is not None:
                 _report(awaiting, received_evaluation(strategy, valid), on_round)
@@ -220,7 +216,7 @@ def _valid(replies: list[Message], server_round: int) -> list[Message]:
 
 
 def _report(record: RoundRecord, evaluated: MetricRecord | None, on_round: OnRound) -> None:
-    record.metrics = _numbers(evaluated)
+    record.set_metrics("metrics", _numbers(evaluated))
     log(INFO, "round %d: %s", record.round, progress.summary(record))
     on_round(record)
 

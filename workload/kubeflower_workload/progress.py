@@ -21,7 +21,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from kubeflower.core.server_status import MESSAGE_LIMIT, ClientCounts, Phase, RoundRecord, ServerStatus, bounded_metrics
+from kubeflower.core.server_status import MESSAGE_LIMIT, ClientCounts, Phase, RoundRecord, ServerStatus
 from kubeflower_workload.control import RunState
 
 EVENT_PREFIX = "KUBEFLOWER_ROUND "
@@ -82,7 +82,8 @@ def summary(record: RoundRecord) -> str:
     """One round in words, for logs: `loss 0.4100, accuracy 0.8800 (2 replies, 0 failures, 7.9 s)`."""
     shown = record.metrics or {f"train {k}": v for k, v in record.train_metrics.items()}
     values = ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())) or "no metrics"
-    return f"{values} ({record.replies} replies, {record.failures} failures, {record.seconds:.1f} s)"
+    broken = "".join(f", {k} {v}" for k, v in record.non_finite.items())
+    return f"{values}{broken} ({record.replies} replies, {record.failures} failures, {record.seconds:.1f} s)"
 
 
 def event_line(record: RoundRecord) -> str:
@@ -167,13 +168,8 @@ class LogProgress:
         elif _CENTRALIZED.search(line):
             pending.phase = "server"
         elif match := _METRICS.search(line):
-            metrics = _metrics(match.group(1))
-            if pending.phase == "train":
-                pending.record.train_metrics = metrics
-            elif pending.phase == "server":
-                pending.record.server_metrics = metrics
-            else:
-                pending.record.metrics = metrics
+            group = {"train": "train_metrics", "server": "server_metrics"}.get(pending.phase, "metrics")
+            pending.record.set_metrics(group, _metrics(match.group(1)))
         elif _FINISHED.search(line):
             return self._close(now)
         return []
@@ -194,12 +190,30 @@ class LogProgress:
 
 
 def _metrics(text: str) -> dict[str, float]:
-    """The numbers of a logged MetricRecord (`{'loss': 0.5, ...}`); anything else is skipped."""
+    """The numbers of a logged MetricRecord (`{'loss': 0.5, 'x': nan, ...}`), non-finite ones
+    included (the record names them); anything else is skipped. Python writes NaN and infinity as
+    `nan` and `inf`, which `ast.literal_eval` refuses: the dictionary is read node by node."""
     try:
-        value = ast.literal_eval(text)
+        tree = ast.parse(text, mode="eval").body
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return {}
-    if not isinstance(value, dict):
+    if not isinstance(tree, ast.Dict):
         return {}
-    numbers = {str(k): float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    return bounded_metrics(numbers)
+    numbers: dict[str, float] = {}
+    for key, node in zip(tree.keys, tree.values, strict=True):
+        number = _number(node)
+        if isinstance(key, ast.Constant) and isinstance(key.value, str) and number is not None:
+            numbers[key.value] = number
+    return numbers
+
+
+def _number(node: ast.expr) -> float | None:
+    """A number literal, `nan`, `inf`, or one of them negated; None for anything else."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        number = _number(node.operand)
+        return None if number is None else (-number if isinstance(node.op, ast.USub) else number)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        return float(node.value) if abs(node.value) < 1e308 else None  # an int past float's range
+    if isinstance(node, ast.Name) and node.id in ("nan", "inf"):
+        return float(node.id)
+    return None
