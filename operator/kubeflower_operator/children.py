@@ -33,6 +33,7 @@ _KINDS: dict[str, tuple[str, str, str]] = {
     "Secret": ("", "v1", "secrets"),
 }
 BACKGROUND = [("propagationPolicy", "Background")]
+PVCS = "persistentvolumeclaims"
 
 
 class NotOurs(Exception):
@@ -136,12 +137,13 @@ class Children:
         nodes share it?); None when it does not exist (yet: its pods then wait for it)."""
         kind = "PersistentVolumeClaim"
         try:
-            claim = self._send("read", kind, "GET", rest.path("", "v1", "persistentvolumeclaims", namespace, name))
+            claim = self._send("read", kind, "GET", rest.path("", "v1", PVCS, namespace, name))
         except ApiException as exc:
             if exc.status != 404:
                 raise
             return None
-        return [str(mode) for mode in (claim.get("spec") or {}).get("accessModes") or []]
+        modes = (claim.get("spec") or {}).get("accessModes") or []
+        return [str(mode) for mode in modes] if isinstance(modes, list) else []
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
