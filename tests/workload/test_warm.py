@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,9 +100,17 @@ def test_the_child_works_in_the_shims_folder(server: warm.WarmClientApps, tmp_pa
     wait_for(lambda: len(children_of(server.server.pid)) == 1)
     child = children_of(server.server.pid)[0]
     assert os.readlink(f"/proc/{child}/cwd") == str(tmp_path)
+    # Flower logs this line after reading its token; the shim's streams are read as they come,
+    # and SIGTERM waits for the line (sent at once, it could beat the child's first log line).
+    lines: list[str] = []
+    readers = [threading.Thread(target=lines.extend, args=(stream,)) for stream in (running.stdout, running.stderr)]
+    for reader in readers:
+        reader.start()
+    wait_for(lambda: any("Start `flwr-clientapp` process" in line for line in lines), 60)
     running.send_signal(signal.SIGTERM)
-    out, err = running.communicate(timeout=60)
-    assert "Start `flwr-clientapp` process" in out + err  # logged after reading its token
+    running.wait(timeout=60)
+    for reader in readers:
+        reader.join(timeout=60)
 
 
 def test_sigterm_reaches_the_child_and_the_exit_code_is_the_stock_ones(server: warm.WarmClientApps) -> None:
