@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from kubeflower.core import contract
 from kubeflower.core.vocabulary import (
     DATASETS,
     MODEL_INPUTS,
@@ -65,6 +66,34 @@ def test_cifar10_from_its_on_disk_format_then_from_the_cache(tmp_path: Path) -> 
     assert data.features(np.arange(3)).shape == (3, 3, 32, 32)
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").unlink()
     assert np.array_equal(datasets.load("cifar10", tmp_path).y, data.y)  # served from the .npz
+
+
+def test_a_read_only_data_volume_is_read_in_place_and_prepared_into_the_pods_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spec.data: a pre-loaded, read-only volume serves the data set with no download; what a client
+    prepares from it goes to its own cache folder (KUBEFLOWER_CACHE_DIR), and is used from there."""
+    volume, cache = tmp_path / "volume", tmp_path / "cache"
+    written = write_cifar10(volume)
+    real_mkstemp = datasets.tempfile.mkstemp
+
+    def read_only_volume(*args: object, dir: Path, **kwargs: object) -> tuple[int, str]:
+        if Path(dir).is_relative_to(volume):  # as a read-only mount answers (root ignores file modes)
+            raise OSError(30, "Read-only file system")
+        return real_mkstemp(*args, dir=dir, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a pre-loaded data set must not be downloaded")
+
+    monkeypatch.setattr(datasets.tempfile, "mkstemp", read_only_volume)
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", no_network)
+    monkeypatch.setenv(contract.ENV_CACHE_DIR, str(cache))
+    data = datasets.load("cifar10", volume)
+    assert np.array_equal(data.x, written)
+    assert list((cache / datasets.CACHE_FOLDER).glob("*.npz")) == [cache / datasets.CACHE_FOLDER / "cifar10-train.npz"]
+    assert not list((volume / datasets.CACHE_FOLDER).glob("*.npz")), "nothing written to the volume"
+    (volume / "cifar-10-batches-py" / "data_batch_1").unlink()
+    assert np.array_equal(datasets.load("cifar10", volume).x, written), "served from the pod's cache"
 
 
 def test_mnist_from_its_on_disk_format(tmp_path: Path) -> None:
