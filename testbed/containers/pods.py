@@ -7,8 +7,9 @@ pod IP, resource fields), the image's own ENTRYPOINT/CMD/ENV read from the engin
 group and fsGroup, a read-only root, dropped capabilities and no new privileges as its
 securityContext says, each emptyDir as a tmpfs of the pod's fsGroup (mode 2777 and executable, as
 a kubelet's emptyDir with fsGroup), each secret volume as a read-only bind mount of a host folder
-with the Secret's files (defaultMode, group fsGroup), the memory and CPU limits, the pod's grace period as the stop
-timeout, and the pod name as hostname.
+with the Secret's files (defaultMode, group fsGroup), each configMap volume likewise (an optional
+ConfigMap that does not exist is an empty folder, as a kubelet mounts it), the memory and CPU
+limits, the pod's grace period as the stop timeout, and the pod name as hostname.
 
 Where it differs from a cluster, knowingly: one user-defined bridge network with an address per
 pod; Service names resolve through /etc/hosts entries (--add-host) to the server pod's address, so
@@ -86,14 +87,14 @@ def run_arguments(
 ) -> list[str]:
     """`docker run` arguments for the pod's (only) container, as a kubelet would start it.
 
-    `secret_dirs`: the host folder holding each secret volume's files (`secret_files`)."""
+    `secret_dirs`: the host folder holding each secret or configMap volume's files."""
     spec = pod["spec"]
     container = spec["containers"][0]
     fs_group = (spec.get("securityContext") or {}).get("fsGroup")
     empty_dirs = {v["name"] for v in spec.get("volumes") or [] if "emptyDir" in v}
     other = [v["name"] for v in spec.get("volumes") or [] if "emptyDir" not in v and v["name"] not in secret_dirs]
     if other:
-        raise podspec.Unsupported(f"volumes {other}: only emptyDir and secret volumes are modelled here")
+        raise podspec.Unsupported(f"volumes {other}: only emptyDir, secret and configMap volumes are modelled here")
     args = [
         "run",
         "--detach",
@@ -126,7 +127,7 @@ def run_arguments(
         if mount["name"] in empty_dirs:
             group = fs_group if fs_group is not None else launch.gid
             args += ["--tmpfs", f"{mount['mountPath']}:exec,mode=2777,uid={launch.uid},gid={group}"]
-        elif mount["name"] in secret_dirs:  # a kubelet's secret volume is read-only whatever the mount says
+        elif mount["name"] in secret_dirs:  # a kubelet's secret/configMap volume is read-only whatever the mount says
             args += ["--mount", f"type=bind,src={secret_dirs[mount['name']]},dst={mount['mountPath']},readonly"]
     limits = (container.get("resources") or {}).get("limits") or {}
     if "memory" in limits:
@@ -154,7 +155,7 @@ class PodNetwork:
     hosts: dict[str, str] = field(default_factory=dict)
     started: list[Started] = field(default_factory=list)
     folders: list[Path] = field(default_factory=list)
-    """Host folders of the pods' secret volumes, removed on exit."""
+    """Host folders of the pods' secret and configMap volumes, removed on exit."""
 
     def __post_init__(self) -> None:
         self._free = iter(list(self.subnet.hosts())[1:])  # .1 is the bridge (the host's side)
@@ -192,18 +193,25 @@ class PodNetwork:
         fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
         folders: dict[str, Path] = {}
         for volume in pod["spec"].get("volumes") or []:
-            if "secret" not in volume:
+            if "secret" in volume:
+                source = volume["secret"]
+                secret = secrets.get(source["secretName"])
+                if secret is None:
+                    raise podspec.ConfigError(f"secrets {source['secretName']!r} not found")
+                files = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+            elif "configMap" in volume:  # none is given: only an optional one (absent: an empty folder)
+                source = volume["configMap"]
+                if not source.get("optional"):
+                    raise podspec.ConfigError(f"configmaps {source['name']!r} not found")
+                files = {}
+            else:
                 continue
-            source = volume["secret"]
-            secret = secrets.get(source["secretName"])
-            if secret is None:
-                raise podspec.ConfigError(f"secrets {source['secretName']!r} not found")
             folder = Path(tempfile.mkdtemp(prefix="kfimg-secret-"))
             self.folders.append(folder)
             folder.chmod(0o755)
-            for key, value in (secret.get("data") or {}).items():
+            for key, value in files.items():
                 path = folder / key
-                path.write_bytes(base64.b64decode(value))
+                path.write_bytes(value)
                 path.chmod(int(source.get("defaultMode", 0o644)))
                 if fs_group is not None:
                     os.chown(path, -1, int(fs_group))
