@@ -458,11 +458,7 @@ class Kubelet:
 
     def _volume(self, path: Path, volume: Obj, namespace: str, fs_group: int | None) -> Path:
         if "emptyDir" in volume:
-            path.mkdir(parents=True)
-            path.chmod(0o777)
-            if fs_group is not None:
-                os.chown(path, -1, int(fs_group))
-                path.chmod(0o2777)
+            _group_writable_folder(path, fs_group)
             return path
         if "hostPath" in volume:
             return Path(volume["hostPath"]["path"])
@@ -472,11 +468,7 @@ class Kubelet:
                 raise podspec.ConfigError(f'persistentvolumeclaim "{name}" not found')
             claim = claim_folder(self.workdir, namespace, name)
             if not claim.exists():  # a fresh volume, as a provisioner makes it: writable by the pod's group
-                claim.mkdir(parents=True)
-                claim.chmod(0o777)
-                if fs_group is not None:
-                    os.chown(claim, -1, int(fs_group))
-                    claim.chmod(0o2777)
+                _group_writable_folder(claim, fs_group)
             return claim
         for key, plural in (("configMap", "configmaps"), ("secret", "secrets")):
             if key in volume:
@@ -637,3 +629,13 @@ def _qos(spec: Obj) -> str:
         for k in ("cpu", "memory")
     )
     return "Guaranteed" if guaranteed else "Burstable"
+
+
+def _group_writable_folder(path: Path, fs_group: int | None) -> None:
+    """A new volume folder as a kubelet's emptyDir (or a fresh provisioned claim): mode 0777, or
+    owned by the pod's fsGroup with the setgid bit (2777) when it has one."""
+    path.mkdir(parents=True)
+    path.chmod(0o777)
+    if fs_group is not None:
+        os.chown(path, -1, int(fs_group))
+        path.chmod(0o2777)
