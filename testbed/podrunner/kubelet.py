@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from testbed.podrunner import images, podspec, probes
+from testbed.podrunner import atomic_writer, images, podspec, probes
 from testbed.podrunner.netns import RESOLV_CONF, Netns, Network
 from testbed.podrunner.processes import ContainerProcess, CrashLoopBackOff
 from testbed.podrunner.services import hosts_file
@@ -52,6 +52,13 @@ log = logging.getLogger(__name__)
 FINALIZER = "podrunner.test/kubelet"
 NODE_LABELS = {"kubernetes.io/hostname": podspec.NODE_NAME, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
 DEFAULT_GRACE = 30
+REFRESHED = ("configMap", "secret")
+"""Volume types whose files follow their object while the pod runs (`_refresh_volumes`)."""
+VOLUME_REFRESH = 5.0
+"""Seconds between two refreshes of a running pod's configMap and secret volumes. A kubelet
+refreshes them at its periodic pod sync (`syncFrequency`, 1 min by default, plus its cache's
+delay: about a minute, up to two); shorter here so that tests stay short. Nothing may depend on
+the delay itself."""
 
 
 class MountPoints:
@@ -147,6 +154,8 @@ class Sandbox:
     transitions: dict[str, tuple[str, float]] = field(default_factory=dict)
     written: Obj | None = None
     unschedulable: str = ""
+    refreshed_at: float = 0.0
+    """When its configMap and secret volumes were last brought up to date (time.monotonic)."""
 
     @property
     def namespace(self) -> str:
@@ -241,6 +250,8 @@ class Kubelet:
         sandbox.unschedulable = ""
         if sandbox.netns is None:
             self._create_sandbox(sandbox)
+        elif time.monotonic() >= sandbox.refreshed_at + VOLUME_REFRESH:
+            self._refresh_volumes(sandbox)
         spec = pod.get("spec") or {}
         for unsupported in ("initContainers", "ephemeralContainers"):
             if spec.get(unsupported):
@@ -434,6 +445,7 @@ class Kubelet:
         self._write_hosts(sandbox)
         fs_group = (spec.get("securityContext") or {}).get("fsGroup")
         root = self.workdir / "pods" / sandbox.uid / "volumes"
+        sandbox.refreshed_at = time.monotonic()
         for volume in spec.get("volumes") or []:
             with contextlib.suppress(podspec.ConfigError):  # its Secret or ConfigMap missing: retried by `_start`
                 sandbox.volumes[volume["name"]] = self._volume(
@@ -470,29 +482,42 @@ class Kubelet:
             if not claim.exists():  # a fresh volume, as a provisioner makes it: writable by the pod's group
                 _group_writable_folder(claim, fs_group)
             return claim
-        for key, plural in (("configMap", "configmaps"), ("secret", "secrets")):
-            if key in volume:
-                source = volume[key]
-                name = source.get("name") or source.get("secretName")
-                obj = self._lookup(plural, namespace, name)
-                if obj is None and not source.get("optional"):
-                    raise podspec.ConfigError(f"{plural} {name!r} not found")
-                data = {
-                    k: (base64.b64decode(v) if plural == "secrets" else str(v).encode())
-                    for k, v in ((obj or {}).get("data") or {}).items()
-                }
-                items = source.get("items") or [{"key": k, "path": k} for k in data]
-                path.mkdir(parents=True)
-                path.chmod(0o755)
-                for item in items:
-                    target = path / item["path"]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(data[item["key"]])
-                    target.chmod(int(item.get("mode", source.get("defaultMode", 0o644))))
-                    if fs_group is not None:
-                        os.chown(target, -1, int(fs_group))
-                return path
+        if any(kind in volume for kind in REFRESHED):
+            atomic_writer.write(path, self._projection(volume, namespace), fs_group)
+            return path
         raise podspec.Unsupported(f"volume {volume['name']}: {sorted(k for k in volume if k != 'name')}")
+
+    def _projection(self, volume: Obj, namespace: str) -> dict[str, atomic_writer.File]:
+        """A configMap or secret volume's files as its object holds them now (ConfigError: the
+        object is missing and the volume is not `optional`)."""
+        key, plural = ("configMap", "configmaps") if "configMap" in volume else ("secret", "secrets")
+        source = volume[key]
+        name = source.get("name") or source.get("secretName")
+        obj = self._lookup(plural, namespace, name)
+        if obj is None and not source.get("optional"):
+            raise podspec.ConfigError(f"{plural} {name!r} not found")
+        data = {
+            k: (base64.b64decode(v) if plural == "secrets" else str(v).encode())
+            for k, v in ((obj or {}).get("data") or {}).items()
+        }
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        return {
+            item["path"]: atomic_writer.File(data[item["key"]], int(item.get("mode", source.get("defaultMode", 0o644))))
+            for item in items
+        }
+
+    def _refresh_volumes(self, sandbox: Sandbox) -> None:
+        """A kubelet's periodic sync of a running pod: its configMap and secret volumes brought up
+        to date with their objects (`_volume` again: an unchanged one is left alone). One whose
+        object is gone keeps its files, as on a node (the kubelet reports the error and retries)."""
+        sandbox.refreshed_at = time.monotonic()
+        spec = sandbox.pod.get("spec") or {}
+        fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+        for volume in spec.get("volumes") or []:
+            path = sandbox.volumes.get(volume["name"])
+            if path is not None and any(kind in volume for kind in REFRESHED):
+                with contextlib.suppress(podspec.ConfigError):
+                    self._volume(path, volume, sandbox.namespace, fs_group)
 
     def _teardown(self, sandbox: Sandbox) -> None:
         if sandbox.netns is not None:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 
 from testbed.cluster import wait_for
 from testbed.kubeserver import KubeServer
-from testbed.podrunner import PodRunner, images, netns, podspec, policies, processes, services
+from testbed.podrunner import PodRunner, atomic_writer, images, netns, podspec, policies, processes, services
 from testbed.podrunner.labels import matches
 from testbed.podrunner.pods import ALPHABET, template_hash
 
@@ -246,6 +247,64 @@ def test_crash_loop_backoff_delays() -> None:
     backoff = processes.CrashLoopBackOff(initial=10, cap=40)
     assert [backoff.delay(t) for t in (0, 1, 2, 3, 4)] == [0, 10, 20, 40, 40]
     assert backoff.delay(1000) == 0, "a container that ran for long starts over"
+
+
+def _visible(folder: Path) -> dict[str, bytes]:
+    """What a pod reading the volume sees: its names (not the writer's `..` entries) and contents."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith("..")}
+
+
+def test_a_volume_written_again_changes_as_a_whole(tmp_path: Path) -> None:
+    """A kubelet's AtomicWriter: keys added, changed and removed; modes and group kept; nothing
+    written when nothing changed; the old generation removed; paths outside the folder refused."""
+    File = atomic_writer.File
+    folder = tmp_path / "keys"
+    assert atomic_writer.write(folder, {"a": File(b"1", 0o440), "b": File(b"2", 0o440)}, os.getgid())
+    assert _visible(folder) == {"a": b"1", "b": b"2"}
+    assert (folder / "a").is_symlink() and os.readlink(folder / "a") == "..data/a"
+    assert (folder / "a").stat().st_mode & 0o7777 == 0o440 and (folder / "a").stat().st_gid == os.getgid()
+    first = os.readlink(folder / atomic_writer.DATA)
+    assert not atomic_writer.write(folder, {"a": File(b"1", 0o440), "b": File(b"2", 0o440)}, None)
+    assert os.readlink(folder / atomic_writer.DATA) == first, "unchanged: not written again"
+    assert atomic_writer.write(folder, {"b": File(b"two", 0o440), "c": File(b"3", 0o440)}, None)
+    assert _visible(folder) == {"b": b"two", "c": b"3"}
+    assert not (folder / "a").exists() and not (folder / "a").is_symlink(), "a removed key's file is gone"
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("..")) == sorted(
+        [atomic_writer.DATA, os.readlink(folder / atomic_writer.DATA)]
+    ), "the old generation is removed"
+    assert atomic_writer.write(folder, {"b": File(b"two", 0o400), "c": File(b"3", 0o440)}, None), "a mode changed"
+    nested = tmp_path / "nested"
+    atomic_writer.write(nested, {"d/e": File(b"5", 0o444)}, None)
+    assert (nested / "d" / "e").read_bytes() == b"5" and os.readlink(nested / "d") == "..data/d"
+    for bad in ("../x", "/etc/x", "..data", "a/../../x"):
+        with pytest.raises(ValueError, match="must be relative"):
+            atomic_writer.write(tmp_path / "bad", {bad: File(b"", 0o444)}, None)
+
+
+def test_a_reader_never_sees_a_half_written_volume(tmp_path: Path) -> None:
+    """Files written again while a reader reads them: every read is one whole generation's file."""
+    File = atomic_writer.File
+    folder, size = tmp_path / "keys", 1 << 20
+    atomic_writer.write(folder, {"k": File(b"0" * size, 0o444)}, None)
+    stop, seen, bad = threading.Event(), set(), []
+
+    def read() -> None:
+        while not stop.is_set():
+            data = (folder / "k").read_bytes()
+            seen.add(data[:1])
+            if len(data) != size or data.count(data[:1]) != size:
+                bad.append((len(data), data.count(data[:1])))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for generation in range(1, 40):
+            atomic_writer.write(folder, {"k": File(str(generation % 10).encode() * size, 0o444)}, None)
+    finally:
+        stop.set()
+        reader.join()
+    assert not bad, f"half-written reads: {bad[:3]}"
+    assert len(seen) > 1, "the reader saw the file change"
 
 
 # A node.
@@ -527,6 +586,75 @@ def test_a_volume_over_the_checkout_leaves_the_installation_in_place(node: tuple
     # The emptyDir holds nothing but the mount points of what is bound back into it.
     kept = sorted({p.relative_to(checkout).parts[0] for p in images.installations() if p.is_relative_to(checkout)})
     assert first_json(logs) == {"app": True, "covered": kept}, logs
+
+
+WATCH_VOLUMES = textwrap.dedent("""
+    import json, os, time
+    def files(folder):
+        return {n: open(os.path.join(folder, n)).read() for n in sorted(os.listdir(folder)) if not n.startswith(".")}
+    while True:
+        print(json.dumps({"secret": files("/etc/s"), "config": files("/etc/c")}), flush=True)
+        time.sleep(0.5)
+""")
+
+
+@pytest.mark.e2e
+def test_a_changed_secret_or_config_map_reaches_the_running_pods_volume(node: tuple[KubeServer, PodRunner]) -> None:
+    """As a kubelet does: a key added, changed or removed in a mounted Secret or ConfigMap shows
+    in the running container's folder, without a restart (a job's server finds a scale-up's new
+    client keys so); the Secret's files keep their mode and the pod's fsGroup."""
+    kube, runner = node
+
+    def encoded(**values: str) -> dict[str, str]:
+        return {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
+
+    kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": encoded(a="1", b="2")})
+    kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"x": "old"}})
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "reader"},
+            "spec": {
+                "securityContext": {"runAsUser": 10001, "runAsNonRoot": True, "fsGroup": 20000},
+                "terminationGracePeriodSeconds": 1,
+                "volumes": [
+                    {"name": "s", "secret": {"secretName": "s", "defaultMode": 0o440}},
+                    {"name": "c", "configMap": {"name": "c"}},
+                ],
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": WORKLOAD,
+                        "command": ["python", "-c", WATCH_VOLUMES],
+                        "volumeMounts": [
+                            {"name": "s", "mountPath": "/etc/s", "readOnly": True},
+                            {"name": "c", "mountPath": "/etc/c", "readOnly": True},
+                        ],
+                    }
+                ],
+            },
+        }
+    )
+
+    def seen(expected: dict[str, Any]) -> bool:
+        lines = [line for line in runner.logs("default", "reader", "c").splitlines() if line.startswith("{")]
+        return bool(lines) and json.loads(lines[-1]) == expected
+
+    wait_for(lambda: seen({"secret": {"a": "1", "b": "2"}, "config": {"x": "old"}}), 60, "the volumes' files")
+    kube.patch("v1", "secrets", "default", "s", {"data": {**encoded(b="two", c="3"), "a": None}})
+    kube.patch("v1", "configmaps", "default", "c", {"data": {"x": "new", "y": "added"}})
+    wait_for(
+        lambda: seen({"secret": {"b": "two", "c": "3"}, "config": {"x": "new", "y": "added"}}),
+        60,
+        "the changed Secret's and ConfigMap's files in the running pod",
+    )
+    status = kube.get("v1", "pods", "default", "reader")["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 0 and "running" in status["state"], status
+    assert runner.kubelet is not None
+    (sandbox,) = runner.kubelet.sandboxes.values()
+    added = (sandbox.volumes["s"] / "c").stat()
+    assert (added.st_mode & 0o777, added.st_gid) == (0o440, 20000)
 
 
 RUNNER_SCRIPT = textwrap.dedent("""
