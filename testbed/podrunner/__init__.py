@@ -31,7 +31,9 @@ What a node and its control plane would do, done here by one thread polling the 
   startup, readiness and liveness probes (httpGet, tcpSocket, grpc) run from the node to the pod's
   address; the Pod's status carries phase, conditions, podIP and per container ready, started,
   restartCount, state and lastState (terminated: exitCode, reason, signal). A deleted pod is
-  stopped gracefully: SIGTERM, SIGKILL after terminationGracePeriodSeconds.
+  stopped gracefully: SIGTERM, SIGKILL after terminationGracePeriodSeconds. Secret and
+  configMap volumes are written as a kubelet's AtomicWriter writes them (``atomic_writer``) and
+  refreshed while the pod runs (every 5 s here; about a minute on a node).
 * ``services``: each Service gets a cluster IP, a user-space proxy listening there while it has
   ready endpoints (named targetPorts resolved in each pod) and relaying only what the endpoint's
   NetworkPolicies admit (``policies``), and its DNS names in every pod's /etc/hosts.
@@ -88,7 +90,8 @@ Where it differs from a cluster, knowingly:
 Modules, one concern each: ``netns`` (bridge, namespaces, addresses, /etc/netns files, stale
 runs), ``images``, ``podspec`` (command, environment, user, mounts: pure), ``sandbox`` (the shim
 inside the namespaces), ``processes`` (a container's process, CrashLoopBackOff), ``probes``,
-``labels``, ``policies``, ``services`` (cluster IPs, endpoints, hosts files, the proxy), ``kubelet``, ``pods``
+``labels``, ``policies``, ``services`` (cluster IPs, endpoints, hosts files, the proxy), ``atomic_writer``
+(secret and configMap volumes' files), ``kubelet``, ``pods``
 (the controllers) and ``runner`` (:class:`PodRunner`).
 """
 

@@ -17,8 +17,10 @@ until then, as in a cluster.
 Volumes: emptyDir (a fresh directory, mode 0777, group fsGroup), persistentVolumeClaim (a folder
 per claim under the runner's work folder, made on first use like an emptyDir and never removed with a
 pod: `claim_folder`; the claim object must exist), configMap and secret (their keys as files,
-defaultMode; one whose object is missing, unless `optional`, keeps its container waiting in
-`ContainerCreating` and is tried again, as a kubelet does; so does a missing claim), hostPath
+defaultMode, written as a kubelet's AtomicWriter does and brought up to date with their objects
+every `VOLUME_REFRESH` seconds while the pod runs; one whose object is missing, unless `optional`,
+keeps its container waiting in `ContainerCreating` and is tried again, as a kubelet does; so does
+a missing claim), hostPath
 (bind-mounted). Mount points missing on the machine are made inside the container's mount namespace
 only (`MountPoints`). Other volume types,
 subPath, init and ephemeral containers, exec probes and lifecycle hooks raise `Unsupported`

@@ -84,3 +84,51 @@ def test_a_load_balancer_job_exposes_the_fleet_api_only_and_keeps_its_keys(clust
 
     cluster.kubectl("delete", "ftj", "open", "--wait=true", "--timeout=60s", timeout=90)
     wait_for(lambda: not any(cluster.children("open").values()), GONE, "every object, the Secrets too, gone")
+
+
+SCALED_ROUNDS = 12
+"""Enough rounds for a client added after round 1 to join a later one: its pod starts, the
+kubelet brings its public key into the server's mounted Secret (5 s here), the server registers
+it (at its next look, 5 s), and its SuperNode, refused until then, starts again (every 3 s)."""
+
+
+def test_a_scale_up_registers_the_new_clients_key_and_it_trains(cluster: Cluster) -> None:
+    """A running secured job scaled from 2 to 3 clients as a user does it: the operator adds
+    client 2's keys to both Secrets, the kubelet brings the new public key into the running
+    server's mounted Secret, the server registers it (no restart), client 2's SuperNode joins
+    with its own key, replies in a later round, and the job Succeeds."""
+    cluster.apply_documents("job", [job("grower", rounds=SCALED_ROUNDS)])
+    before = cluster.wait_status(
+        "grower",
+        lambda s: s.get("phase") == "Running" and s.get("currentRound", 0) >= 1 and s.get("clients") == "2/2",
+        RUN,
+        "round 1 with 2 clients",
+    )
+    (server,) = cluster.pods("grower", "server")
+    cluster.kubectl("scale", "ftj", "grower", "--replicas=3")
+
+    wait_for(
+        lambda: "registered 1 SuperNode public key(s) (3 in all)" in _log(cluster, server),
+        RUN,
+        "the server registering client 2's key",
+    )
+    status = cluster.wait_status("grower", lambda s: s.get("phase") in ("Succeeded", "Failed"), 3 * RUN, "the end")
+    assert status["phase"] == "Succeeded", status
+    document = cluster.server_document("grower")
+    assert document is not None
+    replies = {r["round"]: r["replies"] for r in document["history"]}
+    assert all(replies[r] == 2 for r in range(1, before["currentRound"] + 1)), replies
+    assert 3 in replies.values(), f"client 2 never replied: replies per round {replies}"
+
+    # The same server container all along: the key came through its mounted Secret, not a restart.
+    (after,) = cluster.pods("grower", "server")
+    assert after["metadata"]["uid"] == server["metadata"]["uid"] and cluster.restarts(after) == 0, after["status"]
+    log = _log(cluster, server)
+    assert "registered 2 SuperNode public key(s) (2 in all)" in log, log
+    added = cluster.runner.logs(cluster.ns, "grower-clients-2", "client")
+    assert "client 2 was added by a scale up" in added and "client-2.key" in added, added
+    assert "SuperNode ID: " in added, added
+
+
+def _log(cluster: Cluster, server: dict[str, Any]) -> str:
+    return cluster.runner.logs(cluster.ns, server["metadata"]["name"], "server")
