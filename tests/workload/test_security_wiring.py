@@ -172,12 +172,16 @@ def test_a_key_added_during_the_run_is_registered_and_its_node_joins(
     secured_server: tuple[dict[str, str], Control, Path], tmp_path: Path, marker: str
 ) -> None:
     """A scale-up: the operator adds a client's keys to the job's Secrets, the kubelet brings the
-    public key into the server's mounted folder, and the server registers it while the run goes on."""
+    public key into the server's mounted folder, and the server registers it while the run goes on.
+    A key's name that no longer leads to a file (a kubelet's link to a removed key, between its
+    `..data` swap and the link's removal) is passed over: listed first, it would stop the rest."""
     env, control, client_keys = secured_server
     pair = keys.client_key()
     new_key = tmp_path / "client-2.key"
     new_key.write_bytes(pair.private_openssh)
-    (Path(env[contract.ENV_TLS_DIR]) / keys.client_public_key_file(2)).write_bytes(pair.public_pem)
+    tls = Path(env[contract.ENV_TLS_DIR])
+    (tls / keys.client_public_key_file(10)).symlink_to(f"..data/{keys.client_public_key_file(10)}")
+    (tls / keys.client_public_key_file(2)).write_bytes(pair.public_pem)
     _wait(lambda: "(3 in all)" in (tmp_path / "server.log").read_text(), 60, "the new key registered")
     ca = str(client_keys / keys.CA_CERT)
     node = _supernode(

@@ -177,7 +177,8 @@ class KeyRegistrar:
     """Registers the clients' public keys found in the keys folder with the SuperLink, each once.
 
     Looked at again while the run goes on: a scale-up adds keys to the job's Secret, and the
-    kubelet brings them into the mounted folder.
+    kubelet brings them into the mounted folder (its files are links through `..data`, swapped
+    at once to a new version; the link of a removed key leads nowhere until the kubelet removes it).
     """
 
     def __init__(self, folder: Path, control: Control) -> None:
@@ -188,7 +189,11 @@ class KeyRegistrar:
         """Register the keys not registered yet; how many. ControlError when the SuperLink refuses."""
         count = 0
         for path in sorted(self.folder.glob("client-*.pub")):
-            key = path.read_bytes()
+            try:
+                key = path.read_bytes()
+            except OSError as exc:  # a kubelet's link to a key just removed from the Secret, for a moment
+                LOG.warning("passing over %s: %s", path.name, exc.strerror)
+                continue
             if key not in self.registered:
                 self.control.register_node(key)
                 self.registered.add(key)
