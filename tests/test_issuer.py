@@ -7,6 +7,8 @@ playing cert-manager, and without them (cert-manager not installed)."""
 from __future__ import annotations
 
 import base64
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,6 +24,7 @@ from kubeflower.core.validation import JobInvalid, parse_job
 from kubeflower_operator import builders, reconcile
 from kubeflower_operator.observed import CertificateState, Child, Observed
 from kubeflower_operator.settings import Settings
+from kubeflower_workload import frontproxy, processes
 from testbed import certmanager
 from testbed.cluster import Cluster, wait_for
 from testbed.jobs import job
@@ -88,10 +91,10 @@ def test_clients_mount_only_the_ca_certificate_of_cert_managers_secret() -> None
         assert strict_errors(manifest) == [] and restricted_violations(manifest["spec"]["template"]["spec"]) == []
         projected = _volumes(manifest)[contract.KEYS_VOLUME]["projected"]
         assert projected["defaultMode"] == builders.KEYS_MODE
-        assert projected["sources"] == [
-            {"secret": {"name": own}},
-            {"secret": {"name": "digits-fedavg-server-cert", "items": [{"key": f, "path": f} for f in files]}},
-        ]
+        issued = {"name": "digits-fedavg-server-cert", "items": [{"key": f, "path": f} for f in files]}
+        if manifest is server:  # an issuer without ca.crt (ACME) is told by the server's log
+            issued["optional"] = True
+        assert projected["sources"] == [{"secret": {"name": own}}, {"secret": issued}]
     # The job's own Secrets then hold the clients' keys only: no CA, no certificate.
     pairs = {i: keys.client_key() for i in range(2)}
     server_secret, clients_secret = builders.key_secrets(parsed, None, pairs)
@@ -211,3 +214,49 @@ def test_without_cert_manager_the_job_names_the_field_and_the_fix(kube: KubeServ
         _install_ca_issuer(cluster)
         with certmanager.CaIssuer(kube):
             wait_for(lambda: cluster.children("fl")["Deployment"], 30, "the server, once cert-manager is there")
+
+
+def _served_serial(port: int) -> int | None:
+    """The serial number of the certificate the proxy presents now (None: not listening yet)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except OSError:
+        return None
+    return x509.load_der_x509_certificate(der).serial_number if der else None
+
+
+def _install(folder: Path, tls: keys.ServerTLS) -> None:
+    """As the kubelet brings a renewed Secret in: every file replaced whole."""
+    for name, data in tls.files().items():
+        staged = folder / f".{name}.new"
+        staged.write_bytes(data)
+        staged.replace(folder / name)
+
+
+def test_the_front_proxy_serves_a_renewed_certificate(tmp_path: Path) -> None:
+    """cert-manager renews in place: the server's watch sees the new tls.crt once, and nginx,
+    told to reload, presents it to new connections."""
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    first, renewed = keys.server_tls(["localhost"]), keys.server_tls(["localhost"])
+    _install(folder, first)
+    files = frontproxy.TLSFiles(folder / keys.CA_CERT, folder / keys.SERVER_CERT, folder / keys.SERVER_KEY)
+    port, upstream = processes.free_ports(2)
+    proxy = frontproxy.start(frontproxy.Listen("127.0.0.1", port, upstream, tmp_path / "run"), files)
+    try:
+        serial = x509.load_pem_x509_certificate(first.cert).serial_number
+        wait_for(lambda: _served_serial(port) == serial, 20, "the first certificate served")
+        watch = frontproxy.CertificateWatch(files)
+        assert not watch.changed()
+        _install(folder, renewed)
+        assert watch.changed() and not watch.changed()
+        frontproxy.reload(proxy)
+        serial = x509.load_pem_x509_certificate(renewed.cert).serial_number
+        wait_for(lambda: _served_serial(port) == serial, 20, "the renewed certificate served")
+        assert proxy.poll() is None
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=20)

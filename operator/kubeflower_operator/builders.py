@@ -103,10 +103,14 @@ def _keys_volume(job: FederatedTrainingJob, secret: str, certificate_files: tupl
     holds the server's tls.key)."""
     if job.spec.security.issuer_ref is None:
         return {"name": contract.KEYS_VOLUME, "secret": {"secretName": secret, "defaultMode": KEYS_MODE}}
-    issued = {
+    issued: Manifest = {
         "name": certificate_secret_name(job.metadata.name),
         "items": [{"key": name, "path": name} for name in certificate_files],
     }
+    if keys.SERVER_KEY in certificate_files:
+        # The server starts even where the issuer wrote no ca.crt (ACME), to say so in its log;
+        # the clients, created once it is ready, have nothing to do without it.
+        issued["optional"] = True
     sources = [{"secret": {"name": secret}}, {"secret": issued}]
     return {"name": contract.KEYS_VOLUME, "projected": {"sources": sources, "defaultMode": KEYS_MODE}}
 
