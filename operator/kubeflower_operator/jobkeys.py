@@ -13,7 +13,8 @@ so an operator stopped between the two writes leaves no mismatched CA behind.
 With a cert-manager issuer (`spec.security.issuerRef`) no CA is made here: before the two Secrets
 (which then hold the clients' keys only) come cert-manager's Secret, empty and owned by the job,
 and the Certificate that has cert-manager fill it. Both are created once and never rewritten
-(cert-manager owns their contents; an issued certificate must not be emptied again).
+(cert-manager owns their contents; an issued certificate must not be emptied again). A
+Certificate that exists is left as it is: a changed `issuerRef` needs the job made again.
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ def secret_names(job_name: str) -> str:
 def ensure(children: Children, job: FederatedTrainingJob, owner: Any, replicas: int) -> None:
     """The job's Secrets exist and hold a key for every client ordinal below `replicas`."""
     namespace, name = job.metadata.namespace or "default", job.metadata.name
+    if job.spec.security.issuer_ref is not None:  # also for an issuer named after the job was made
+        _ensure_certificate(children, job, owner)
     present = children.read_secret_keys(namespace, builders.clients_secret_name(name), owner["metadata"]["uid"])
     if present is None:
-        if job.spec.security.issuer_ref is not None:
-            _ensure_certificate(children, job, owner)
         tls = None if job.spec.security.issuer_ref else keys.server_tls(environment.server_names(job))
         client_keys = {ordinal: keys.client_key() for ordinal in range(replicas)}
         for manifest in builders.key_secrets(job, tls, client_keys):
