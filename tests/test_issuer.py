@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 
+from kubeflower import local
 from kubeflower.core import contract, keys
 from kubeflower.core.api import FederatedTrainingJobStatus
 from kubeflower.core.validation import JobInvalid, parse_job
@@ -260,3 +262,24 @@ def test_the_front_proxy_serves_a_renewed_certificate(tmp_path: Path) -> None:
     finally:
         proxy.terminate()
         proxy.wait(timeout=20)
+
+
+def test_local_mode_says_in_one_line_that_it_uses_its_own_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job("issued", security=ISSUED)))
+    started = []
+
+    def federation(*args: Any, **kwargs: Any) -> Any:  # the federation itself is `kubeflower run`'s own tests'
+        started.append(args[0])
+        raise local.LocalRunError("not started in this test")
+
+    monkeypatch.setattr(local, "_federation", federation)
+    assert local.run_job(path, tmp_path / "out") == 1
+    said = [line for line in capsys.readouterr().out.splitlines() if "issuerRef" in line]
+    assert said == [
+        "spec.security.issuerRef (Issuer team-ca) is for a cluster with cert-manager: this local run uses "
+        "throwaway keys of its own instead"
+    ]
+    assert started and started[0].spec.security.enabled
