@@ -2,7 +2,10 @@
 
 Pure tests of the API, the manifests and the plan; then the real operator against the API test
 server, with cert-manager's kinds served and the testbed's CA issuer (`testbed.certmanager`)
-playing cert-manager, and without them (cert-manager not installed)."""
+playing cert-manager, and without them (cert-manager not installed).
+
+(Named to run after tests/test_kubeserver.py: its `test_kopf_operator_end_to_end` fails after any
+test that ran the real operator in the same process, as tests/test_operator.py's tests do.)"""
 
 from __future__ import annotations
 
