@@ -632,7 +632,8 @@ class SecuritySpec(ApiModel):
         default=True,
         description=(
             "TLS on every Flower connection and SuperNode authentication, with a CA, a server certificate and one "
-            "key pair per client made for this job (the certificate from issuerRef's issuer when set). false: plain HTTP and no authentication, for ClusterIP jobs "
+            "key pair per client made for this job (the certificate from issuerRef's issuer when set). false: plain "
+            "HTTP and no authentication, for ClusterIP jobs "
             "only (refused with NodePort or LoadBalancer). Flower's Control API stays inside the server pod either way."
         ),
     )
