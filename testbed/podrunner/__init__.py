@@ -32,7 +32,7 @@ What a node and its control plane would do, done here by one thread polling the 
   address; the Pod's status carries phase, conditions, podIP and per container ready, started,
   restartCount, state and lastState (terminated: exitCode, reason, signal). A deleted pod is
   stopped gracefully: SIGTERM, SIGKILL after terminationGracePeriodSeconds. Secret and
-  configMap volumes are written as a kubelet's AtomicWriter writes them (``atomic_writer``) and
+  configMap volumes (projected ones too) are written as a kubelet's AtomicWriter writes them (``atomic_writer``) and
   refreshed while the pod runs (every 5 s here; about a minute on a node).
 * ``services``: each Service gets a cluster IP, a user-space proxy listening there while it has
   ready endpoints (named targetPorts resolved in each pod) and relaying only what the endpoint's
@@ -81,7 +81,8 @@ Where it differs from a cluster, knowingly:
   StatefulSet updates are RollingUpdate one pod at a time (no partition, no maxUnavailable).
 * Not modelled, and refused loudly (``Unsupported`` in ``runner.errors``): init and ephemeral
   containers, lifecycle hooks, exec probes, subPath, volumes other than emptyDir,
-  persistentVolumeClaim, configMap, secret and hostPath, privileged containers, added capabilities.
+  persistentVolumeClaim, configMap, secret, projected (of secrets and configMaps) and hostPath,
+  privileged containers, added capabilities.
 * A persistentVolumeClaim is a folder of the runner's per claim (``PodRunner.claim_folder``),
   made on first mount and kept until the runner closes: no provisioner, no binding, no access
   modes (every pod on this one node may mount it, read-write); the claim object must exist.

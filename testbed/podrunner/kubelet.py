@@ -17,11 +17,12 @@ until then, as in a cluster.
 Volumes: emptyDir (a fresh directory, mode 0777, group fsGroup), persistentVolumeClaim (a folder
 per claim under the runner's work folder, made on first use like an emptyDir and never removed with a
 pod: `claim_folder`; the claim object must exist), configMap and secret (their keys as files,
-defaultMode, written as a kubelet's AtomicWriter does and brought up to date with their objects
-every `VOLUME_REFRESH` seconds while the pod runs; one whose object is missing, unless `optional`,
-keeps its container waiting in `ContainerCreating` and is tried again, as a kubelet does; so does
-a missing claim), hostPath
-(bind-mounted). Mount points missing on the machine are made inside the container's mount namespace
+defaultMode; one whose object is missing, unless `optional`, keeps its container waiting in
+`ContainerCreating` and is tried again, as a kubelet does; so does a missing claim, and a missing key
+an item names), projected (its secret and configMap sources' files in one folder), hostPath
+(bind-mounted). Secret, configMap and projected volumes are written as a kubelet's AtomicWriter
+writes them and brought up to date with their objects every `VOLUME_REFRESH` seconds while the pod
+runs. Mount points missing on the machine are made inside the container's mount namespace
 only (`MountPoints`). Other volume types,
 subPath, init and ephemeral containers, exec probes and lifecycle hooks raise `Unsupported`
 (recorded in the runner's errors): never skipped in silence.
@@ -54,10 +55,10 @@ log = logging.getLogger(__name__)
 FINALIZER = "podrunner.test/kubelet"
 NODE_LABELS = {"kubernetes.io/hostname": podspec.NODE_NAME, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
 DEFAULT_GRACE = 30
-REFRESHED = ("configMap", "secret")
+REFRESHED = ("configMap", "secret", "projected")
 """Volume types whose files follow their object while the pod runs (`_refresh_volumes`)."""
 VOLUME_REFRESH = 5.0
-"""Seconds between two refreshes of a running pod's configMap and secret volumes. A kubelet
+"""Seconds between two refreshes of a running pod's configMap, secret and projected volumes. A kubelet
 refreshes them at its periodic pod sync (`syncFrequency`, 1 min by default, plus its cache's
 delay: about a minute, up to two); shorter here so that tests stay short. Nothing may depend on
 the delay itself."""
@@ -490,8 +491,20 @@ class Kubelet:
         raise podspec.Unsupported(f"volume {volume['name']}: {sorted(k for k in volume if k != 'name')}")
 
     def _projection(self, volume: Obj, namespace: str) -> dict[str, atomic_writer.File]:
-        """A configMap or secret volume's files as its object holds them now (ConfigError: the
-        object is missing and the volume is not `optional`)."""
+        """A configMap, secret or projected volume's files as its objects hold them now
+        (ConfigError: an object, or a key an item names, is missing and the source is not
+        `optional`). A projected volume: each source's files (its `items`, else all its keys) in
+        one folder, with the volume's defaultMode unless an item names its own."""
+        if "projected" in volume:
+            projected = volume["projected"]
+            mode = {"defaultMode": projected["defaultMode"]} if "defaultMode" in projected else {}
+            files: dict[str, atomic_writer.File] = {}
+            for source in projected.get("sources") or []:
+                kinds = [k for k in ("secret", "configMap") if k in source]
+                if len(kinds) != 1:
+                    raise podspec.Unsupported(f"volume {volume['name']}: projected source {sorted(source)}")
+                files |= self._projection({"name": volume["name"], kinds[0]: {**source[kinds[0]], **mode}}, namespace)
+            return files
         key, plural = ("configMap", "configmaps") if "configMap" in volume else ("secret", "secrets")
         source = volume[key]
         name = source.get("name") or source.get("secretName")
@@ -503,15 +516,20 @@ class Kubelet:
             for k, v in ((obj or {}).get("data") or {}).items()
         }
         items = source.get("items") or [{"key": k, "path": k} for k in data]
+        absent = [item["key"] for item in items if item["key"] not in data]
+        if absent and not source.get("optional"):  # a kubelet's FailedMount, retried
+            raise podspec.ConfigError(f"couldn't find key {absent[0]} in {plural} {name!r}")
         return {
             item["path"]: atomic_writer.File(data[item["key"]], int(item.get("mode", source.get("defaultMode", 0o644))))
             for item in items
+            if item["key"] in data
         }
 
     def _refresh_volumes(self, sandbox: Sandbox) -> None:
-        """A kubelet's periodic sync of a running pod: its configMap and secret volumes brought up
-        to date with their objects (`_volume` again: an unchanged one is left alone). One whose
-        object is gone keeps its files, as on a node (the kubelet reports the error and retries)."""
+        """A kubelet's periodic sync of a running pod: its configMap, secret and projected volumes
+        brought up to date with their objects (`_volume` again: an unchanged one is left alone).
+        One whose object is gone keeps its files, as on a node (the kubelet reports the error and
+        retries)."""
         sandbox.refreshed_at = time.monotonic()
         spec = sandbox.pod.get("spec") or {}
         fs_group = (spec.get("securityContext") or {}).get("fsGroup")
