@@ -35,9 +35,11 @@ def test_a_job_naming_a_ca_issuer_runs_with_the_issuers_certificate(cluster: Clu
     with certmanager.CaIssuer(cluster.kube) as issuer:
         cluster.apply_documents("job", [job("issued", rounds=3, security={"issuerRef": {"name": "team-ca"}})])
         cluster.wait_status("issued", lambda s: s.get("phase") == "Running" and s.get("clients") == "2/2", RUN)
-        # A client's keys: the issuer's CA and the clients' own keys; nothing of the server's.
+        # A client's keys: the issuer's CA and the clients' own keys; nothing of the server's (the
+        # names a pod sees: not the kubelet's own `..data` and timestamped folder).
         folder = _keys_folder(cluster, "issued-clients-0")
-        assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", "client-0.key", "client-1.key"]
+        visible = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".."))
+        assert visible == ["ca.crt", "client-0.key", "client-1.key"]
         assert (folder / "ca.crt").read_bytes() == ca_pem
         server_pod = cluster.pods("issued", "server")[0]["metadata"]["name"]
         served = x509.load_pem_x509_certificate((_keys_folder(cluster, server_pod) / "tls.crt").read_bytes())
