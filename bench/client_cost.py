@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,9 +49,11 @@ MODES: dict[str, tuple[bool, dict[str, str]]] = {
     "warm-shim": (True, {contract.ENV_WARM_SUPEREXEC: "false"}),
     "warm": (True, {}),
 }
-"""Per mode: spec.clients.warmClientApps and spec.clients.env. stock: Flower's SuperExec starts a new
-`flwr-clientapp` per message; warm-shim: Flower's SuperExec starts the shim, which hands the message
-to the fork server; warm (the default): the fork server is the SuperExec (`--isolation process`)."""
+"""Per mode: spec.clients.warmClientApps, and variables of `kubeflower run`'s environment (which its
+processes inherit; a job's own `spec.clients.env` may not set KUBEFLOWER_* variables).
+- stock: Flower's SuperExec starts a new `flwr-clientapp` per message;
+- warm-shim: Flower's SuperExec starts the shim, which hands the message to the fork server;
+- warm (the default): the fork server is the SuperExec (the SuperNode's `--isolation process`)."""
 ROUND_LINE = re.compile(rb": round (\d+)/(\d+)")
 
 
@@ -217,8 +220,6 @@ def run_once(mode: str, clients: int, rounds: int, work: Path) -> Run:
     spec["spec"]["clients"]["replicas"] = clients
     warm, env = MODES[mode]
     spec["spec"]["clients"]["warmClientApps"] = warm
-    if env:
-        spec["spec"]["clients"]["env"] = [{"name": k, "value": v} for k, v in env.items()]
     job_file = work / f"{name}.yaml"
     job_file.write_text(yaml.safe_dump(spec))
     output = work / name
@@ -226,7 +227,10 @@ def run_once(mode: str, clients: int, rounds: int, work: Path) -> Run:
     log_path = work / f"{name}.out"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [KUBEFLOWER, "run", str(job_file), "--output", str(output)], stdout=log, stderr=subprocess.STDOUT
+            [KUBEFLOWER, "run", str(job_file), "--output", str(output)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
         )
         sampler = Sampler(process.pid, run, log_path)
         sampler.start()
@@ -234,7 +238,9 @@ def run_once(mode: str, clients: int, rounds: int, work: Path) -> Run:
         sampler.stop.set()
         sampler.join()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{name} failed; see {work / f'{name}.out'}")
+        kept = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        shutil.copytree(work, kept, dirs_exist_ok=True)
+        raise SystemExit(f"{name} failed; see {kept / f'{name}.out'} and its logs beside it")
     run.cpu = usage.ru_utime + usage.ru_stime
     run.by_kind[RESIDUAL] = run.cpu - sum(run.by_kind.values())
     result = ServerStatus.model_validate_json(contract.OutputFolder(output).metrics.read_text())

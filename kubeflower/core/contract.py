@@ -199,7 +199,8 @@ that has already imported torch and Flower, or started fresh by Flower. Unset me
 ENV_WARM_SUPEREXEC = "KUBEFLOWER_WARM_SUPEREXEC"
 """`true` or `false`, with warm ClientApps: the fork server takes Flower's SuperExec's role (the
 SuperNode runs with `--isolation process`), or Flower's SuperExec starts each message through the
-`flwr-clientapp` shim. Unset means `true`; a job sets it in `spec.clients.env`."""
+`flwr-clientapp` shim. Unset means `true`. Not a job field: the client entry point's environment
+(`kubeflower run` passes its own on), for comparing the two (`bench.client_cost`)."""
 ENV_THREADS = "OMP_NUM_THREADS"
 """torch's intra-op threads in a client's ClientApp processes: the container's CPU limit or request
 (downward API), not the node's core count. With more threads than CPUs every small op of a small model waits
