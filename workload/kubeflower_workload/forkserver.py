@@ -44,6 +44,7 @@ import argparse
 import atexit
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import logging
@@ -592,6 +593,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Refusal as exc:
         LOG.error("refusing to serve after the imports: %s", exc)
         return 3
+    # Everything imported so far is out of the garbage collector's reach, in us and in every child: a
+    # child's full collection (Flower runs one per ArrayRecord conversion) would otherwise visit, and
+    # so write to and copy, every page of torch's and Flower's objects (measured: 0.17 CPU-s and
+    # 15,600 page faults for one gc.collect() in a child, 0.014 s and 440 faults with this).
+    gc.freeze()
     LOG.info(
         "serving warm ClientApps on %s (%d modules loaded; not pre-imported: %s)",
         args.socket,
