@@ -76,6 +76,7 @@ CLIENTAPP_ENTRY_POINT = "flwr.supernode.cli:flwr_clientapp"
 MAX_REQUEST = 1 << 20
 REQUEST_TIMEOUT = 10.0
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 class Refusal(Exception):
@@ -481,6 +482,8 @@ def run_child(
     code = 1
     try:
         _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # Named as the stock process is (ps, top, /proc/PID/comm), though its command line is ours.
+        _libc().prctl(PR_SET_NAME, CLIENTAPP_COMMAND.encode(), 0, 0, 0)
         if os.getppid() != server_pid:  # the server died before the line above
             os._exit(1)
         for obj in close:  # the server's sockets: a shim must see EOF when the server goes, not when we do
