@@ -78,6 +78,15 @@ def run_job(path: Path, output: Path | None, resume: bool = False) -> int:
         Console(soft_wrap=True).print(f"[red]job {job.metadata.name} cannot resume:[/red] {exc}")
         return 1
     console = Console(soft_wrap=True)  # messages and paths whole, in a terminal and in a log file
+    ref = job.spec.security.issuer_ref
+    if ref is not None:
+        console.print(
+            escape(
+                f"spec.security.issuerRef ({ref.kind} {ref.name}) is for a cluster with cert-manager: "
+                "this local run uses throwaway keys of its own instead"
+            ),
+            highlight=False,
+        )
     processes.become_subreaper()
     # SIGINT too: a process started in the background by a script inherits SIGINT ignored, and
     # Python then never raises KeyboardInterrupt; Ctrl-C and SIGTERM must always stop the job.

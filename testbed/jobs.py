@@ -294,6 +294,11 @@ INVALID: list[tuple[str, list[Any], str]] = [
         [_set("spec.security", {"enabled": False}), _set("spec.service", {"type": "LoadBalancer"})],
         "spec.security.enabled",
     ),
+    (
+        "issuer-with-security-off",
+        [_set("spec.security", {"enabled": False, "issuerRef": {"name": "team-ca"}})],
+        "spec.security.issuerRef",
+    ),
     ("app-under-a-pod-volume", [*_OWN_APP, _set("spec.app", {"path": "/tmp/app"})], "spec.app.path"),
     (
         "app-sets-its-own-rounds-key",

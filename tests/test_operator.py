@@ -541,6 +541,9 @@ def test_every_request_of_the_operator_is_granted_and_every_grant_is_used(
         )
         create(job("taken"))
         cluster.wait_status("taken", lambda s: s.get("reason") == "ChildRefused")
+        # A cert-manager issuer where cert-manager is not installed: its Certificate read and created.
+        create(job("issued", security={"issuerRef": {"name": "team-ca"}}))
+        cluster.wait_status("issued", lambda s: "install cert-manager" in s.get("message", ""))
     used = {r for q in kube.requests if (r := _rbac_request(q.method, q.path, q.is_watch)) is not None}
     rbac = yaml.safe_load_all((Path(__file__).resolve().parents[1] / "deploy" / "rbac.yaml").read_text())
     (role,) = [d for d in rbac if d["kind"] == "ClusterRole"]

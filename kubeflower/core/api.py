@@ -601,6 +601,30 @@ class ServiceSpec(ApiModel):
     type: ServiceType = ServiceType.CLUSTER_IP
 
 
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A DNS subdomain (RFC 1123): an object's name in most kinds, an API group."""
+
+
+class IssuerRef(ApiModel):
+    """A cert-manager issuer, in the shape of cert-manager's own `issuerRef` (name, kind, group)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="The issuer's name.")
+    kind: str = Field(
+        default="Issuer",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Z][A-Za-z0-9]*$",
+        description=("Issuer (in the job's namespace) or ClusterIssuer; an external issuer's own kind with its group."),
+    )
+    group: str = Field(
+        default="cert-manager.io",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="The issuer's API group: cert-manager.io, or an external issuer's.",
+    )
+
+
 class SecuritySpec(ApiModel):
     """TLS and SuperNode authentication with keys made for the job (Secrets owned by the job)."""
 
@@ -608,7 +632,8 @@ class SecuritySpec(ApiModel):
         default=True,
         description=(
             "TLS on every Flower connection and SuperNode authentication, with a CA, a server certificate and one "
-            "key pair per client made for this job. false: plain HTTP and no authentication, for ClusterIP jobs "
+            "key pair per client made for this job (the certificate from issuerRef's issuer when set). false: plain "
+            "HTTP and no authentication, for ClusterIP jobs "
             "only (refused with NodePort or LoadBalancer). Flower's Control API stays inside the server pod either way."
         ),
     )
@@ -618,6 +643,28 @@ class SecuritySpec(ApiModel):
         description=(
             "More DNS names or IP addresses for the server certificate, beside the Service's own names: the "
             "address clients outside the cluster dial (a LoadBalancer's name or IP, a node's address)."
+        ),
+    )
+    issuer_ref: IssuerRef | None = Field(
+        default=None,
+        description=(
+            "A cert-manager issuer that signs the server certificate instead of a CA made for the job: the "
+            "operator creates a cert-manager Certificate (JOB-server) whose Secret (JOB-server-cert) the server "
+            "mounts and whose ca.crt the clients trust, so the issuer must put ca.crt in the Secret (CA and Vault "
+            "issuers do, ACME issuers do not). cert-manager renews it. The clients' authentication keys are still "
+            "made by the operator."
+        ),
+    )
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="!has(self.issuerRef) || self.enabled",
+            message=(
+                "security.issuerRef names the issuer of a TLS certificate, and security.enabled: false turns TLS "
+                "off; remove security.issuerRef or security.enabled: false"
+            ),
+            field_path=".issuerRef",
+            check=lambda s: s.issuer_ref is None or s.enabled,
         ),
     )
 

@@ -97,12 +97,9 @@ def server_tls(names: list[str], now: datetime.datetime | None = None) -> Server
     )
     server_key = ec.generate_private_key(ec.SECP256R1())
     all_names = list(dict.fromkeys([*names, *LOCAL_NAMES]))
-    # Clients check the SANs; the subject only names the certificate, and X.509 caps a common name
-    # at 64 characters, which `<job>-server.<namespace>.svc` passes with long names.
-    common_name = next(n for n in all_names if len(n) <= COMMON_NAME_MAX)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name(all_names))]))
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
@@ -138,8 +135,21 @@ def client_key() -> ClientKey:
     )
 
 
-def _general_name(name: str) -> x509.GeneralName:
+def common_name(names: list[str]) -> str:
+    """The certificate's subject: the first name that fits. Clients check the SANs; the subject
+    only names the certificate, and X.509 caps a common name at 64 characters, which
+    `<job>-server.<namespace>.svc` passes with long names (`localhost` always fits)."""
+    return next(n for n in [*names, LOCAL_NAMES[0]] if len(n) <= COMMON_NAME_MAX)
+
+
+def is_ip_address(name: str) -> bool:
+    """An IP address (an iPAddress SAN), not a DNS name."""
     try:
-        return x509.IPAddress(ipaddress.ip_address(name))
+        ipaddress.ip_address(name)
     except ValueError:
-        return x509.DNSName(name)
+        return False
+    return True
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    return x509.IPAddress(ipaddress.ip_address(name)) if is_ip_address(name) else x509.DNSName(name)

@@ -83,8 +83,36 @@ def clients_secret_name(job_name: str) -> str:
     return f"{job_name}-client-keys"
 
 
-def _keys_volume(secret: str) -> Manifest:
-    return {"name": contract.KEYS_VOLUME, "secret": {"secretName": secret, "defaultMode": KEYS_MODE}}
+def certificate_name(job_name: str) -> str:
+    """The job's cert-manager Certificate (`spec.security.issuerRef`): the server's certificate."""
+    return f"{job_name}-server"
+
+
+def certificate_secret_name(job_name: str) -> str:
+    """Where cert-manager writes the server's certificate and key and the issuer's CA certificate."""
+    return f"{job_name}-server-cert"
+
+
+CERTIFICATE_FILES = (keys.CA_CERT, keys.SERVER_CERT, keys.SERVER_KEY)
+"""What the server takes from the certificate's Secret; the clients take `ca.crt` alone."""
+
+
+def _keys_volume(job: FederatedTrainingJob, secret: str, certificate_files: tuple[str, ...]) -> Manifest:
+    """The pod's keys: the job's own Secret, and with an issuer (`spec.security.issuerRef`) the
+    named files of cert-manager's Secret beside them in one projected folder (the clients' never
+    holds the server's tls.key)."""
+    if job.spec.security.issuer_ref is None:
+        return {"name": contract.KEYS_VOLUME, "secret": {"secretName": secret, "defaultMode": KEYS_MODE}}
+    issued: Manifest = {
+        "name": certificate_secret_name(job.metadata.name),
+        "items": [{"key": name, "path": name} for name in certificate_files],
+    }
+    if keys.SERVER_KEY in certificate_files:
+        # The server starts even where the issuer wrote no ca.crt (ACME), to say so in its log;
+        # the clients, created once it is ready, have nothing to do without it.
+        issued["optional"] = True
+    sources = [{"secret": {"name": secret}}, {"secret": issued}]
+    return {"name": contract.KEYS_VOLUME, "projected": {"sources": sources, "defaultMode": KEYS_MODE}}
 
 
 def _keys_mount(path: str) -> Manifest:
@@ -221,7 +249,7 @@ def server_deployment(job: FederatedTrainingJob, settings: Settings) -> Manifest
     volumes = _server_pod_volumes(job)
     if job.spec.security.enabled:
         container["volumeMounts"].append(_keys_mount(contract.TLS_DIR))
-        volumes.append(_keys_volume(server_secret_name(job.metadata.name)))
+        volumes.append(_keys_volume(job, server_secret_name(job.metadata.name), CERTIFICATE_FILES))
     container["ports"] = [
         {"name": "flower", "containerPort": contract.SUPERLINK_PORT, "protocol": "TCP"},
         {"name": "status", "containerPort": contract.STATUS_PORT, "protocol": "TCP"},
@@ -327,7 +355,7 @@ def clients_network_policy(job: FederatedTrainingJob) -> Manifest:
 
 
 def key_secrets(
-    job: FederatedTrainingJob, tls: keys.ServerTLS, client_keys: dict[int, keys.ClientKey]
+    job: FederatedTrainingJob, tls: keys.ServerTLS | None, client_keys: dict[int, keys.ClientKey]
 ) -> list[Manifest]:
     """The job's two Secrets (server first): what each pod mounts read-only, nothing more.
 
@@ -335,15 +363,59 @@ def key_secrets(
     (to register); the clients get the CA certificate and the private keys, one per ordinal (a
     StatefulSet has one pod template: every client pod mounts them all and uses its own). No
     Secret holds the CA's private key: it signed the server certificate and was thrown away.
+    `tls` None (a cert-manager issuer): the certificates are in cert-manager's Secret instead.
     """
     name = job.metadata.name
     server_data, client_data = key_files(client_keys)
-    server_data.update(tls.files())
-    client_data[keys.CA_CERT] = tls.ca_cert
+    if tls is not None:
+        server_data.update(tls.files())
+        client_data[keys.CA_CERT] = tls.ca_cert
     return [
         _secret(job, server_secret_name(name), SERVER, server_data),
         _secret(job, clients_secret_name(name), CLIENTS, client_data),
     ]
+
+
+def server_certificate(job: FederatedTrainingJob) -> Manifest:
+    """The cert-manager Certificate (cert-manager.io/v1) of the server, for `spec.security.issuerRef`.
+
+    The same names as the job's own server certificate (`environment.server_names`, loopback); an
+    ECDSA P-256 key made anew at every renewal (`rotationPolicy: Always`); server authentication
+    only. Its lifetime and renewal are the issuer's and cert-manager's defaults (90 days, renewed a
+    third before the end)."""
+    ref = job.spec.security.issuer_ref
+    if ref is None:
+        raise ValueError("server_certificate needs spec.security.issuerRef")
+    names = list(dict.fromkeys([*environment.server_names(job), *keys.LOCAL_NAMES]))
+    ips, dns = [n for n in names if keys.is_ip_address(n)], [n for n in names if not keys.is_ip_address(n)]
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": _metadata(job, certificate_name(job.metadata.name), SERVER),
+        "spec": {
+            "secretName": certificate_secret_name(job.metadata.name),
+            "secretTemplate": {"labels": labels(job.metadata.name, SERVER)},
+            "commonName": keys.common_name(names),
+            "dnsNames": dns,
+            "ipAddresses": ips,
+            "usages": ["server auth", "digital signature"],
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "encoding": "PKCS8", "rotationPolicy": "Always"},
+            "issuerRef": {"name": ref.name, "kind": ref.kind, "group": ref.group},
+        },
+    }
+
+
+def certificate_secret(job: FederatedTrainingJob) -> Manifest:
+    """cert-manager's Secret, made empty by the operator before the Certificate, so that it is the
+    job's (owned by it, deleted with it): cert-manager fills a Secret that exists and keeps its
+    owner, but never deletes the one it makes unless it runs with `--enable-certificate-owner-ref`.
+    Its type is the one cert-manager writes (`kubernetes.io/tls`, which needs both entries)."""
+    return {
+        **_secret(
+            job, certificate_secret_name(job.metadata.name), SERVER, {keys.SERVER_CERT: b"", keys.SERVER_KEY: b""}
+        ),
+        "type": "kubernetes.io/tls",
+    }
 
 
 def key_files(client_keys: dict[int, keys.ClientKey]) -> tuple[dict[str, bytes], dict[str, bytes]]:
@@ -442,7 +514,7 @@ def client_statefulset(job: FederatedTrainingJob, settings: Settings, partitions
     volumes = _volumes({"data": data.volume("data", read_only=True)} if data else {})
     if job.spec.security.enabled:
         container["volumeMounts"].append(_keys_mount(contract.CLIENT_KEYS_DIR))
-        volumes.append(_keys_volume(clients_secret_name(job.metadata.name)))
+        volumes.append(_keys_volume(job, clients_secret_name(job.metadata.name), (keys.CA_CERT,)))
     pod_spec = _pod_spec(container, job.spec.clients, settings, volumes)
     pod_spec.pop("topologySpreadConstraints", None)  # the clients' own rule: `client_spread`
     spread = client_spread(job)

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubeflower.core import api
 from kubeflower_operator import rest
+from kubeflower_operator.observed import CertificateState
 
 Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ _KINDS: dict[str, tuple[str, str, str]] = {
     "ConfigMap": ("", "v1", "configmaps"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
     "Secret": ("", "v1", "secrets"),
+    "Certificate": ("cert-manager.io", "v1", "certificates"),
 }
 BACKGROUND = [("propagationPolicy", "Background")]
 PVCS = "persistentvolumeclaims"
@@ -144,6 +146,17 @@ class Children:
             return None
         modes = (claim.get("spec") or {}).get("accessModes") or []
         return [str(mode) for mode in modes] if isinstance(modes, list) else []
+
+    def certificate_state(self, namespace: str, name: str) -> CertificateState:
+        """Whether cert-manager has issued the job's Certificate (its Ready condition), read by name
+        while the job waits for it; not found (not created yet, or no cert-manager): not ready."""
+        try:
+            certificate = self._send("read", "Certificate", "GET", rest.path(*_KINDS["Certificate"], namespace, name))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            return CertificateState(ready=False, message="not created yet")
+        return CertificateState.of(certificate)
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:

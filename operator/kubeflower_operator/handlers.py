@@ -280,6 +280,9 @@ def _plan(
     if claim and "StatefulSet" not in observed.children and current.completion_time is None:
         modes = memo.children.claim_access_modes(meta["namespace"], claim)  # one read, until the clients exist
         observed = dataclasses.replace(observed, data_claim_modes=None if modes is None else tuple(modes))
+    if job.spec.security.issuer_ref and "Deployment" not in observed.children and current.completion_time is None:
+        name = builders.certificate_name(meta["name"])  # one read a reconcile, until the server exists
+        observed = dataclasses.replace(observed, certificate=memo.children.certificate_state(meta["namespace"], name))
     return reconcile.plan(job, generation, current, observed, now, settings)
 
 
@@ -310,6 +313,8 @@ def _apply(plan: reconcile.Plan, body: kopf.Body, memo: kopf.Memo) -> list[recon
             jobkeys.ensure(children, parse_job(dict(body)), body, plan.keys_for)
         except NotOurs as exc:
             refusals.append(reconcile.Refusal(exc.kind, exc.name, 409, str(exc)))
+        except jobkeys.NoCertificateApi as exc:
+            refusals.append(reconcile.Refusal(exc.kind, exc.name, 404, str(exc)))
         except ApiException as exc:
             if exc.status not in REFUSED:
                 raise

@@ -111,6 +111,28 @@ class Poll:
     """The server answered, with something that is not a status document."""
 
 
+CERTIFICATE_MESSAGE_MAX = 300
+"""A cert-manager condition's message in the job's status: bounded (it quotes an issuer's errors)."""
+
+
+@dataclass(frozen=True)
+class CertificateState:
+    """The job's cert-manager Certificate (`spec.security.issuerRef`), as read before its server exists."""
+
+    ready: bool
+    message: str
+    """Its Ready condition's message, printable and bounded."""
+
+    @classmethod
+    def of(cls, certificate: dict[str, Any]) -> CertificateState:
+        conditions = (certificate.get("status") or {}).get("conditions") or []
+        ready = next((c for c in conditions if isinstance(c, dict) and c.get("type") == "Ready"), None)
+        if ready is None:
+            return cls(ready=False, message="not issued yet")
+        said = "".join(ch if ch.isprintable() else " " for ch in str(ready.get("message") or ""))
+        return cls(ready=ready.get("status") == "True", message=said[:CERTIFICATE_MESSAGE_MAX])
+
+
 @dataclass(frozen=True)
 class Observed:
     children: dict[str, Child] = field(default_factory=dict)
@@ -121,3 +143,6 @@ class Observed:
     data_claim_modes: tuple[str, ...] | None = None
     """The access modes of the job's data claim (spec.data.claimName), read before the clients are
     created; None when not read (no claim, the clients exist, or the claim does not exist yet)."""
+    certificate: CertificateState | None = None
+    """The job's cert-manager Certificate, read while the server does not exist yet; None when not
+    read (no `spec.security.issuerRef`, or the server exists)."""

@@ -421,6 +421,9 @@ def children_step(
         kept = (status.partitions or clients.partitions) if clients is not None else None
         partitions = kept or spec.clients.replicas
         desired = {manifest_key(m): m for m in desired_children(job, settings, partitions)}
+        waiting = certificate_wait(job, observed)
+        if waiting is not None:  # no server pod before its certificate is issued: it could not start
+            desired = {key: m for key, m in desired.items() if m["kind"] not in ("Deployment", "StatefulSet")}
         run_started = (status.current_round or 0) > 0
         replaced_server = _running_children(desired, children, server_ready, run_started, out)
         if clients is not None or any(m["kind"] == "StatefulSet" for m in out.create):
@@ -428,10 +431,26 @@ def children_step(
         if replaced_server or spec.run_policy.suspend:
             status = expect_new_server_pod(status)
         touched = {m["kind"] for m in out.create + out.update}
-        if spec.security.enabled and touched & {"Deployment", "StatefulSet"}:
-            out.keys_for = spec.clients.replicas
-        update["phase"], update["reason"], update["message"] = _phase(job, server, clients, observed.poll.document)
+        if spec.security.enabled and (touched & {"Deployment", "StatefulSet"} or waiting is not None):
+            out.keys_for = spec.clients.replicas  # with an issuer: its Certificate too, before the server
+        update["phase"], update["reason"], update["message"] = (
+            (Phase.PENDING, "WaitingForCertificate", waiting)
+            if waiting is not None
+            else _phase(job, server, clients, observed.poll.document)
+        )
     return status.model_copy(update=update)
+
+
+def certificate_wait(job: FederatedTrainingJob, observed: Observed) -> str | None:
+    """Why the server is not created yet (its cert-manager Certificate is not issued), or None."""
+    ref, state = job.spec.security.issuer_ref, observed.certificate
+    if ref is None or state is None or state.ready:
+        return None
+    name = builders.certificate_name(job.metadata.name)
+    return (
+        f"waiting for cert-manager to issue Certificate {name} (spec.security.issuerRef: {ref.kind} {ref.name}): "
+        f"{state.message or 'not ready'}; the server starts once it is Ready (kubectl describe certificate {name})"
+    )
 
 
 def final_document(job: FederatedTrainingJob, status: JobStatus) -> ServerStatus:

@@ -79,7 +79,8 @@ Where it differs from a cluster, knowingly:
   StatefulSet updates are RollingUpdate one pod at a time (no partition, no maxUnavailable).
 * Not modelled, and refused loudly (``Unsupported`` in ``runner.errors``): init and ephemeral
   containers, lifecycle hooks, exec probes, subPath, volumes other than emptyDir,
-  persistentVolumeClaim, configMap, secret and hostPath, privileged containers, added capabilities.
+  persistentVolumeClaim, configMap, secret, projected (of secrets and configMaps) and hostPath,
+  privileged containers, added capabilities.
 * A persistentVolumeClaim is a folder of the runner's per claim (``PodRunner.claim_folder``),
   made on first mount and kept until the runner closes: no provisioner, no binding, no access
   modes (every pod on this one node may mount it, read-write); the claim object must exist.

@@ -18,7 +18,8 @@ Volumes: emptyDir (a fresh directory, mode 0777, group fsGroup), persistentVolum
 per claim under the runner's work folder, made on first use like an emptyDir and never removed with a
 pod: `claim_folder`; the claim object must exist), configMap and secret (their keys as files,
 defaultMode; one whose object is missing, unless `optional`, keeps its container waiting in
-`ContainerCreating` and is tried again, as a kubelet does; so does a missing claim), hostPath
+`ContainerCreating` and is tried again, as a kubelet does; so does a missing claim, and a missing key
+an item names), projected (its secret and configMap sources' files in one folder), hostPath
 (bind-mounted). Mount points missing on the machine are made inside the container's mount namespace
 only (`MountPoints`). Other volume types,
 subPath, init and ephemeral containers, exec probes and lifecycle hooks raise `Unsupported`
@@ -470,6 +471,8 @@ class Kubelet:
             if not claim.exists():  # a fresh volume, as a provisioner makes it: writable by the pod's group
                 _group_writable_folder(claim, fs_group)
             return claim
+        if "projected" in volume:
+            return self._projected(path, volume, namespace, fs_group)
         for key, plural in (("configMap", "configmaps"), ("secret", "secrets")):
             if key in volume:
                 source = volume[key]
@@ -482,9 +485,12 @@ class Kubelet:
                     for k, v in ((obj or {}).get("data") or {}).items()
                 }
                 items = source.get("items") or [{"key": k, "path": k} for k in data]
+                absent = [item["key"] for item in items if item["key"] not in data]
+                if absent and not source.get("optional"):  # a kubelet's FailedMount, retried
+                    raise podspec.ConfigError(f"couldn't find key {absent[0]} in {plural} {name!r}")
                 path.mkdir(parents=True)
                 path.chmod(0o755)
-                for item in items:
+                for item in (i for i in items if i["key"] in data):
                     target = path / item["path"]
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(data[item["key"]])
@@ -493,6 +499,30 @@ class Kubelet:
                         os.chown(target, -1, int(fs_group))
                 return path
         raise podspec.Unsupported(f"volume {volume['name']}: {sorted(k for k in volume if k != 'name')}")
+
+    def _projected(self, path: Path, volume: Obj, namespace: str, fs_group: int | None) -> Path:
+        """A projected volume of Secrets and ConfigMaps: each source's files (its `items`, else all
+        its keys) in one folder, with the volume's defaultMode unless an item names its own."""
+        projected = volume["projected"]
+        mode = {"defaultMode": projected["defaultMode"]} if "defaultMode" in projected else {}
+        staged = []
+        try:
+            for index, source in enumerate(projected.get("sources") or []):
+                kinds = [k for k in ("secret", "configMap") if k in source]
+                if len(kinds) != 1:
+                    raise podspec.Unsupported(f"volume {volume['name']}: projected source {sorted(source)}")
+                staged.append(path.parent / f".{path.name}-{index}")
+                one = {"name": volume["name"], kinds[0]: {**source[kinds[0]], **mode}}
+                self._volume(staged[-1], one, namespace, fs_group)
+            path.mkdir(parents=True)
+            path.chmod(0o755)
+            for folder in staged:
+                for entry in folder.iterdir():
+                    entry.rename(path / entry.name)
+        finally:  # a source not found yet: nothing is left, the next try starts afresh
+            for folder in staged:
+                shutil.rmtree(folder, ignore_errors=True)
+        return path
 
     def _teardown(self, sandbox: Sandbox) -> None:
         if sandbox.netns is not None:

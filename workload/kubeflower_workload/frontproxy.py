@@ -21,7 +21,9 @@ touches the disk.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,3 +162,35 @@ def start(listen: Listen, tls: TLSFiles | None) -> subprocess.Popen[bytes]:
     if check.returncode != 0:
         raise ProxyError(f"nginx refused its configuration {conf}: {check.stderr.strip()}")
     return processes.start(command, processes.child_env())
+
+
+class CertificateWatch:
+    """Tells when the served certificate changed in its folder (cert-manager renewed it in its
+    Secret and the kubelet brought the new files in: `tls.crt` and `tls.key` change together, in
+    one swap of the mounted folder). Compares contents, not times: the kubelet's swap keeps no
+    meaningful mtime, and an unchanged file never counts."""
+
+    def __init__(self, tls: TLSFiles) -> None:
+        self.path = tls.cert
+        self.seen = self._digest()
+
+    def _digest(self) -> bytes | None:
+        try:
+            return hashlib.sha256(self.path.read_bytes()).digest()
+        except OSError:  # mid-swap: looked at again next time
+            return None
+
+    def changed(self) -> bool:
+        """True once per change of the certificate's contents."""
+        now = self._digest()
+        if now is None or now == self.seen:
+            return False
+        self.seen = now
+        return True
+
+
+def reload(proxy: subprocess.Popen[bytes]) -> None:
+    """nginx reads its configuration, certificate and key again (SIGHUP to its master): new
+    connections get the new certificate, those in flight finish on the old one. A certificate it
+    cannot load leaves the old one in use, and nginx says why on its stderr."""
+    proxy.send_signal(signal.SIGHUP)

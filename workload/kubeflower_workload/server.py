@@ -305,6 +305,7 @@ class Supervisor:
         self.registrar = None if settings.tls_dir is None else KeyRegistrar(settings.tls_dir, self.control)
         self.superlink: subprocess.Popen[bytes] | None = None
         self.proxy: subprocess.Popen[bytes] | None = None
+        self.certificate: frontproxy.CertificateWatch | None = None
         self.superlink_output: SuperLinkOutput | None = None
         self.superlink_healthy = False
 
@@ -337,6 +338,7 @@ class Supervisor:
         self.proxy = frontproxy.start(
             frontproxy.Listen(s.bind_host, s.superlink_port, s.loopback_port, run_dir), self.tls
         )
+        self.certificate = None if self.tls is None else frontproxy.CertificateWatch(self.tls)
         assert self.superlink.stdout is not None
         self.superlink_output = SuperLinkOutput(self.superlink.stdout, self.log_copy)
         self.superlink_output.start()
@@ -382,6 +384,9 @@ class Supervisor:
                 return 1
             if follower.parser.failure is not None:
                 return self._fail_run(run_id, follower, follower.parser.failure)
+            if self.proxy is not None and self.certificate is not None and self.certificate.changed():
+                LOG.info("the server certificate changed (renewed): the front proxy loads it")
+                frontproxy.reload(self.proxy)
             try:
                 if self.registrar is not None:
                     self.registrar.register_new()
