@@ -123,7 +123,6 @@ REAPED = {"superexecs": "clientapps (stock) or shims (warm)", "fork servers": "c
 """Kinds whose reaped children are short-lived message processes, counted under these names: a
 client's SuperExec reaps the stock `flwr-clientapp` processes (or, warm, the shims), a fork server
 its forked ClientApps."""
-RESIDUAL = "other (kubeflower run, unsampled)"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -242,7 +241,6 @@ def run_once(mode: str, clients: int, rounds: int, work: Path) -> Run:
         shutil.copytree(work, kept, dirs_exist_ok=True)
         raise SystemExit(f"{name} failed; see {kept / f'{name}.out'} and its logs beside it")
     run.cpu = usage.ru_utime + usage.ru_stime
-    run.by_kind[RESIDUAL] = run.cpu - sum(run.by_kind.values())
     result = ServerStatus.model_validate_json(contract.OutputFolder(output).metrics.read_text())
     assert result.phase == Phase.SUCCEEDED
     run.seconds_per_round = median(r.seconds for r in result.history)
