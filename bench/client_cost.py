@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +44,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 JOB = ROOT / "examples" / "digits-fedavg.yaml"
 KUBEFLOWER = str(Path(sys.executable).parent / "kubeflower")
-MODES = {"stock": False, "warm": True}
+MODES: dict[str, tuple[bool, dict[str, str]]] = {
+    "stock": (False, {}),
+    "warm-shim": (True, {contract.ENV_WARM_SUPEREXEC: "false"}),
+    "warm": (True, {}),
+}
+"""Per mode: spec.clients.warmClientApps, and variables of `kubeflower run`'s environment (which its
+processes inherit; a job's own `spec.clients.env` may not set KUBEFLOWER_* variables).
+- stock: Flower's SuperExec starts a new `flwr-clientapp` per message;
+- warm-shim: Flower's SuperExec starts the shim, which hands the message to the fork server;
+- warm (the default): the fork server is the SuperExec (the SuperNode's `--isolation process`)."""
+ROUND_LINE = re.compile(rb": round (\d+)/(\d+)")
 
 
 @dataclass
@@ -55,6 +67,9 @@ class Run:
     accuracy: float = 0.0
     by_kind: dict[str, float] = field(default_factory=dict)
     """CPU-seconds by kind of process (its own, plus its reaped children's for `clientapps`)."""
+    steady: dict[str, float] = field(default_factory=dict)
+    """CPU-seconds by kind per client-round within this run, from the end of round 1 to the end of the
+    last round: no start-up or imports, so a busy neighbour's effect on import time does not leak in."""
     rss: list[tuple[float, float]] = field(default_factory=list)
     pss: list[tuple[float, float]] = field(default_factory=list)
     """Per sample: (seconds since start, mean over clients of the client tree's MiB)."""
@@ -62,7 +77,7 @@ class Run:
     def peak(self, samples: list[tuple[float, float]]) -> float:
         return max((v for _, v in samples), default=0.0)
 
-    def steady(self, samples: list[tuple[float, float]]) -> float:
+    def steady_value(self, samples: list[tuple[float, float]]) -> float:
         if not samples:
             return 0.0
         half = samples[-1][0] / 2
@@ -95,14 +110,19 @@ def _client_roots(root: int) -> list[int]:
 
 KINDS = (
     ("flwr-clientapp", None),  # short-lived: counted when reaped, in its parent's children's time
-    ("kubeflower_workload.forkserver", "fork server"),
+    ("kubeflower_workload.forkserver", "fork servers"),
     ("kubeflower_workload.supernode", "supernodes"),  # flower-supernode, as the client entry point runs it
     ("flower-superexec", "superexecs"),
     ("flower-superlink", "superlink"),
     ("flwr-serverapp", "serverapp"),
+    ("nginx", "nginx (front proxy)"),
     ("kubeflower-client", "client entry points"),
     ("kubeflower-server", "server entry point"),
 )
+REAPED = {"superexecs": "clientapps (stock) or shims (warm)", "fork servers": "clientapps (forked)"}
+"""Kinds whose reaped children are short-lived message processes, counted under these names: a
+client's SuperExec reaps the stock `flwr-clientapp` processes (or, warm, the shims), a fork server
+its forked ClientApps."""
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -135,11 +155,13 @@ def _cpu(pid: int) -> tuple[float, float]:
 class Sampler(threading.Thread):
     """Memory of each client pod's process tree, every 0.5 s."""
 
-    def __init__(self, root: int, run: Run) -> None:
+    def __init__(self, root: int, run: Run, log: Path) -> None:
         super().__init__(daemon=True)
-        self.root, self.run_, self.stop = root, run, threading.Event()
+        self.root, self.run_, self.log, self.stop = root, run, log, threading.Event()
         self.started = time.monotonic()
         self.seen: dict[int, tuple[str, float, float]] = {}
+        self.first: dict[str, float] | None = None
+        """CPU by kind when round 1 had ended."""
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
@@ -147,11 +169,23 @@ class Sampler(threading.Thread):
             if not clients:
                 continue
             self._cpu_by_process()
+            self._steady()
             trees = [[c, *processes.descendants(c)] for c in clients]
             usage = [[_memory_mib(p) for p in tree] for tree in trees]
             now = time.monotonic() - self.started
             self.run_.rss.append((now, mean(sum(r for r, _ in tree) for tree in usage)))
             self.run_.pss.append((now, mean(sum(p for _, p in tree) for tree in usage)))
+
+    def _steady(self) -> None:
+        """CPU by kind per client-round between the ends of round 1 and of the last round
+        (`kubeflower run` prints `NAME: round N/TOTAL` as rounds end)."""
+        rounds = [(int(a), int(b)) for a, b in ROUND_LINE.findall(self.log.read_bytes())]
+        done, total = max(rounds, default=(0, 0))
+        if done >= 1 and self.first is None:
+            self.first = dict(self.run_.by_kind)
+        if done == total > 1 and self.first is not None and not self.run_.steady:
+            count = (total - 1) * self.run_.clients
+            self.run_.steady = {k: (v - self.first.get(k, 0.0)) / count for k, v in self.run_.by_kind.items()}
 
     def _cpu_by_process(self) -> None:
         """The latest CPU of each long-lived process by kind; a fork server's children count
@@ -167,11 +201,12 @@ class Sampler(threading.Thread):
                     "server superexec",
                     0.0,
                 )  # the server's SuperExec; its child is the ServerApp, sampled itself
-            self.seen[pid] = (kind, own, children if kind in ("superexecs", "fork server") else 0.0)
+            self.seen[pid] = (kind, own, children if kind in REAPED else 0.0)
         totals: dict[str, float] = {}
         for kind, own, children in self.seen.values():
             totals[kind] = totals.get(kind, 0.0) + own
-            totals["clientapps (reaped)"] = totals.get("clientapps (reaped)", 0.0) + children
+            if kind in REAPED:
+                totals[REAPED[kind]] = totals.get(REAPED[kind], 0.0) + children
         self.run_.by_kind = totals
 
 
@@ -182,22 +217,29 @@ def run_once(mode: str, clients: int, rounds: int, work: Path) -> Run:
     spec["metadata"]["name"] = name
     spec["spec"]["rounds"] = rounds
     spec["spec"]["clients"]["replicas"] = clients
-    spec["spec"]["clients"]["warmClientApps"] = MODES[mode]
+    warm, env = MODES[mode]
+    spec["spec"]["clients"]["warmClientApps"] = warm
     job_file = work / f"{name}.yaml"
     job_file.write_text(yaml.safe_dump(spec))
     output = work / name
     run = Run(mode, clients, rounds)
-    with open(work / f"{name}.out", "wb") as log:
+    log_path = work / f"{name}.out"
+    with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [KUBEFLOWER, "run", str(job_file), "--output", str(output)], stdout=log, stderr=subprocess.STDOUT
+            [KUBEFLOWER, "run", str(job_file), "--output", str(output)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
         )
-        sampler = Sampler(process.pid, run)
+        sampler = Sampler(process.pid, run, log_path)
         sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
         sampler.stop.set()
         sampler.join()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{name} failed; see {work / f'{name}.out'}")
+        kept = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        shutil.copytree(work, kept, dirs_exist_ok=True)
+        raise SystemExit(f"{name} failed; see {kept / f'{name}.out'} and its logs beside it")
     run.cpu = usage.ru_utime + usage.ru_stime
     result = ServerStatus.model_validate_json(contract.OutputFolder(output).metrics.read_text())
     assert result.phase == Phase.SUCCEEDED
@@ -229,7 +271,7 @@ def main() -> None:
                     run = run_once(mode, clients, rounds, Path(folder))
                     runs.append(run)
                     print(
-                        f"  {mode:5} {clients:2} clients {rounds} rounds: {run.cpu:7.1f} CPU-s, "
+                        f"  {mode:9} {clients:2} clients {rounds} rounds: {run.cpu:7.1f} CPU-s, "
                         f"{run.seconds_per_round:5.1f} s/round, accuracy {run.accuracy:.4f} "
                         f"({time.monotonic() - started:.0f} s)",
                         flush=True,
@@ -255,22 +297,13 @@ def main() -> None:
     row(f"CPU-s, {few} rounds (whole tree)", {m: cell(m, args.clients, few, "cpu") for m in modes})
     row(f"CPU-s, {many} rounds (whole tree)", {m: cell(m, args.clients, many, "cpu") for m in modes})
     row("marginal CPU-s per client-round", marginal)
-    kinds = sorted({k for r in runs for k in r.by_kind})
-    for kind in kinds:  # sampled every 0.5 s: a lower bound; short-lived stock ClientApps are not all seen
-        per = {
-            m: (
-                median(
-                    r.by_kind.get(kind, 0.0) for r in runs if (r.mode, r.clients, r.rounds) == (m, args.clients, many)
-                )
-                - median(
-                    r.by_kind.get(kind, 0.0) for r in runs if (r.mode, r.clients, r.rounds) == (m, args.clients, few)
-                )
-            )
-            / ((many - few) * args.clients)
-            for m in modes
-        }
-        row(f"  {kind}", per)
     row("fixed CPU-s per client", fixed)
+    many_runs = {m: [r for r in runs if (r.mode, r.clients, r.rounds) == (m, args.clients, many)] for m in modes}
+    kinds = sorted({k for r in runs for k in r.steady})
+    print(f"CPU-s per client-round by process kind, rounds 2-{many} of the {many}-round runs (sampled every 0.5 s):")
+    for kind in kinds:
+        row(f"  {kind}", {m: median(r.steady.get(kind, 0.0) for r in many_runs[m]) for m in modes})
+    row("  all kinds", {m: median(sum(r.steady.values()) for r in many_runs[m]) for m in modes})
     row(
         f"s per round, {args.clients} clients",
         {m: median(r.seconds_per_round for r in runs if (r.mode, r.clients) == (m, args.clients)) for m in modes},
@@ -283,9 +316,9 @@ def main() -> None:
     tenants = [r for r in runs if r.clients == args.clients]
     for label, pick in (
         ("peak RSS", lambda r: r.peak(r.rss)),
-        ("steady RSS", lambda r: r.steady(r.rss)),
+        ("steady RSS", lambda r: r.steady_value(r.rss)),
         ("peak PSS", lambda r: r.peak(r.pss)),
-        ("steady PSS", lambda r: r.steady(r.pss)),
+        ("steady PSS", lambda r: r.steady_value(r.pss)),
     ):
         row(f"{label} per client, MiB", {m: median(pick(r) for r in tenants if r.mode == m) for m in modes})
     row(

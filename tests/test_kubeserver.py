@@ -7,6 +7,7 @@ so that these tests do not depend on the project's real CRD.
 
 import datetime
 import json
+import logging
 import threading
 import time
 import urllib.error
@@ -720,7 +721,11 @@ def test_kubectl_with_builtin_resources(kube: KubeServer, tmp_path: Any) -> None
 # Real kopf.
 
 
-def test_kopf_operator_end_to_end(kube: KubeServer, crd: dict[str, Any]) -> None:
+def test_kopf_operator_end_to_end(kube: KubeServer, crd: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    # kopf posts a handler's log line as an event only if the "kopf.objects" logger passes it; our
+    # operator's startup sets that logger to WARNING for its process, which lasts in this one after
+    # any test that ran the operator in-process.
+    caplog.set_level(logging.INFO, logger="kopf.objects")
     registry = kopf.OperatorRegistry()
     settings = kopf.OperatorSettings()
     settings.watching.server_timeout = 10

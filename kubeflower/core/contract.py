@@ -196,6 +196,11 @@ ENV_HEALTH_ADDRESS = "KUBEFLOWER_HEALTH_ADDRESS"
 ENV_WARM_CLIENTAPPS = "KUBEFLOWER_WARM_CLIENTAPPS"
 """`true` or `false` (spec.clients.warmClientApps): ClientApp processes forked from a fork server
 that has already imported torch and Flower, or started fresh by Flower. Unset means `true`."""
+ENV_WARM_SUPEREXEC = "KUBEFLOWER_WARM_SUPEREXEC"
+"""`true` or `false`, with warm ClientApps: the fork server takes Flower's SuperExec's role (the
+SuperNode runs with `--isolation process`), or Flower's SuperExec starts each message through the
+`flwr-clientapp` shim. Unset means `true`. Not a job field: the client entry point's environment
+(`kubeflower run` passes its own on), for comparing the two (`bench.client_cost`)."""
 ENV_THREADS = "OMP_NUM_THREADS"
 """torch's intra-op threads in a client's ClientApp processes: the container's CPU limit or request
 (downward API), not the node's core count. With more threads than CPUs every small op of a small model waits

@@ -34,7 +34,8 @@ def write_job(folder: Path, name: str = "test-job", **spec: Any) -> Path:
 
 
 def processes_with(marker: str) -> list[str]:
-    """Live processes whose environment holds the marker (zombies have none): pid, parent, command."""
+    """Live processes whose environment holds the marker (zombies have none): pid, parent, name
+    (a forked ClientApp's is `flwr-clientapp`, its command line the fork server's), command."""
     found = []
     needle = f"{MARKER}={marker}".encode()
     for entry in Path("/proc").iterdir():
@@ -44,7 +45,8 @@ def processes_with(marker: str) -> list[str]:
             if needle in (entry / "environ").read_bytes():
                 command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-                found.append(f"{entry.name} (parent {parent}): {command}")
+                name = (entry / "comm").read_text().strip()
+                found.append(f"{entry.name} (parent {parent}) [{name}]: {command}")
         except OSError:
             continue
     return found

@@ -62,8 +62,9 @@ def test_the_demo_job_trains_and_writes_its_results(demo: tuple[subprocess.Compl
     assert "Succeeded: 3/3 rounds" in result.stdout and "accuracy" in result.stdout
 
 
-def _superexec_env(root: int, key: str) -> set[str | None]:
-    """The variable `key` of each `flower-superexec` below process `root` (its apps inherit it)."""
+def _superexec_env(root: int, key: str, name: bytes = b"flower-superexec") -> set[str | None]:
+    """The variable `key` of each process named `name` below process `root` (by default Flower's
+    SuperExecs: their apps inherit it)."""
     values: set[str | None] = set()
     for pid in processes.descendants(root):
         try:
@@ -71,7 +72,7 @@ def _superexec_env(root: int, key: str) -> set[str | None]:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             continue
-        if b"flower-superexec" in command:
+        if name in command:
             env = dict(item.decode().split("=", 1) for item in environ.split(b"\0") if b"=" in item)
             values.add(env.get(key))
     return values
@@ -115,19 +116,15 @@ def test_server_status_and_metrics_during_and_after_a_run(
                 )
                 assert 'kubeflower_run_phase{job="digits-fedavg",phase="Running"} 1' in metrics
                 assert status.metrics == status.history[-1].metrics
-                # The SuperExecs' task poll: Flower's 1 s at the server, 0.5 s beside each SuperNode;
-                # the clients' torch threads: their share of this host's CPUs.
+                # Flower's SuperExec at the server (its task poll: Flower's 1 s); none beside the
+                # SuperNodes: their fork servers take its role (warm ClientApps, the default).
+                # The clients' torch threads: their share of this host's CPUs, in the process
+                # whose children run the ClientApps.
                 poll, threads = os.environ.get(processes.SUPEREXEC_POLL), str(host_cpu_share(2))
-                assert [_superexec_env(p.pid, processes.SUPEREXEC_POLL) for p in started] == [
-                    {poll},
-                    {poll or processes.NODE_SUPEREXEC_POLL_INTERVAL},
-                    {poll or processes.NODE_SUPEREXEC_POLL_INTERVAL},
-                ]
-                assert [_superexec_env(p.pid, contract.ENV_THREADS) for p in started] == [
-                    {os.environ.get(contract.ENV_THREADS)},
-                    {threads},
-                    {threads},
-                ]
+                assert [_superexec_env(p.pid, processes.SUPEREXEC_POLL) for p in started] == [{poll}, set(), set()]
+                assert _superexec_env(started[0].pid, contract.ENV_THREADS) == {os.environ.get(contract.ENV_THREADS)}
+                for client in started[1:]:
+                    assert _superexec_env(client.pid, contract.ENV_THREADS, b"--runtime-api-address") == {threads}
             if status.phase.finished:
                 break
             time.sleep(0.5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -77,6 +78,59 @@ def test_flowers_layout_is_the_one_the_fork_server_relies_on() -> None:
     assert "TASK_TYPE_TO_COMMAND[spec.task_type]" in source and "subprocess.Popen(args)" in source, (
         "SuperExec no longer starts the command by name"
     )
+
+
+def test_flowers_superexec_role_is_the_one_the_fork_server_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails loudly when a Flower upgrade changes what the fork server relies on as the SuperExec."""
+    forkserver.check_superexec_layout()
+    from flwr.supercore import constant
+
+    monkeypatch.setitem(constant.TASK_TYPE_TO_APPIO_API_ADDRESS_ARG, constant.TaskType.CLIENT_APP, "--appio-address")
+    with pytest.raises(RuntimeError, match="no longer takes --runtime-api-address"):
+        forkserver.check_superexec_layout()
+    with pytest.raises(RuntimeError, match="SuperExec role changed"):
+        forkserver.flwr_clientapp_entry_point()
+
+
+def test_as_the_superexec_the_fork_server_asks_the_supernode_at_once_when_poked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It asks at start, then, before its poll is due, only when poked (SIGUSR1); a Runtime API that
+    does not answer properly does not end it."""
+    monkeypatch.setattr(warm, "TASK_POLL", "600")
+    listener = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    apps = warm.WarmClientApps.prepare(processes.child_env(), [], address)
+    apps.start()
+    try:
+        assert apps.server is not None
+        listener.settimeout(120)  # imports first: torch and Flower
+        for _ in range(2):  # the first ask; then the poke's
+            conn, _ = listener.accept()
+            assert b"POST /v1/runtime/acquire-task" in conn.recv(65536)
+            conn.close()  # no answer: the fork server drops its connection and waits
+            listener.settimeout(1.5)
+            with pytest.raises(TimeoutError):  # its next poll is 600 s away: no ask unless poked
+                listener.accept()
+            apps.poke()
+            listener.settimeout(30)
+        assert apps.server.poll() is None
+    finally:
+        apps.stop(5)
+        listener.close()
+
+
+def test_as_the_superexec_the_fork_server_gives_clientapps_the_supernodes_environment() -> None:
+    apps = warm.WarmClientApps.prepare(processes.child_env(), [], "127.0.0.1:9094")
+    command = apps.command()
+    assert command[command.index("--runtime-api-address") + 1] == "127.0.0.1:9094"
+    assert command[command.index("--child-unset") + 1] == warm.BLAS_THREADS  # ours only, for the fork
+    assert apps.server_env()[warm.BLAS_THREADS] == "1"
+    pod_sets_it = warm.WarmClientApps.prepare(processes.child_env({warm.BLAS_THREADS: "4"}), [], "127.0.0.1:9094")
+    assert "--child-unset" not in pod_sets_it.command()
+    assert "--runtime-api-address" not in warm.WarmClientApps.prepare(processes.child_env(), []).command()
+    apps.stop(1)
+    pod_sets_it.stop(1)
 
 
 def test_the_shim_runs_flowers_entry_point_in_a_forked_child_with_its_argv_and_exit_code(
@@ -301,6 +355,11 @@ def test_warm_mode_follows_the_job_and_is_off_while_dependencies_install() -> No
     assert not off and "--allow-runtime-dependency-installation" in why
     with pytest.raises(client.SettingsError, match="KUBEFLOWER_WARM_CLIENTAPPS must be true or false"):
         client.warm_setting({contract.ENV_WARM_CLIENTAPPS: "yes"}, command)
+    assert client.superexec_setting({}) is True
+    assert client.superexec_setting({contract.ENV_WARM_SUPEREXEC: "False"}) is False
+    with pytest.raises(client.SettingsError, match="KUBEFLOWER_WARM_SUPEREXEC must be true or false"):
+        client.superexec_setting({contract.ENV_WARM_SUPEREXEC: "1"})
+    assert client.runtime_api_address([*command, "--port", "9123"]) == "127.0.0.1:9123"
 
 
 def _logs(output: Path) -> str:
@@ -309,26 +368,36 @@ def _logs(output: Path) -> str:
 
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_numbers_warm_and_stock_every_round(
-    tmp_path: Path, kubeflower_run: object
+    tmp_path: Path, kubeflower_run: object, run_env: dict[str, str]
 ) -> None:
+    """Stock ClientApp processes, warm ones through the shim, and warm ones from the fork server in the
+    SuperExec's role (the default): the same numbers in every round."""
     statuses = {}
-    for warm_on in (True, False):
-        name = f"warm-{str(warm_on).lower()}"
-        job_file = write_job(tmp_path, name, rounds=2, clients={"replicas": 2, "warmClientApps": warm_on})
-        result = kubeflower_run(job_file, tmp_path / name)  # type: ignore[operator]
+    for mode, warm_on, superexec in (("superexec", True, None), ("shim", True, "false"), ("stock", False, None)):
+        job_file = write_job(tmp_path, mode, rounds=2, clients={"replicas": 2, "warmClientApps": warm_on})
+        run_env.pop(contract.ENV_WARM_SUPEREXEC, None)
+        if superexec is not None:
+            run_env[contract.ENV_WARM_SUPEREXEC] = superexec
+        result = kubeflower_run(job_file, tmp_path / mode)  # type: ignore[operator]
         assert result.returncode == 0, result.stdout + result.stderr
-        logs = _logs(tmp_path / name)
-        if warm_on:
+        logs = _logs(tmp_path / mode)
+        if mode == "superexec":
+            assert logs.count("the fork server takes the SuperExec's role") == 2
             assert logs.count("serving warm ClientApps") == 2 and "warm ClientApp not used" not in logs
+        elif mode == "shim":
+            assert logs.count("serving warm ClientApps") == 2 and "warm ClientApp not used" not in logs
+            assert "the fork server takes the SuperExec's role" not in logs
         else:
             assert (
                 logs.count("warm ClientApps off: KUBEFLOWER_WARM_CLIENTAPPS=false") == 2 and "fork server" not in logs
             )
-        statuses[warm_on] = ServerStatus.model_validate_json(contract.OutputFolder(tmp_path / name).metrics.read_text())
-    warm_history, stock_history = statuses[True].history, statuses[False].history
-    assert len(warm_history) == len(stock_history) == 2
-    for warm_round, stock_round in zip(warm_history, stock_history, strict=True):
-        assert warm_round.metrics == stock_round.metrics and warm_round.train_metrics == stock_round.train_metrics
+        statuses[mode] = ServerStatus.model_validate_json(contract.OutputFolder(tmp_path / mode).metrics.read_text())
+    stock_history = statuses["stock"].history
+    assert len(stock_history) == 2
+    for mode in ("superexec", "shim"):
+        assert len(statuses[mode].history) == 2
+        for warm_round, stock_round in zip(statuses[mode].history, stock_history, strict=True):
+            assert warm_round.metrics == stock_round.metrics and warm_round.train_metrics == stock_round.train_metrics
 
 
 DRAWING_CLIENT = '''

@@ -30,12 +30,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
 from kubeflower.core import contract, keys
-from kubeflower_workload import BUILTIN_APP, clientapp_shim, processes, supernode
+from kubeflower_workload import BUILTIN_APP, clientapp_shim, forkserver, processes, supernode
 from kubeflower_workload.warm import PreloadError, WarmClientApps, preload_modules
 
 LOG = logging.getLogger("kubeflower-client")
@@ -120,9 +120,11 @@ class SuperNodeOutput(threading.Thread):
     """Relays the SuperNode's output to ours (the pod's log), noting whether it joined the SuperLink
     and whether it was refused activation."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], on_message: Callable[[], None] | None = None) -> None:
         super().__init__(name="supernode-output", daemon=True)
         self.stream = stream
+        self.on_message = on_message
+        """Called when the SuperNode logs that a message arrived for its ClientApp."""
         self.joined = False
         self.not_registered = False
 
@@ -132,6 +134,8 @@ class SuperNodeOutput(threading.Thread):
             sys.stdout.buffer.flush()
             self.joined = self.joined or JOINED in line
             self.not_registered = self.not_registered or NOT_REGISTERED in line
+            if self.on_message is not None and forkserver.RECEIVED_LOG in line:
+                self.on_message()
 
 
 def why_start_again(code: int | None, joined: bool, not_registered: bool, may_wait: bool) -> str | None:
@@ -164,6 +168,19 @@ def warm_setting(env: Mapping[str, str], command: list[str]) -> tuple[bool, str]
     return True, "on"
 
 
+def superexec_setting(env: Mapping[str, str]) -> bool:
+    """Whether warm ClientApps' fork server takes the SuperExec's role (the SuperNode's `--isolation process`)."""
+    value = env.get(contract.ENV_WARM_SUPEREXEC, "true").strip().lower()
+    if value not in ("true", "false"):
+        raise SettingsError(f"{contract.ENV_WARM_SUPEREXEC} must be true or false, not {value!r}")
+    return value == "true"
+
+
+def runtime_api_address(command: list[str]) -> str:
+    """Where the SuperNode of `command` serves its Runtime API: loopback (Flower's default host), its `--port`."""
+    return f"127.0.0.1:{command[command.index('--port') + 1]}"
+
+
 def app_dir(env: Mapping[str, str]) -> Path:
     """The job's Flower App project: the user's (KUBEFLOWER_APP_PATH) or the built-in one."""
     path = env.get(contract.ENV_APP_PATH)
@@ -175,6 +192,7 @@ def main() -> int:
     try:
         command = supernode_command(os.environ)
         warm_on, why = warm_setting(os.environ, command)
+        superexec = warm_on and superexec_setting(os.environ)
     except SettingsError as exc:
         LOG.error("cannot start: %s (these variables are set by the operator; see kubeflower.core.contract)", exc)
         return 2
@@ -194,12 +212,15 @@ def main() -> int:
     warm = None
     if warm_on:
         try:
-            warm = WarmClientApps.prepare(env, preload)
+            warm = WarmClientApps.prepare(env, preload, runtime_api_address(command) if superexec else None)
         except OSError as exc:
             why = str(exc)
     if warm is not None:
         env = warm.env
         warm.start()
+        if superexec:  # no SuperExec: the fork server asks the SuperNode for messages itself
+            command = [*command, "--isolation", "process"]
+            LOG.info("warm ClientApps: the fork server takes the SuperExec's role (--isolation process)")
     else:
         LOG.info("warm ClientApps off: %s", why)
     stop = threading.Event()
@@ -210,7 +231,7 @@ def main() -> int:
         while True:
             node = processes.start([*supernode.COMMAND, *command[1:]], env, subprocess.PIPE)
             assert node.stdout is not None
-            output = SuperNodeOutput(node.stdout)
+            output = SuperNodeOutput(node.stdout, warm.poke if warm is not None else None)
             output.start()
             while node.poll() is None and not stop.wait(1.0):
                 if warm is not None:

@@ -24,6 +24,16 @@ Protocol, one connection per message. Shim to server: a 4-byte big-endian length
 attached to the first bytes; later, lines {"signal": N}. Server to shim: lines {"pid": N} or
 {"refused": "why"}, then {"exit": CODE} or {"signal": N} when the child has ended.
 
+The SuperExec's role (`--runtime-api-address`, the default of warm ClientApps): the SuperNode runs
+with `--isolation process`, so it starts no SuperExec, and this server asks the SuperNode's Runtime
+API for ClientApp messages itself (Flower's `AcquireTask`, as Flower's SuperExec does), then forks a
+child per message that runs Flower's `flwr-clientapp` entry point with the argv Flower's SuperExec
+would give it (`--runtime-api-address A --token T --insecure --parent-pid P`). That is one process
+fewer per client pod (no SuperExec) and one fewer per message (no shim). It asks every `--poll`
+seconds, and at once on SIGUSR1, which the client entry point sends when the SuperNode logs that
+a message arrived: a message waits for no poll, and the idle polls can be rare. Its HTTP
+connection to the SuperNode is closed before every fork.
+
 This module imports only the standard library at the top: the socket is listening before the
 heavy imports start, so a shim that connects early waits instead of falling back.
 """
@@ -34,6 +44,7 @@ import argparse
 import atexit
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import logging
@@ -45,10 +56,12 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from kubeflower_workload import clientapp_shim
 
@@ -63,6 +76,7 @@ CLIENTAPP_ENTRY_POINT = "flwr.supernode.cli:flwr_clientapp"
 MAX_REQUEST = 1 << 20
 REQUEST_TIMEOUT = 10.0
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 
 class Refusal(Exception):
@@ -91,8 +105,102 @@ def flwr_clientapp_entry_point() -> Callable[[], None]:
 
     if TASK_TYPE_TO_COMMAND[TaskType.CLIENT_APP] != CLIENTAPP_COMMAND:
         raise RuntimeError(f"Flower's SuperExec no longer starts {CLIENTAPP_COMMAND!r} for a ClientApp message")
+    check_superexec_layout()
     loaded: Callable[[], None] = scripts[0].load()
     return loaded
+
+
+RECEIVED_LOG = b"Received successfully"
+"""What Flower 1.42's SuperNode logs once a message from the SuperLink is stored for its ClientApp
+(`flwr.supernode.start_client_internal`): the client entry point then pokes this server (SIGUSR1)."""
+
+
+def check_superexec_layout() -> None:
+    """Fail unless Flower still has what the SuperExec role relies on (pinned to 1.42.0; a test calls it).
+
+    Flower's SuperExec asks `Runtime.AcquireTask` for a task and starts `flwr-clientapp` with the
+    Runtime API's address, the task's token, `--insecure` and its own pid (subprocess executor);
+    the SuperNode's `--isolation process` starts no SuperExec; and the SuperNode logs
+    RECEIVED_LOG when a message arrives.
+    """
+    import inspect
+
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest, AcquireTaskResponse
+    from flwr.supercore.constant import TASK_TYPE_TO_APPIO_API_ADDRESS_ARG, TaskType
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supercore.superexec.executor import subprocess_executor
+    from flwr.supernode import start_client_internal
+
+    problems = []
+    if TASK_TYPE_TO_APPIO_API_ADDRESS_ARG[TaskType.CLIENT_APP] != "--runtime-api-address":
+        problems.append("flwr-clientapp no longer takes --runtime-api-address")
+    launch = inspect.getsource(subprocess_executor.SubprocessExecutor.launch)
+    if not all(arg in launch for arg in ('"--token"', '"--insecure"', '"--parent-pid"')):
+        problems.append("the SuperExec starts flwr-clientapp with other flags")
+    if not hasattr(RuntimeHttpClient, "AcquireTask"):
+        problems.append("the Runtime API has no AcquireTask")
+    if set(AcquireTaskRequest.DESCRIPTOR.fields_by_name) != {"supported_task_types", "agentapp_fab_hashes"} or not {
+        "task",
+        "token",
+    } <= set(AcquireTaskResponse.DESCRIPTOR.fields_by_name):
+        problems.append("AcquireTask's messages changed")
+    source = inspect.getsource(start_client_internal)
+    if "ISOLATION_MODE_SUBPROCESS" not in source or RECEIVED_LOG.decode() not in source:
+        problems.append("the SuperNode's isolation modes or its 'message received' log changed")
+    if problems:
+        raise RuntimeError(f"Flower's SuperExec role changed: {'; '.join(problems)}")
+
+
+class TaskSource:
+    """The SuperExec's part: the next ClientApp message's token, from the SuperNode's Runtime API.
+
+    One HTTP connection (Flower's own client), closed before every fork (`close`): a child must not
+    share it. A SuperNode that does not answer (starting, or being restarted by the client entry
+    point) is logged once and asked again at the next poll.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.client: Any = None
+        self.failing = False
+
+    def acquire(self) -> str | None:
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+        from flwr.supercore.constant import TaskType
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        if self.client is None:
+            self.client = RuntimeHttpClient.from_server_address(
+                server_address=self.address,
+                insecure=True,  # the SuperNode's Runtime API on loopback, as for Flower's own SuperExec
+                root_certificates=None,
+                interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+            )
+        try:
+            response = self.client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+        except Exception as exc:
+            if not self.failing:
+                LOG.info("the SuperNode's Runtime API at %s does not answer yet: %s", self.address, exc)
+            self.failing = True
+            self.close()
+            return None
+        if self.failing:
+            LOG.info("the SuperNode's Runtime API at %s answers", self.address)
+        self.failing = False
+        if response.HasField("task") and response.token:
+            return str(response.token)
+        return None
+
+    def argv(self, token: str) -> list[str]:
+        """The flwr-clientapp arguments Flower's SuperExec gives a ClientApp message."""
+        return ["--runtime-api-address", self.address, "--token", token, "--insecure", "--parent-pid", str(os.getpid())]
+
+    def close(self) -> None:
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+            self.client = None
 
 
 def thread_count() -> int:
@@ -219,30 +327,66 @@ def send_line(conn: socket.socket, message: dict[str, object]) -> None:
 class Child:
     pid: int
     pidfd: int
-    conn: socket.socket
+    conn: socket.socket | None
+    """The shim's connection; None for a message this server acquired itself (the SuperExec role)."""
     buffer: bytes = b""
 
 
 @dataclass
 class Server:
-    """The accept loop: one forked child per connection, reaped through its pidfd."""
+    """The accept loop: one forked child per connection (or per acquired message), reaped through its pidfd."""
 
     listener: socket.socket
     entry_point: Callable[[], None]
+    tasks: TaskSource | None = None
+    poll: float = 0.5
+    child_unset: Sequence[str] = ()
+    """Variables of our environment that are ours only (set for this server), not the children's."""
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     children: dict[int, Child] = field(default_factory=dict)
 
     def serve(self) -> None:
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ, None)
+        poke = wakeup = None
+        if self.tasks is not None:  # SIGUSR1: a message arrived at the SuperNode, ask for it now
+            poke, wakeup = socket.socketpair()
+            for end in (poke, wakeup):
+                end.setblocking(False)
+            signal.set_wakeup_fd(wakeup.fileno())
+            signal.signal(signal.SIGUSR1, lambda *_: None)
+            self.selector.register(poke, selectors.EVENT_READ, "poke")
+        next_ask = time.monotonic()
         while True:
-            for key, _ in self.selector.select():
+            wait = max(0.0, next_ask - time.monotonic()) if self.tasks is not None else None
+            events = self.selector.select(wait)
+            for key, _ in events:
                 if key.data is None:
                     self._accept()
+                elif key.data == "poke":
+                    with contextlib.suppress(BlockingIOError):
+                        poke.recv(4096)  # type: ignore[union-attr]
                 elif key.fileobj is key.data.conn:
                     self._from_shim(key.data)
                 else:
                     self._reap(key.data)
+            poked = any(key.data == "poke" for key, _ in events)
+            if self.tasks is not None and (poked or time.monotonic() >= next_ask):
+                self._acquire(self.tasks, [poke, wakeup])
+                next_ask = time.monotonic() + self.poll
+
+    def _acquire(self, tasks: TaskSource, close: list[object]) -> None:
+        """Ask the SuperNode for ClientApp messages; fork a child for each, as Flower's SuperExec starts one."""
+        while True:
+            check_fork_safe()  # before taking a message that we then could not run
+            token = tasks.acquire()
+            tasks.close()  # no connection may be open when we fork
+            if token is None:
+                return
+            env = {k: v for k, v in os.environ.items() if k not in self.child_unset}
+            streams = {stream: os.dup(stream) for stream in (0, 1, 2)}  # ours: the pod's log
+            request = Request(tasks.argv(token), env, os.getcwd(), streams)
+            self._fork(request, None, close)
 
     def _accept(self) -> None:
         try:
@@ -265,29 +409,34 @@ class Server:
         except Refusal as exc:
             send_line(conn, {"refused": str(exc)})
             raise
+        self._fork(request, conn, [])
+
+    def _fork(self, request: Request, conn: socket.socket | None, close: list[object]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            others = [c.conn for c in self.children.values()]
+            others = [c.conn for c in self.children.values() if c.conn is not None]
             run_child(
                 request,
                 self.entry_point,
                 os.getppid(),
-                [self.listener, conn, self.selector, *others],
+                [self.listener, *([conn] if conn is not None else []), self.selector, *others, *close],
                 [c.pidfd for c in self.children.values()],
             )
         for fd in request.fds.values():
             os.close(fd)
         child = Child(pid, os.pidfd_open(pid), conn)
         self.children[pid] = child
-        conn.setblocking(False)
-        self.selector.register(conn, selectors.EVENT_READ, child)
         self.selector.register(child.pidfd, selectors.EVENT_READ, child)
-        send_line(conn, {"pid": pid})
+        if conn is not None:
+            conn.setblocking(False)
+            self.selector.register(conn, selectors.EVENT_READ, child)
+            send_line(conn, {"pid": pid})
 
     def _from_shim(self, child: Child) -> None:
         """A relayed signal, or the shim's end: a killed shim takes its child with it."""
+        assert child.conn is not None
         try:
             data = child.conn.recv(4096)
         except BlockingIOError:
@@ -313,10 +462,14 @@ class Server:
         self.selector.unregister(child.pidfd)
         os.close(child.pidfd)
         del self.children[child.pid]
-        if os.WIFSIGNALED(status):
-            send_line(child.conn, {"signal": os.WTERMSIG(status)})
-        else:
-            send_line(child.conn, {"exit": os.waitstatus_to_exitcode(status)})
+        ended: dict[str, object] = (
+            {"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.waitstatus_to_exitcode(status)}
+        )
+        if child.conn is None:
+            if ended != {"exit": 0}:
+                LOG.warning("ClientApp process %d ended with %s", child.pid, ended)
+            return
+        send_line(child.conn, ended)
         with contextlib.suppress(KeyError):  # already gone when the shim closed first
             self.selector.unregister(child.conn)
         child.conn.close()
@@ -329,6 +482,8 @@ def run_child(
     code = 1
     try:
         _libc().prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # Named as the stock process is (ps, top, /proc/PID/comm), though its command line is ours.
+        _libc().prctl(PR_SET_NAME, CLIENTAPP_COMMAND.encode(), 0, 0, 0)
         if os.getppid() != server_pid:  # the server died before the line above
             os._exit(1)
         for obj in close:  # the server's sockets: a shim must see EOF when the server goes, not when we do
@@ -417,6 +572,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fork server of warm ClientApps (started by kubeflower-client).")
     parser.add_argument("socket", type=Path)
     parser.add_argument("--preload", action="append", default=[], help="a module to import before serving")
+    parser.add_argument(
+        "--runtime-api-address",
+        help="the SuperNode's Runtime API (host:port): acquire its ClientApp messages, as Flower's SuperExec does",
+    )
+    parser.add_argument("--poll", type=float, default=5.0, help="seconds between asks when not poked (SIGUSR1)")
+    parser.add_argument(
+        "--child-unset", action="append", default=[], help="a variable of ours that the children must not get"
+    )
     args = parser.parse_args(argv)
     # Our own logger only: a handler on the root logger would be inherited by every child.
     handler = logging.StreamHandler(sys.stdout)
@@ -433,6 +596,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Refusal as exc:
         LOG.error("refusing to serve after the imports: %s", exc)
         return 3
+    # Everything imported so far is out of the garbage collector's reach, in us and in every child: a
+    # child's full collection (Flower runs one per ArrayRecord conversion) would otherwise visit, and
+    # so write to and copy, every page of torch's and Flower's objects (measured: 0.17 CPU-s and
+    # 15,600 page faults for one gc.collect() in a child, 0.014 s and 440 faults with this).
+    gc.freeze()
     LOG.info(
         "serving warm ClientApps on %s (%d modules loaded; not pre-imported: %s)",
         args.socket,
@@ -440,7 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ", ".join(failed) or "none",
     )
     try:
-        Server(listener, entry_point).serve()
+        tasks = TaskSource(args.runtime_api_address) if args.runtime_api_address else None
+        Server(listener, entry_point, tasks, args.poll, args.child_unset).serve()
     except Refusal as exc:
         LOG.error("refusing to fork, exiting for a fresh start: %s", exc)
         return 3

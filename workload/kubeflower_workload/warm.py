@@ -14,9 +14,11 @@ torch and numpy).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,12 @@ SHIM_SOURCE = Path(clientapp_shim.__file__)
 RESTART_PAUSE = (1.0, 60.0)
 """Seconds before a fork server that ended is started again: the first pause, and the most."""
 BLAS_THREADS = "OPENBLAS_NUM_THREADS"
+TASK_POLL = "2"
+"""Seconds between a fork server's asks for ClientApp messages in the SuperExec's role, when not poked.
+
+The client entry point pokes it (SIGUSR1) as soon as the SuperNode logs a message's arrival, so
+this only bounds how long a missed poke could delay a message; Flower's SuperExec polls every 1 s
+(ours every 0.5 s, `processes.NODE_SUPEREXEC_POLL_INTERVAL`), and each ask costs CPU on both sides."""
 LISTEN_TIMEOUT = 10.0
 """Seconds to wait for a starting fork server's socket (it binds before importing anything heavy)."""
 
@@ -76,6 +84,8 @@ class WarmClientApps:
     folder: Path
     env: dict[str, str]
     preload: list[str]
+    runtime_api_address: str | None = None
+    """The SuperNode's Runtime API where the fork server takes the SuperExec's role; None: the shim's way."""
     server: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -83,7 +93,9 @@ class WarmClientApps:
     started: float = 0.0
 
     @classmethod
-    def prepare(cls, env: Mapping[str, str], preload: list[str]) -> WarmClientApps:
+    def prepare(
+        cls, env: Mapping[str, str], preload: list[str], runtime_api_address: str | None = None
+    ) -> WarmClientApps:
         """A private folder with the shim, and `env` with that folder first on PATH."""
         real = real_clientapp(env.get("PATH", os.defpath))
         if real is None:
@@ -101,18 +113,22 @@ class WarmClientApps:
             clientapp_shim.ENV_SOCKET: str(folder / "forkserver.sock"),
             clientapp_shim.ENV_REAL_CLIENTAPP: real,
         }
-        return cls(folder, warm_env, preload)
+        return cls(folder, warm_env, preload, runtime_api_address)
 
     def command(self) -> list[str]:
         # -P: the working folder stays off sys.path (a checkout's operator/ would shadow the stdlib's)
-        preload = [arg for module in self.preload for arg in ("--preload", module)]
+        options = [arg for module in self.preload for arg in ("--preload", module)]
+        if self.runtime_api_address is not None:
+            options += ["--runtime-api-address", self.runtime_api_address, "--poll", TASK_POLL]
+            if BLAS_THREADS not in self.env:  # ours, for the fork; a ClientApp gets the SuperNode's environment
+                options += ["--child-unset", BLAS_THREADS]
         return [
             sys.executable,
             "-P",
             "-m",
             "kubeflower_workload.forkserver",
             self.env[clientapp_shim.ENV_SOCKET],
-            *preload,
+            *options,
         ]
 
     def server_env(self) -> dict[str, str]:
@@ -145,10 +161,10 @@ class WarmClientApps:
             if now - self.started > RESTART_PAUSE[1]:  # it had been serving for a while: not a crash loop
                 self.pause = RESTART_PAUSE[0]
             LOG.warning(
-                "warm ClientApps: the fork server exited with code %s; restarting in %.0f s "
-                "(messages start cold meanwhile)",
+                "warm ClientApps: the fork server exited with code %s; restarting in %.0f s (messages %s meanwhile)",
                 self.server.returncode,
                 self.pause,
+                "start cold" if self.runtime_api_address is None else "wait",
             )
             self.next_start = now + self.pause
             self.pause = min(self.pause * 2, RESTART_PAUSE[1])
@@ -156,6 +172,12 @@ class WarmClientApps:
             self.next_start = 0.0
             self.restarts += 1
             self.start()
+
+    def poke(self) -> None:
+        """A message arrived at the SuperNode: the fork server in the SuperExec's role asks for it now."""
+        if self.runtime_api_address is not None and self.server is not None and self.server.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.server.send_signal(signal.SIGUSR1)
 
     def pids(self) -> list[int]:
         """The fork server's process id, while it runs (its forked ClientApps are below it)."""
