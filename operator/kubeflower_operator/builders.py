@@ -313,19 +313,8 @@ def server_network_policy(job: FederatedTrainingJob, settings: Settings) -> Mani
     status_from: list[Manifest] = [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: settings.namespace}}}]
     if policy.monitoring_namespace_selector is not None:
         status_from.append({"namespaceSelector": policy.monitoring_namespace_selector.wire()})
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _metadata(job, server_name(name), SERVER),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(name, SERVER)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                fleet_rule,
-                {"from": status_from, "ports": [{"port": contract.STATUS_PORT, "protocol": "TCP"}]},
-            ],
-        },
-    }
+    status_rule = {"from": status_from, "ports": [{"port": contract.STATUS_PORT, "protocol": "TCP"}]}
+    return _network_policy(job, server_name(name), SERVER, ingress=[fleet_rule, status_rule])
 
 
 def clients_network_policy(job: FederatedTrainingJob) -> Manifest:
@@ -341,16 +330,26 @@ def clients_network_policy(job: FederatedTrainingJob) -> Manifest:
         {"to": [{"namespaceSelector": {}}], "ports": dns_ports},
         *(rule.wire() for rule in job.spec.network_policy.client_egress or []),
     ]
+    return _network_policy(job, clients_name(name), CLIENTS, ingress=[], egress=egress)
+
+
+def _network_policy(
+    job: FederatedTrainingJob, name: str, component: str, ingress: list[Manifest], egress: list[Manifest] | None = None
+) -> Manifest:
+    """A NetworkPolicy for one component's pods: `ingress` always enforced (an empty list: none
+    allowed); `egress` enforced only when given (None: egress not restricted)."""
+    spec: Manifest = {
+        "podSelector": {"matchLabels": selector_labels(job.metadata.name, component)},
+        "policyTypes": ["Ingress"] if egress is None else ["Ingress", "Egress"],
+        "ingress": ingress,
+    }
+    if egress is not None:
+        spec["egress"] = egress
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _metadata(job, clients_name(name), CLIENTS),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(name, CLIENTS)},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": [],
-            "egress": egress,
-        },
+        "metadata": _metadata(job, name, component),
+        "spec": spec,
     }
 
 
