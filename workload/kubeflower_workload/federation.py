@@ -19,19 +19,20 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from kubeflower.core import contract
 from kubeflower.core.server_status import RoundRecord
-from kubeflower_workload import checkpoints, progress, strategies
+from kubeflower_workload import checkpoints, progress, strategies, wire
 from kubeflower_workload.appconfig import TaskConfig
-from kubeflower_workload.messages import EVALUATE_RECEIVED, EVALUATION, METRICS
+from kubeflower_workload.messages import ARRAYS, EVALUATE_RECEIVED, EVALUATION, LAYOUT, METRICS
 
 POLL_INTERVAL = 0.2
 """Seconds between pulls for replies: a round waits 0.1 s longer on average than it must, against
@@ -174,17 +175,61 @@ def wait_for_nodes(grid: Grid, strategy: FedAvg) -> None:
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float = REPLY_TIMEOUT) -> list[Message]:
-    """Push the messages and pull every reply (or stop at the timeout)."""
-    waiting = {message_id for message_id in grid.push_messages(list(messages)) if message_id}
+    """Push the messages (their model packed, see `wire`) and pull every reply (or stop at the
+    timeout), each reply's model unpacked and checked against the one its message carried."""
+    outgoing = list(messages)
+    sent_layouts = _pack_models(outgoing)
+    sent = {
+        message_id: (message, layout)
+        for message_id, message, layout in zip(grid.push_messages(outgoing), outgoing, sent_layouts, strict=True)
+        if message_id
+    }
+    waiting = set(sent)
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
         pulled = list(grid.pull_messages(list(waiting)))
-        replies.extend(pulled)
+        replies.extend(_unpack_model(reply, *sent[reply.metadata.reply_to_message_id]) for reply in pulled)
         waiting -= {reply.metadata.reply_to_message_id for reply in pulled}
         if waiting:
             time.sleep(POLL_INTERVAL)
     return replies
+
+
+def _pack_models(messages: list[Message]) -> list[wire.Layout | None]:
+    """Pack each message's model in place; returns the layout each one carries (None: no model).
+
+    Flower's strategies give every message of a round the same RecordDict: it is packed once.
+    """
+    layouts: dict[int, wire.Layout | None] = {}
+    for message in messages:
+        content = message.content
+        if id(content) not in layouts:
+            layouts[id(content)] = None
+            if ARRAYS in content.array_records:
+                content[ARRAYS], content[LAYOUT] = wire.pack_record(content.array_records[ARRAYS])
+                layouts[id(content)] = wire.layout_of(content.config_records[LAYOUT])
+    return [layouts[id(message.content)] for message in messages]
+
+
+def _unpack_model(reply: Message, message: Message, layout: wire.Layout | None) -> Message:
+    """The reply with its model per tensor again, as the strategy reads it; a model that is not
+    the one sent (other names, dtypes or shapes, or packed arrays that do not fit their layout)
+    makes the reply a failure, which the strategy leaves out and the round counts."""
+    if layout is None or reply.has_error() or ARRAYS not in reply.content.array_records:
+        return reply
+    try:
+        tensors, _ = wire.received(reply.content)
+        if wire.describe(tensors) != layout:
+            raise wire.WireError("its model's tensors differ from the model sent (names, dtypes or shapes)")
+    except wire.WireError as error:
+        reason = f"the reply of node {reply.metadata.src_node_id} is refused: {error}"
+        log(WARNING, "%s", reason)
+        return Message(Error(code=ErrorCode.UNKNOWN, reason=reason), reply_to=message)
+    reply.content[ARRAYS] = ArrayRecord({name: Array(value) for name, value in tensors.items()})
+    if LAYOUT in reply.content:
+        del reply.content[LAYOUT]
+    return reply
 
 
 def received_evaluation(strategy: FedAvg, replies: list[Message]) -> MetricRecord | None:

@@ -11,3 +11,5 @@ EVALUATE_RECEIVED = "evaluate-received"
 EVALUATION = "evaluation"
 """Reply record carrying that evaluation. A ConfigRecord, because a reply the strategy aggregates
 must hold exactly one MetricRecord: the training metrics, weighted by training examples."""
+LAYOUT = "arrays-layout"
+"""ConfigRecord beside a packed model: the names, dtypes and shapes of its tensors (see `wire`)."""

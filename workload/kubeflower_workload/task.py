@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from kubeflower_workload import datasets, device, models, partitioning, training
+from kubeflower_workload import datasets, device, models, partitioning, training, wire
 from kubeflower_workload.appconfig import TaskConfig
-from kubeflower_workload.messages import ARRAYS, CONFIG, EVALUATE_RECEIVED, EVALUATION, METRICS, NUM_EXAMPLES
+from kubeflower_workload.messages import ARRAYS, CONFIG, EVALUATE_RECEIVED, EVALUATION, LAYOUT, METRICS, NUM_EXAMPLES
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def local_data(task: TaskConfig, partition_id: int, num_partitions: int, folder:
 
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on the local data (after evaluating it, when the server asks)."""
-    task, model, data, partition_id = _prepare(msg, context)
+    task, model, data, partition_id, packed = _prepare(msg, context)
     config = msg.content.config_records[CONFIG]
     records: dict[str, Any] = {}
     if config.get(EVALUATE_RECEIVED, False):
@@ -70,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
         seed=int(np.random.SeedSequence([task.seed, server_round, partition_id]).generate_state(1)[0]),
         proximal_mu=float(_number(config, "proximal-mu", 0.0)),
     )
-    records[ARRAYS] = ArrayRecord(model.state_dict())
+    records.update(_model_records(model, packed))
     records[METRICS] = MetricRecord({"loss": train_loss, NUM_EXAMPLES: len(data.y_train)})
     return Message(RecordDict(records), reply_to=msg)
 
@@ -85,18 +85,29 @@ def _number(config: ConfigRecord, key: str, default: float) -> float:
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the received model on the local test part."""
-    task, model, data, _ = _prepare(msg, context)
+    task, model, data, _, _ = _prepare(msg, context)
     loss, accuracy = training.evaluate(model, data.x_test, data.y_test, task.batch_size)
     metrics = MetricRecord({"loss": loss, "accuracy": accuracy, NUM_EXAMPLES: len(data.y_test)})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
-def _prepare(msg: Message, context: Context) -> tuple[TaskConfig, torch.nn.Module, LocalData, int]:
+def _prepare(msg: Message, context: Context) -> tuple[TaskConfig, torch.nn.Module, LocalData, int, bool]:
+    """The task, the received model, this client's data and partition, and whether the model came
+    packed (see `wire`)."""
     task = TaskConfig.from_run_config(context.run_config)
     partition_id, num_partitions = partition_of(context.node_config)
     model = models.build(task.model)
-    model.load_state_dict(msg.content.array_records[ARRAYS].to_torch_state_dict())
+    tensors, packed = wire.received(msg.content)
+    model.load_state_dict({name: torch.from_numpy(value) for name, value in tensors.items()})
     data = local_data(task, partition_id, num_partitions, datasets.data_dir())
     # Here, in the process that trains: the GPU when the pod has one; model and data moved once.
     model, data = device.place(model, data, device.select())
-    return task, model, data, partition_id
+    return task, model, data, partition_id, packed
+
+
+def _model_records(model: torch.nn.Module, packed: bool) -> dict[str, ArrayRecord | ConfigRecord]:
+    """The trained model for the reply, in the form the server sent it in."""
+    if not packed:
+        return {ARRAYS: ArrayRecord(model.state_dict())}
+    arrays, layout = wire.pack({name: value.detach().cpu().numpy() for name, value in model.state_dict().items()})
+    return {ARRAYS: arrays, LAYOUT: layout}
