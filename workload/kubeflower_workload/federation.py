@@ -178,10 +178,10 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float = REPLY_TIM
     """Push the messages (their model packed, see `wire`) and pull every reply (or stop at the
     timeout), each reply's model unpacked and checked against the one its message carried."""
     outgoing = list(messages)
-    sent_layouts = _pack_models(outgoing)
+    models = _pack_models(outgoing)
     sent = {
-        message_id: (message, layout)
-        for message_id, message, layout in zip(grid.push_messages(outgoing), outgoing, sent_layouts, strict=True)
+        message_id: (message, model)
+        for message_id, message, model in zip(grid.push_messages(outgoing), outgoing, models, strict=True)
         if message_id
     }
     waiting = set(sent)
@@ -196,32 +196,34 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float = REPLY_TIM
     return replies
 
 
-def _pack_models(messages: list[Message]) -> list[wire.Layout | None]:
-    """Pack each message's model in place; returns the layout each one carries (None: no model).
+def _pack_models(messages: list[Message]) -> list[wire.Shapes | None]:
+    """Pack each message's model in place; returns the names and shapes of the model each one
+    carries (None: no model).
 
     Flower's strategies give every message of a round the same RecordDict: it is packed once.
     """
-    layouts: dict[int, wire.Layout | None] = {}
+    sent: dict[int, wire.Shapes | None] = {}
     for message in messages:
         content = message.content
-        if id(content) not in layouts:
-            layouts[id(content)] = None
+        if id(content) not in sent:
+            sent[id(content)] = None
             if ARRAYS in content.array_records:
-                content[ARRAYS], content[LAYOUT] = wire.pack_record(content.array_records[ARRAYS])
-                layouts[id(content)] = wire.layout_of(content.config_records[LAYOUT])
-    return [layouts[id(message.content)] for message in messages]
+                model = content.array_records[ARRAYS]
+                content[ARRAYS], content[LAYOUT] = wire.pack_record(model)
+                sent[id(content)] = wire.shapes(model)
+    return [sent[id(message.content)] for message in messages]
 
 
-def _unpack_model(reply: Message, message: Message, layout: wire.Layout | None) -> Message:
+def _unpack_model(reply: Message, message: Message, sent: wire.Shapes | None) -> Message:
     """The reply with its model per tensor again, as the strategy reads it; a model that is not
-    the one sent (other names, dtypes or shapes, or packed arrays that do not fit their layout)
+    the one sent (other names or shapes, or packed arrays that do not fit their layout)
     makes the reply a failure, which the strategy leaves out and the round counts."""
-    if layout is None or reply.has_error() or ARRAYS not in reply.content.array_records:
+    if sent is None or reply.has_error() or ARRAYS not in reply.content.array_records:
         return reply
     try:
         tensors, _ = wire.received(reply.content)
-        if wire.describe(tensors) != layout:
-            raise wire.WireError("its model's tensors differ from the model sent (names, dtypes or shapes)")
+        if wire.shapes(tensors) != sent:
+            raise wire.WireError("its model's tensors differ from the model sent (names or shapes)")
     except wire.WireError as error:
         reason = f"the reply of node {reply.metadata.src_node_id} is refused: {error}"
         log(WARNING, "%s", reason)

@@ -9,8 +9,9 @@ its layout (names, dtypes, shapes) in a ConfigRecord beside it; that is lossless
 the checkpoints and the final model see the same per-tensor ArrayRecord, and the same numbers.
 
 Both ends read either form (a message without a layout is per-tensor), and a client answers in the
-form it was asked in. The server checks a reply's model against the one it sent: same names,
-dtypes and shapes, or the reply is a failure (a client is not trusted to send a model that fits).
+form it was asked in. The server checks a reply's model against the one it sent: the same names
+and shapes, numbers only, or the reply is a failure (a client is not trusted to send a model that
+fits). Dtypes may differ: a strategy's float64 model comes back as the client model's float32.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from kubeflower_workload.messages import ARRAYS, LAYOUT
 NAMES, DTYPES, NDIMS, DIMS = "names", "dtypes", "ndims", "dims"
 """The layout record's keys: tensor names in order, each one's dtype and number of dimensions, and
 all dimensions one after the other."""
+NUMERIC = frozenset(
+    np.dtype(code).name for kind in ("Integer", "UnsignedInteger", "Float", "Complex") for code in np.typecodes[kind]
+) | {"bool"}
+"""The dtypes a packed model may have: numbers (no objects, strings or records)."""
 MAX_TENSORS = 100_000
 """More tensors than any model has: a layout claiming more is refused before it is read."""
 
@@ -37,6 +42,8 @@ class WireError(ValueError):
 
 Layout = tuple[tuple[str, str, tuple[int, ...]], ...]
 """(name, dtype, shape) of each tensor, in order."""
+Shapes = tuple[tuple[str, tuple[int, ...]], ...]
+"""(name, shape) of each tensor, in order."""
 
 
 def pack(tensors: Mapping[str, np.ndarray]) -> tuple[ArrayRecord, ConfigRecord]:
@@ -70,6 +77,8 @@ def layout_of(record: ConfigRecord) -> Layout:
         raise WireError("layout: a tensor name appears twice")
     if any(n < 0 for n in ndims) or sum(ndims) != len(dims) or any(d < 0 for d in dims):
         raise WireError(f"layout: {NDIMS} and {DIMS} do not describe the shapes (negative, or counts differ)")
+    if not set(dtypes) <= NUMERIC:
+        raise WireError(f"layout: {DTYPES} must name numeric numpy dtypes ({', '.join(sorted(NUMERIC))})")
     layout, start = [], 0
     for name, dtype, ndim in zip(names, dtypes, ndims, strict=True):
         layout.append((name, dtype, tuple(dims[start : start + ndim])))
@@ -86,10 +95,9 @@ def unpack(packed: ArrayRecord, layout: Layout) -> dict[str, np.ndarray]:
         raise WireError(f"packed arrays: expected one per dtype {sorted(sizes)}, got {len(packed)} others")
     flat: dict[str, np.ndarray] = {}
     for dtype, size in sizes.items():
-        array = packed[dtype]
-        if array.dtype != dtype or len(array.shape) != 1 or array.shape[0] != size:
+        flat[dtype] = decode(packed[dtype])
+        if flat[dtype].dtype.name != dtype or flat[dtype].shape != (size,):
             raise WireError(f"packed arrays: the {dtype} Array must be flat with {size} elements")
-        flat[dtype] = array.numpy()
     tensors, offsets = {}, dict.fromkeys(sizes, 0)
     for name, dtype, shape in layout:
         start, offsets[dtype] = offsets[dtype], offsets[dtype] + math.prod(shape)
@@ -101,12 +109,23 @@ def received(content: RecordDict) -> tuple[dict[str, np.ndarray], bool]:
     """The model a message carries, and whether it came packed (a reply should be packed too)."""
     if LAYOUT in content:
         return unpack(content.array_records[ARRAYS], layout_of(content.config_records[LAYOUT])), True
-    return {name: array.numpy() for name, array in content.array_records[ARRAYS].items()}, False
+    tensors = {name: decode(array) for name, array in content.array_records[ARRAYS].items()}
+    if not {value.dtype.name for value in tensors.values()} <= NUMERIC:
+        raise WireError(f"arrays: a tensor's dtype is not numeric ({', '.join(sorted(NUMERIC))})")
+    return tensors, False
 
 
-def describe(tensors: Mapping[str, np.ndarray]) -> Layout:
-    """The layout of tensors as they are (to compare a reply's model with the one sent)."""
-    return tuple((name, value.dtype.name, tuple(value.shape)) for name, value in tensors.items())
+def decode(array: Array) -> np.ndarray:
+    """An Array's numbers; bytes numpy cannot read (a peer's, so untrusted) are a WireError."""
+    try:
+        return array.numpy()
+    except (TypeError, ValueError, EOFError, OSError) as error:
+        raise WireError(f"arrays: an Array does not hold a readable numpy array ({type(error).__name__})") from None
+
+
+def shapes(tensors: Mapping[str, np.ndarray] | ArrayRecord) -> Shapes:
+    """The names and shapes of tensors, in order (what a reply's model must share with the one sent)."""
+    return tuple((name, tuple(value.shape)) for name, value in tensors.items())
 
 
 _KEYS: dict[str, type] = {NAMES: str, DTYPES: str, NDIMS: int, DIMS: int}
