@@ -35,12 +35,15 @@ SHIM_SOURCE = Path(clientapp_shim.__file__)
 RESTART_PAUSE = (1.0, 60.0)
 """Seconds before a fork server that ended is started again: the first pause, and the most."""
 BLAS_THREADS = "OPENBLAS_NUM_THREADS"
-TASK_POLL = "2"
+TASK_POLL = "5"
 """Seconds between a fork server's asks for ClientApp messages in the SuperExec's role, when not poked.
 
-The client entry point pokes it (SIGUSR1) as soon as the SuperNode logs a message's arrival, so
-this only bounds how long a missed poke could delay a message; Flower's SuperExec polls every 1 s
-(ours every 0.5 s, `processes.NODE_SUPEREXEC_POLL_INTERVAL`), and each ask costs CPU on both sides."""
+The client entry point pokes it (SIGUSR1) as soon as the SuperNode logs a message's arrival, which
+Flower does after the message's task and objects are stored, so this only bounds how long a missed
+poke could delay a message. Flower's SuperExec polls every 1 s (ours every 0.5 s,
+`processes.NODE_SUPEREXEC_POLL_INTERVAL`), and each ask costs CPU on both sides: with the model
+packed, the fork servers took 0.07 to 0.09 CPU-s per client-round at 2 s and 0.05 at 10 s
+(`bench.client_cost`, 10 clients, rounds of about 4 s)."""
 LISTEN_TIMEOUT = 10.0
 """Seconds to wait for a starting fork server's socket (it binds before importing anything heavy)."""
 
