@@ -42,8 +42,8 @@ The client entry point pokes it (SIGUSR1) as soon as the SuperNode logs a messag
 Flower does after the message's task and objects are stored, so this only bounds how long a missed
 poke could delay a message. Flower's SuperExec polls every 1 s (ours every 0.5 s,
 `processes.NODE_SUPEREXEC_POLL_INTERVAL`), and each ask costs CPU on both sides: with the model
-packed, the fork servers took 0.07 to 0.09 CPU-s per client-round at 2 s and 0.05 at 10 s
-(`bench.client_cost`, 10 clients, rounds of about 4 s)."""
+packed, the fork servers took 0.07 to 0.09 CPU-s per client-round at 2 s, 0.06 at 5 s (the median
+of three runs) and 0.05 at 10 s (`bench.client_cost`, 10 clients, rounds of about 4 s)."""
 LISTEN_TIMEOUT = 10.0
 """Seconds to wait for a starting fork server's socket (it binds before importing anything heavy)."""
 
